@@ -1,0 +1,160 @@
+"""The event stream a run emits. Stdlib only.
+
+The executor emits these, in order, from the one thread that drives the run; the progress
+display, the human summary, the `--events` file and the durable store are sinks of the same
+stream (a sink is any callable taking an `Event`). Every event is frozen and carries `ts`
+(seconds since the epoch). `node` is the node id where one applies: a task id, a batch id,
+or a batch item `B[3]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event: ClassVar[str] = "event"
+    #: fields left out of the `--events` file (large or not JSON-safe)
+    private: ClassVar[frozenset[str]] = frozenset()
+    ts: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The object written to the `--events` file: `event`, `ts`, then the other fields."""
+        out: dict[str, Any] = {"event": self.event}
+        for f in fields(self):
+            if f.name not in self.private:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    event: ClassVar[str] = "run_started"
+    run_id: str = ""
+    blueprint: str = ""
+    nodes: int = 0  # task nodes + batches: what the overall bar counts
+    node_ids: tuple[str, ...] = ()  # those nodes' ids (batches by batch id), in blueprint order
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStarted(Event):
+    event: ClassVar[str] = "node_started"
+    node: str = ""
+    attempt: int = 1
+    batch: str | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSucceeded(Event):
+    event: ClassVar[str] = "node_succeeded"
+    private: ClassVar[frozenset[str]] = frozenset({"output", "output_json", "context_updates"})
+    node: str = ""
+    attempt: int = 1
+    duration_ms: float = 0.0
+    batch: str | None = None
+    index: int | None = None
+    action: str | None = None
+    output: Any = None
+    output_json: str = "null"  # `output` already encoded (the worker checks it is JSON)
+    context_updates: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRetry(Event):
+    """An attempt failed and another will follow after `delay_s` seconds."""
+
+    event: ClassVar[str] = "node_retry"
+    private: ClassVar[frozenset[str]] = frozenset({"traceback"})
+    node: str = ""
+    attempt: int = 1  # the attempt that failed
+    delay_s: float = 0.0
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    batch: str | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailed(Event):
+    """A node (or batch item) failed for good: its last attempt failed."""
+
+    event: ClassVar[str] = "node_failed"
+    private: ClassVar[frozenset[str]] = frozenset({"traceback"})
+    node: str = ""
+    attempt: int = 1
+    duration_ms: float = 0.0
+    error_type: str = ""
+    message: str = ""
+    traceback: str = ""
+    batch: str | None = None
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecovered(Event):
+    """A failed node's fallback succeeded; its output stands in for the node's."""
+
+    event: ClassVar[str] = "node_recovered"
+    private: ClassVar[frozenset[str]] = frozenset({"output"})
+    node: str = ""
+    fallback: str = ""
+    output: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSkipped(Event):
+    event: ClassVar[str] = "node_skipped"
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStarted(Event):
+    event: ClassVar[str] = "batch_started"
+    node: str = ""
+    total: int = 0
+    done: int = 0  # items already finished before this run (resume)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchFinished(Event):
+    event: ClassVar[str] = "batch_finished"
+    private: ClassVar[frozenset[str]] = frozenset({"output"})
+    node: str = ""
+    status: str = "succeeded"
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    output_key: str = ""
+    output: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished(Event):
+    event: ClassVar[str] = "run_finished"
+    status: str = "completed"  # completed | failed | cancelled
+    duration_ms: float = 0.0
+
+
+Sink = Callable[[Event], None]
+
+
+class Bus:
+    """Fans each event out to every sink, in the order the sinks were given."""
+
+    __slots__ = ("_sinks",)
+
+    def __init__(self, sinks: Iterable[Sink] = ()) -> None:
+        self._sinks = list(sinks)
+
+    def add(self, sink: Sink) -> None:
+        self._sinks.append(sink)
+
+    def __call__(self, event: Event) -> None:
+        for sink in self._sinks:
+            sink(event)

@@ -1,0 +1,85 @@
+"""What a node function sees: `Result` to choose an edge, `NodeContext` for run state. Stdlib only."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """Return `Result(output, action="name")` from a node to take the edges labelled `name`."""
+
+    output: Any = None
+    action: str | None = None
+
+
+class SharedContext:
+    """The run context: one dict behind a lock, shared by every node of a thread-pool run."""
+
+    __slots__ = ("_data", "_lock")
+
+    def __init__(self, data: MutableMapping[str, Any] | None = None) -> None:
+        self._data: MutableMapping[str, Any] = data if data is not None else {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return self._data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._data)
+
+
+class NodeContext:
+    """Passed as `ctx` to a node function that declares a parameter named `ctx`.
+
+    `ctx.set` values must be JSON (they are stored for `--resume`); the ones a node sets are
+    also kept in `updates`, so they travel back from a process or a Dask worker.
+    """
+
+    __slots__ = ("_context", "attempt", "cancelled", "index", "node_id", "run_id", "updates")
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        run_id: str,
+        attempt: int,
+        index: int | None,
+        context: SharedContext,
+        cancelled: threading.Event,
+    ) -> None:
+        self.node_id = node_id
+        self.run_id = run_id
+        self.attempt = attempt
+        self.index = index
+        self.cancelled = cancelled
+        self._context = context
+        self.updates: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Read a run-context key (the initial context, node outputs, or a value set by a node)."""
+        return self._context.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        """Set a run-context key; the value must be JSON-serializable."""
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"ctx.set({key!r}, ...): value of type {type(value).__name__} is not JSON: {exc}"
+            ) from exc
+        self._context.set(key, value)
+        self.updates[key] = value
+
+    def __repr__(self) -> str:
+        return f"NodeContext(node_id={self.node_id!r}, attempt={self.attempt}, index={self.index})"
