@@ -61,6 +61,7 @@ class NodeSucceeded(Event):
     action: str | None = None
     output: Any = None
     output_json: str = "null"  # `output` already encoded (the worker checks it is JSON)
+    reused: bool = False  # taken from an earlier run's stored state (`--resume`), not called
     context_updates: Mapping[str, Any] = field(default_factory=dict)
 
 

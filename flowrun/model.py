@@ -131,3 +131,4 @@ class Graph:
     order: tuple[str, ...]
     preds: Mapping[str, tuple[GraphEdge, ...]]
     succs: Mapping[str, tuple[GraphEdge, ...]]
+    fallbacks: frozenset[str] = frozenset()  # nodes that run only in place of a failed node

@@ -34,6 +34,11 @@ class SharedContext:
         with self._lock:
             self._data[key] = value
 
+    @property
+    def data(self) -> MutableMapping[str, Any]:
+        """The dict itself, for the one thread that drives the run (reads without the lock)."""
+        return self._data
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._data)

@@ -1,0 +1,58 @@
+"""The default backend: a thread pool in this process, sharing the run context."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping
+
+from flowrun.invoke import AttemptCancel, Call, Outcome, run_attempt
+from flowrun.node import SharedContext
+from flowrun.resolve import Target
+
+
+class ThreadBackend:
+    shared_context = True
+
+    def __init__(
+        self,
+        targets: Mapping[str, Target],
+        *,
+        workers: int,
+        run_id: str,
+        context: SharedContext,
+        cancelled: threading.Event,
+    ) -> None:
+        self._targets = targets
+        self._run_id = run_id
+        self._context = context
+        self._cancelled = cancelled
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowrun")
+
+    def submit(self, calls: list[Call]) -> Future[list[Outcome]]:
+        return self._pool.submit(self._run, calls)
+
+    def _run(self, calls: list[Call]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for call in calls:
+            if out and self._cancelled.is_set():
+                break  # the driver treats the calls not run as never started
+            t = self._targets[call.uses]
+            out.append(
+                run_attempt(
+                    call,
+                    t.fn,
+                    wants_ctx=t.wants_ctx,
+                    is_async=t.is_async,
+                    run_id=self._run_id,
+                    context=self._context,
+                    cancelled=self._cancelled,
+                )
+            )
+        return out
+
+    def close(self, *, cancel: bool = False) -> None:
+        # Never wait here: a stuck node must not hold up the end of the run.
+        if cancel:
+            AttemptCancel.cancel_all()
+        self._pool.shutdown(wait=False, cancel_futures=True)

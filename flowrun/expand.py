@@ -1,0 +1,331 @@
+"""Expand a `Blueprint` into the `Graph` that runs, and check what spans nodes.
+
+A batch node `B` becomes `B_scatter` -> `B` (worker template) -> `B_gather`; user edges may
+name `B` as a target (meaning `B_scatter`) or as a source (meaning `B_gather`). All problems
+are collected, then raised together as one `BlueprintError`: duplicate ids, unknown nodes,
+references (`inputs`, `inputKey`, `fallback`) to nothing known or to nothing upstream,
+cycles, and expressions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import graphlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flowrun.errors import BlueprintError, PathT, Problem
+from flowrun.expr import ExprError, compile_expr
+from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, Kind, NodeSpec
+
+SCOPE_NAMES = ("output", "action", "context")
+
+
+def suggest(word: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known word, or ''."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a node's `inputs`/`inputKey` reads: a run-context key, then a path inside it."""
+
+    key: str
+    rest: tuple[str, ...] = ()
+
+    def read(self, context: Mapping[str, Any]) -> Any:
+        value = context[self.key]
+        for part in self.rest:
+            if isinstance(value, Mapping):
+                value = value[part]
+            elif isinstance(value, list | tuple) and part.lstrip("-").isdigit():
+                value = value[int(part)]
+            else:
+                raise KeyError(part)
+        return value
+
+
+class _Checker:
+    def __init__(self, bp: Blueprint) -> None:
+        self.bp = bp
+        self.problems: list[Problem] = []
+
+    def add(self, path: PathT, code: str, message: str, *, key: bool = False) -> None:
+        doc = self.bp.document
+        if doc is None:
+            self.problems.append(Problem(self.bp.file, 1, 1, "$", code, message))
+        else:
+            self.problems.append(doc.problem(path, code, message, key=key))
+
+
+def expand(bp: Blueprint) -> Graph:
+    """Build the expanded graph; raise `BlueprintError` listing every problem found."""
+    chk = _Checker(bp)
+    specs = _unique_nodes(bp, chk)
+    nodes = _graph_nodes(specs)
+    producers = _producers(specs, chk)
+    edges = _edges(bp, specs, nodes, chk)
+    fallbacks = _check_fallbacks(specs, edges, chk)
+    preds, succs = _index(nodes, edges)
+    order = _order(nodes, preds, bp, chk)
+    if order:
+        _check_sources(specs, producers, preds, bp, chk)
+    if chk.problems:
+        raise BlueprintError(sorted(chk.problems, key=lambda p: (p.line, p.column)))
+    return Graph(
+        blueprint=bp,
+        nodes=nodes,
+        edges=tuple(edges),
+        order=tuple(order),
+        preds=preds,
+        succs=succs,
+        fallbacks=frozenset(fallbacks),
+    )
+
+
+def _unique_nodes(bp: Blueprint, chk: _Checker) -> dict[str, NodeSpec]:
+    specs: dict[str, NodeSpec] = {}
+    for spec in bp.nodes:
+        if spec.id in specs:
+            first = chk.bp.document.where(specs[spec.id].path) if chk.bp.document else (0, 0)
+            chk.add(
+                (*spec.path, "id"),
+                "duplicate-id",
+                f"node id '{spec.id}' is used twice (first at line {first[0]}); ids must be unique",
+            )
+            continue
+        specs[spec.id] = spec
+    return specs
+
+
+def _graph_nodes(specs: Mapping[str, NodeSpec]) -> dict[str, GraphNode]:
+    nodes: dict[str, GraphNode] = {}
+    for spec in specs.values():
+        if spec.batch is None:
+            nodes[spec.id] = GraphNode(spec.id, Kind.TASK, spec)
+            continue
+        nodes[f"{spec.id}_scatter"] = GraphNode(f"{spec.id}_scatter", Kind.SCATTER, spec, spec.id)
+        nodes[spec.id] = GraphNode(spec.id, Kind.WORKER, spec, spec.id)
+        nodes[f"{spec.id}_gather"] = GraphNode(f"{spec.id}_gather", Kind.GATHER, spec, spec.id)
+    return nodes
+
+
+def _producers(specs: Mapping[str, NodeSpec], chk: _Checker) -> dict[str, str]:
+    """Run-context keys that nodes write -> the graph node that writes them."""
+    out = {sid: sid for sid, s in specs.items() if s.batch is None}
+    for sid, spec in specs.items():
+        if spec.batch is None:
+            continue
+        key = spec.batch.output_key
+        gather = f"{sid}_gather"
+        out[sid] = gather
+        if key != sid and key in out and out[key] != gather:
+            chk.add(
+                (*spec.path, "batch", "outputKey"),
+                "output-key-clash",
+                f"batch '{sid}' writes outputKey '{key}', which is already the output of "
+                f"node '{key}'; choose another outputKey",
+            )
+        out.setdefault(key, gather)
+    return out
+
+
+def _edge_end(name: str, spec: NodeSpec | None, *, as_source: bool) -> str:
+    if spec is not None and spec.batch is not None and name == spec.id:
+        return f"{name}_gather" if as_source else f"{name}_scatter"
+    return name
+
+
+def _edges(
+    bp: Blueprint, specs: Mapping[str, NodeSpec], nodes: Mapping[str, GraphNode], chk: _Checker
+) -> list[GraphEdge]:
+    edges: list[GraphEdge] = []
+    names = [*SCOPE_NAMES, *(n for n in specs if n.isidentifier())]
+    for batch in (s for s in specs.values() if s.batch is not None):
+        scatter, gather = f"{batch.id}_scatter", f"{batch.id}_gather"
+        edges += [GraphEdge(scatter, batch.id), GraphEdge(batch.id, gather)]
+    for espec in bp.edges:
+        src = _endpoint(espec, "source", specs, nodes, chk)
+        dst = _endpoint(espec, "target", specs, nodes, chk)
+        cond = _compile(espec, "condition", names, chk)
+        tran = _compile(espec, "transform", names, chk)
+        if src is None or dst is None:
+            continue
+        if src == dst:
+            chk.add(espec.path, "self-loop", f"edge {espec.source} -> {espec.target} loops back")
+            continue
+        edges.append(GraphEdge(src, dst, espec.action, cond, tran, espec))
+    return edges
+
+
+def _endpoint(
+    espec: EdgeSpec,
+    field: str,
+    specs: Mapping[str, NodeSpec],
+    nodes: Mapping[str, GraphNode],
+    chk: _Checker,
+) -> str | None:
+    name: str = getattr(espec, field)
+    as_source = field == "source"
+    resolved = _edge_end(name, specs.get(name), as_source=as_source)
+    node = nodes.get(resolved)
+    wrong = (Kind.SCATTER, Kind.WORKER) if as_source else (Kind.WORKER, Kind.GATHER)
+    if node is None:
+        chk.add(
+            (*espec.path, field),
+            "unknown-node",
+            f"edge {field} '{name}' is not a node{suggest(name, nodes)}",
+        )
+        return None
+    if node.kind in wrong and name != node.batch:
+        hint = f"'{node.batch}_gather'" if as_source else f"'{node.batch}_scatter'"
+        chk.add(
+            (*espec.path, field),
+            "batch-internal",
+            f"edge {field} '{name}' is inside batch '{node.batch}'; use '{node.batch}' or {hint}",
+        )
+        return None
+    return resolved
+
+
+def _compile(espec: EdgeSpec, field: str, names: list[str], chk: _Checker) -> Any:
+    text = getattr(espec, field)
+    if text is None:
+        return None
+    try:
+        return compile_expr(text, names, kind=field)
+    except ExprError as exc:
+        chk.add((*espec.path, field), f"expr-{field}", f"{field} {text!r}: {exc.message}")
+        return None
+
+
+def _check_fallbacks(
+    specs: Mapping[str, NodeSpec], edges: list[GraphEdge], chk: _Checker
+) -> set[str]:
+    wired = {e.source for e in edges} | {e.target for e in edges}
+    fallbacks: set[str] = set()
+    for spec in specs.values():
+        fb = spec.config.fallback
+        if fb is None:
+            continue
+        where = (*spec.path, "config", "fallback")
+        target = specs.get(fb)
+        if target is None:
+            chk.add(where, "unknown-fallback", f"fallback '{fb}' is not a node{suggest(fb, specs)}")
+        elif fb == spec.id:
+            chk.add(where, "self-fallback", f"node '{fb}' cannot be its own fallback")
+        elif target.batch is not None:
+            chk.add(where, "batch-fallback", f"fallback '{fb}' is a batch; use a task node")
+        elif fb in wired:
+            chk.add(
+                where,
+                "wired-fallback",
+                f"fallback '{fb}' has edges; a fallback node runs only in place of a failed "
+                "node, so remove its edges",
+            )
+        else:
+            fallbacks.add(fb)
+    return fallbacks
+
+
+def _index(
+    nodes: Mapping[str, GraphNode], edges: list[GraphEdge]
+) -> tuple[dict[str, tuple[GraphEdge, ...]], dict[str, tuple[GraphEdge, ...]]]:
+    preds: dict[str, list[GraphEdge]] = {n: [] for n in nodes}
+    succs: dict[str, list[GraphEdge]] = {n: [] for n in nodes}
+    for edge in edges:
+        preds[edge.target].append(edge)
+        succs[edge.source].append(edge)
+    return ({k: tuple(v) for k, v in preds.items()}, {k: tuple(v) for k, v in succs.items()})
+
+
+def _order(
+    nodes: Mapping[str, GraphNode],
+    preds: Mapping[str, tuple[GraphEdge, ...]],
+    bp: Blueprint,
+    chk: _Checker,
+) -> list[str]:
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for name in nodes:
+        sorter.add(name, *(e.source for e in preds[name]))
+    try:
+        return list(sorter.static_order())
+    except graphlib.CycleError as exc:
+        cycle: list[str] = exc.args[1]
+        spec = nodes[cycle[0]].spec
+        chk.add(
+            spec.path,
+            "cycle",
+            "edges form a cycle: " + " -> ".join(cycle) + "; a blueprint must be acyclic",
+        )
+        return []
+
+
+def resolve_source(text: str, known: Iterable[str]) -> Source | None:
+    """Split `fetch.body.items` into the longest known key and the path after it."""
+    known_set = set(known)
+    parts = text.split(".")
+    for cut in range(len(parts), 0, -1):
+        key = ".".join(parts[:cut])
+        if key in known_set:
+            return Source(key, tuple(parts[cut:]))
+    return None
+
+
+def _check_sources(
+    specs: Mapping[str, NodeSpec],
+    producers: Mapping[str, str],
+    preds: Mapping[str, tuple[GraphEdge, ...]],
+    bp: Blueprint,
+    chk: _Checker,
+) -> None:
+    known = set(producers) | set(bp.context)
+    for spec in specs.values():
+        reader = f"{spec.id}_scatter" if spec.batch else spec.id
+        for path, text in _reads(spec):
+            src = resolve_source(text, known)
+            if src is None:
+                chk.add(
+                    path,
+                    "unknown-source",
+                    f"node '{spec.id}' reads '{text}', which is not a node, a batch outputKey "
+                    f"or a context key{suggest(text, known)}; declare it under `context:` "
+                    "(null is fine) if --set or a node supplies it",
+                )
+                continue
+            writer = producers.get(src.key)
+            if writer is not None and src.key not in bp.context and not _upstream(
+                writer, reader, preds
+            ):
+                chk.add(
+                    path,
+                    "not-upstream",
+                    f"node '{spec.id}' reads '{src.key}', but '{src.key}' does not run before "
+                    f"it; add an edge from '{src.key}' (directly or through other nodes)",
+                )
+
+
+def _upstream(writer: str, reader: str, preds: Mapping[str, tuple[GraphEdge, ...]]) -> bool:
+    """Is `writer` an ancestor of `reader`? Depth-first, stopping at the first hit."""
+    seen: set[str] = set()
+    stack = [reader]
+    while stack:
+        for edge in preds[stack.pop()]:
+            if edge.source == writer:
+                return True
+            if edge.source not in seen:
+                seen.add(edge.source)
+                stack.append(edge.source)
+    return False
+
+
+def _reads(spec: NodeSpec) -> list[tuple[PathT, str]]:
+    if spec.batch is not None:
+        return [((*spec.path, "batch", "inputKey"), spec.batch.input_key)]
+    if isinstance(spec.inputs, str):
+        return [((*spec.path, "inputs"), spec.inputs)]
+    if isinstance(spec.inputs, Mapping):
+        return [((*spec.path, "inputs", k), v) for k, v in spec.inputs.items()]
+    return []

@@ -1,0 +1,157 @@
+"""Import every `uses` of a graph: dotted paths become callables, or problems that name the file.
+
+A path is `package.module.function` (the longest importable module prefix wins, the rest are
+attributes) or `package.module:function`. Modules are imported from the blueprint file's
+directory, the current directory and `PYTHONPATH`, in that order.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from flowrun.errors import BlueprintError, Problem
+from flowrun.expand import suggest
+from flowrun.model import Blueprint
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A resolved `uses`: the callable and how to call it."""
+
+    uses: str
+    fn: Callable[..., Any]
+    wants_ctx: bool
+    is_async: bool
+
+
+class ResolveError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def search_path(blueprint_file: str | os.PathLike[str] | None) -> tuple[str, ...]:
+    """Directories put in front of `sys.path`: the blueprint's own, then the current one."""
+    dirs = []
+    if blueprint_file is not None:
+        dirs.append(str(Path(blueprint_file).resolve().parent))
+    dirs.append(os.getcwd())
+    return tuple(dict.fromkeys(dirs))
+
+
+def use_search_path(dirs: Sequence[str]) -> None:
+    """Put `dirs` first on `sys.path` (idempotent; keeps their order)."""
+    for d in reversed(dirs):
+        if d in sys.path:
+            sys.path.remove(d)
+        sys.path.insert(0, d)
+
+
+def _split(uses: str) -> list[tuple[str, list[str]]]:
+    """Candidate (module, attribute chain) pairs, longest module first."""
+    if ":" in uses:
+        mod, _, attrs = uses.partition(":")
+        return [(mod, attrs.split("."))]
+    parts = uses.split(".")
+    return [(".".join(parts[:i]), parts[i:]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def _module_file(mod: ModuleType) -> str:
+    file = getattr(mod, "__file__", None)
+    return f" ({os.path.relpath(file)})" if file else ""
+
+
+def _import(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        # A missing *dependency* of an existing module is the module's own error, not a miss.
+        if exc.name is not None and not name.startswith(exc.name) and exc.name != name:
+            raise ResolveError("resolve.import-error", _import_failure(name, exc)) from exc
+        return None
+    except Exception as exc:
+        raise ResolveError("resolve.import-error", _import_failure(name, exc)) from exc
+
+
+def _import_failure(name: str, exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" at {os.path.relpath(last[0].filename)}:{last[0].lineno}" if last else ""
+    return f"importing '{name}' raised {type(exc).__name__}: {exc}{where}"
+
+
+def load_callable(uses: str) -> Callable[..., Any]:
+    """Import `uses` and return the object; `ResolveError` says what was tried."""
+    tried: list[str] = []
+    for mod_name, attrs in _split(uses):
+        module = _import(mod_name)
+        if module is None:
+            tried.append(mod_name)
+            continue
+        obj: Any = module
+        for i, attr in enumerate(attrs):
+            if not hasattr(obj, attr):
+                names = [n for n in dir(obj) if not n.startswith("_")]
+                owner = ".".join([mod_name, *attrs[:i]])
+                raise ResolveError(
+                    "resolve.no-attribute",
+                    f"'{uses}': module '{owner}'{_module_file(module)} has no attribute "
+                    f"'{attr}'{suggest(attr, names)}",
+                )
+            obj = getattr(obj, attr)
+        if not callable(obj):
+            raise ResolveError(
+                "resolve.not-callable",
+                f"'{uses}' is a {type(obj).__name__}, not a function"
+                f" (in{_module_file(module)})",
+            )
+        return obj  # type: ignore[no-any-return]
+    top = tried[-1] if tried else uses
+    raise ResolveError(
+        "resolve.not-found",
+        f"cannot import '{uses}': no module '{top}' in the blueprint's directory, the "
+        f"current directory or PYTHONPATH (tried {', '.join(repr(t) for t in tried)})",
+    )
+
+
+def describe(uses: str, fn: Callable[..., Any]) -> Target:
+    """How to call `fn`: does it take `ctx`, is it a coroutine function."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # builtins without a signature take no ctx
+        params = {}  # type: ignore[assignment]
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ on an instance
+    )
+    return Target(uses, fn, "ctx" in params, is_async)
+
+
+def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
+    """Import every `uses` (nodes and batch workers); raise `BlueprintError` listing failures."""
+    use_search_path(list(dirs))
+    targets: dict[str, Target] = {}
+    problems: list[Problem] = []
+    for spec in bp.nodes:
+        uses, field = (spec.batch.uses, ("batch", "uses")) if spec.batch else (spec.uses, ("uses",))
+        if uses is None or uses in targets:
+            continue
+        try:
+            targets[uses] = describe(uses, load_callable(uses))
+        except ResolveError as exc:
+            path = (*spec.path, *field)
+            if bp.document is not None:
+                problems.append(bp.document.problem(path, exc.code, exc.message))
+            else:
+                problems.append(Problem(bp.file, 1, 1, "$", exc.code, exc.message))
+    if problems:
+        raise BlueprintError(problems)
+    return targets

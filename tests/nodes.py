@@ -1,0 +1,112 @@
+"""Node functions the engine tests run (imported as `tests.nodes.*`)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Any
+
+from flowrun import NodeContext, Result
+
+_lock = threading.Lock()
+running = 0
+peak = 0
+calls: dict[str, int] = {}
+
+
+def reset() -> None:
+    global running, peak
+    running = peak = 0
+    calls.clear()
+
+
+def _count(key: str) -> None:
+    with _lock:
+        calls[key] = calls.get(key, 0) + 1
+
+
+def numbers(n: int = 3) -> list[int]:
+    return [10 * (i + 1) for i in range(n)]
+
+
+def double(item: int, factor: int = 2) -> int:
+    return item * factor
+
+
+def jitter_double(item: int) -> int:
+    """Finish out of order: later items tend to finish first."""
+    time.sleep(random.uniform(0, 0.01) + (0.02 if item % 2 else 0))
+    return item * 2
+
+
+def track(item: Any, delay: float = 0.02) -> Any:
+    """Record how many calls run at once."""
+    global running, peak
+    with _lock:
+        running += 1
+        peak = max(peak, running)
+    time.sleep(delay)
+    with _lock:
+        running -= 1
+    return item
+
+
+def flaky(x: Any = None, *, fails: int = 2, ctx: NodeContext) -> dict[str, Any]:
+    _count(ctx.node_id)
+    if ctx.attempt <= fails:
+        raise ConnectionError(f"attempt {ctx.attempt} failed")
+    return {"attempt": ctx.attempt}
+
+
+def always_fails(x: Any = None) -> None:
+    raise ValueError("boom")
+
+
+def fail_on(item: int, bad: list[int]) -> int:
+    if item in bad:
+        raise ValueError(f"bad item {item}")
+    return item
+
+
+def sleepy(x: Any = None, *, seconds: float = 5.0, ctx: NodeContext) -> str:
+    if ctx.attempt == 1:
+        ctx.cancelled.wait(seconds)
+        return "late"
+    return "on time"
+
+
+def standin(x: Any = None) -> dict[str, Any]:
+    return {"from": "fallback", "input": x}
+
+
+def route(x: Any = None, *, to: str = "left") -> Result:
+    return Result({"score": 0.7, "to": to}, action=to)
+
+
+def ident(x: Any = None) -> Any:
+    return x
+
+
+def kwargs(**kw: Any) -> dict[str, Any]:
+    return dict(kw)
+
+
+async def async_double(item: int) -> int:
+    await asyncio.sleep(0.001)
+    return item * 2
+
+
+def setter(x: Any = None, *, ctx: NodeContext) -> str:
+    ctx.set("note", f"set by {ctx.node_id}")
+    return ctx.get("note")
+
+
+def unstorable(x: Any = None) -> object:
+    return object()
+
+
+def counted(item: Any) -> Any:
+    _count(f"item-{item}")
+    return item

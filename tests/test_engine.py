@@ -1,0 +1,341 @@
+"""The run engine end to end on a thread pool, over graphs built in code."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from flowrun import events as ev
+from flowrun.executor import Driver, Options
+from flowrun.executors.thread import ThreadBackend
+from flowrun.model import Graph
+from flowrun.node import SharedContext
+from flowrun.report import RunReport
+from flowrun.resolve import resolve
+
+from . import nodes
+from .graphs import batch, edge, graph, task
+
+N = "tests.nodes."
+
+
+def run(g: Graph, concurrency: int = 4, **opts: Any) -> tuple[RunReport, list[ev.Event]]:
+    nodes.reset()
+    targets = resolve(g.blueprint, ["."])
+    context = SharedContext(dict(g.blueprint.context))
+    cancelled = threading.Event()
+    backend = ThreadBackend(targets, workers=concurrency, run_id="r", context=context, cancelled=cancelled)
+    seen: list[ev.Event] = []
+    driver = Driver(
+        g, backend, run_id="r", context=context, emit=seen.append,
+        options=Options(concurrency, **opts), cancelled=cancelled,
+    )  # fmt: skip
+    try:
+        return driver.run(), seen
+    finally:
+        backend.close()
+
+
+def seed() -> Graph:
+    return graph(
+        [
+            task("start", N + "numbers"),
+            batch("double-items", "start", N + "double", output_key="doubled"),
+            task("sum-results", "builtins.sum", inputs="doubled"),
+        ],
+        [edge("start", "double-items_scatter"), edge("double-items_gather", "sum-results")],
+        {"factor": 2},
+    )
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_seed_example(concurrency: int) -> None:
+    report, _ = run(seed(), concurrency)
+    doc = report.as_dict()
+    assert doc["status"] == "completed"
+    assert doc["context"] == {
+        "factor": 2,
+        "start": [10, 20, 30],
+        "doubled": [20, 40, 60],
+        "sum-results": 120,
+    }
+    assert doc["nodes"]["double-items"] == {
+        "status": "succeeded",
+        "items": {"total": 3, "succeeded": 3, "failed": 0},
+    }
+    assert doc["nodes"]["start"]["attempts"] == 1
+    assert doc["errors"] == []
+    assert report.exit_code == 0
+
+
+def test_event_sequence_in_order() -> None:
+    _, seen = run(seed(), 1)
+    names = [(e.event, getattr(e, "node", None)) for e in seen]
+    assert names == [
+        ("run_started", None),
+        ("node_started", "start"),
+        ("node_succeeded", "start"),
+        ("batch_started", "double-items"),
+        ("node_started", "double-items[0]"),
+        ("node_succeeded", "double-items[0]"),
+        ("node_started", "double-items[1]"),
+        ("node_succeeded", "double-items[1]"),
+        ("node_started", "double-items[2]"),
+        ("node_succeeded", "double-items[2]"),
+        ("batch_finished", "double-items"),
+        ("node_started", "sum-results"),
+        ("node_succeeded", "sum-results"),
+        ("run_finished", None),
+    ]
+
+
+def test_gather_keeps_item_order_under_out_of_order_completion() -> None:
+    g = graph([batch("B", "xs", N + "jitter_double")], context={"xs": list(range(40))})
+    report, seen = run(g, 8)
+    assert report.context["B"] == [2 * i for i in range(40)]
+    finished = [e.index for e in seen if isinstance(e, ev.NodeSucceeded)]
+    assert finished != sorted(finished)  # they really did finish out of order
+
+
+@pytest.mark.parametrize(("global_cap", "batch_cap", "expected"), [(3, None, 3), (8, 2, 2)])
+def test_concurrency_caps_seen_from_inside(global_cap: int, batch_cap: int | None, expected: int) -> None:
+    g = graph([batch("B", "xs", N + "track", concurrency=batch_cap)], context={"xs": list(range(24))})
+    run(g, global_cap)
+    assert nodes.peak == expected
+
+
+def test_global_cap_counts_tasks_and_items_together() -> None:
+    g = graph(
+        [task("t1", N + "track"), task("t2", N + "track"), batch("B", "xs", N + "track")],
+        context={"xs": list(range(12))},
+    )
+    run(g, 2)
+    assert nodes.peak == 2
+
+
+def test_retries_then_success_with_events() -> None:
+    g = graph([task("f", N + "flaky", config={"max_retries": 2, "retry_delay": 0.001})])
+    report, seen = run(g)
+    assert report.status == "completed"
+    assert report.nodes["f"].attempts == 3
+    retries = [e for e in seen if isinstance(e, ev.NodeRetry)]
+    assert [(r.attempt, r.error_type) for r in retries] == [(1, "ConnectionError"), (2, "ConnectionError")]
+    assert retries[1].delay_s == pytest.approx(0.002)  # doubled
+
+
+def test_retries_exhausted_fails_the_run() -> None:
+    g = graph([task("f", N + "flaky", params={"fails": 5}, config={"max_retries": 1})])
+    report, _ = run(g)
+    assert report.status == "failed" and report.exit_code == 1
+    assert report.errors == [{"node": "f", "type": "ConnectionError", "message": "attempt 2 failed"}]
+    assert nodes.calls == {"f": 2}
+
+
+def test_backoff_one_keeps_the_delay() -> None:
+    g = graph([task("f", N + "flaky", config={"max_retries": 2, "retry_delay": 0.001, "backoff": 1})])
+    _, seen = run(g)
+    assert [e.delay_s for e in seen if isinstance(e, ev.NodeRetry)] == [0.001, 0.001]
+
+
+def test_timeout_abandons_the_attempt_and_retries() -> None:
+    g = graph([task("s", N + "sleepy", config={"timeout": 0.05, "max_retries": 1})])
+    report, seen = run(g)
+    assert report.context["s"] == "on time"
+    retry = next(e for e in seen if isinstance(e, ev.NodeRetry))
+    assert retry.error_type == "AttemptTimeout"
+
+
+def test_fallback_stands_in() -> None:
+    g = graph(
+        [task("a", N + "always_fails", config={"fallback": "fb"}), task("fb", N + "standin"), task("b", N + "ident")],
+        [edge("a", "b")],
+    )
+    report, seen = run(g)
+    assert report.status == "completed"
+    assert report.nodes["a"].status == "recovered"
+    assert report.nodes["fb"].status == "succeeded"
+    assert report.context["a"] == report.context["fb"] == {"from": "fallback", "input": None}
+    assert report.context["b"] == report.context["a"]
+    assert any(isinstance(e, ev.NodeRecovered) and e.fallback == "fb" for e in seen)
+
+
+def test_failed_fallback_fails_the_node_and_does_not_hide_other_failures() -> None:
+    g = graph(
+        [
+            task("a", N + "always_fails", config={"fallback": "fb"}),
+            task("fb", N + "always_fails"),
+            task("c", N + "always_fails"),
+        ]
+    )
+    report, _ = run(g)
+    assert report.status == "failed"
+    assert report.nodes["a"].status == "failed"
+    assert sorted(e["node"] for e in report.errors) == ["a", "c", "fb"]
+
+
+def test_unused_fallback_is_skipped() -> None:
+    report, _ = run(graph([task("a", N + "ident", config={"fallback": "fb"}), task("fb", N + "standin")]))
+    assert report.nodes["fb"].status == "skipped"
+
+
+def test_actions_route_and_exclusive_branches_rejoin() -> None:
+    g = graph(
+        [task("r", N + "route", params={"to": "right"}), task("left", N + "ident"), task("right", N + "ident"), task("join", N + "ident")],
+        [edge("r", "left", action="left"), edge("r", "right", action="right"), edge("left", "join"), edge("right", "join")],
+    )
+    report, seen = run(g)
+    assert report.nodes["left"].status == "skipped"
+    assert report.nodes["join"].status == "succeeded"
+    # several predecessors give a mapping, the skipped one left out (SPEC §1)
+    assert report.context["join"] == {"right": {"score": 0.7, "to": "right"}}
+    assert [e.node for e in seen if isinstance(e, ev.NodeSkipped)] == ["left"]
+
+
+def test_unmatched_action_takes_only_unlabelled_edges() -> None:
+    g = graph(
+        [task("r", N + "route", params={"to": "other"}), task("a", N + "ident"), task("plain", N + "ident")],
+        [edge("r", "a", action="left"), edge("r", "plain")],
+    )
+    report, _ = run(g)
+    assert report.nodes["a"].status == "skipped"
+    assert report.nodes["plain"].status == "succeeded"
+
+
+def test_several_predecessors_give_a_mapping() -> None:
+    g = graph(
+        [task("x", N + "numbers"), batch("B", "x", N + "double"), task("m", N + "ident")],
+        [edge("x", "B"), edge("x", "m"), edge("B", "m")],
+    )
+    report, _ = run(g)
+    assert report.context["m"] == {"x": [10, 20, 30], "B": [20, 40, 60]}
+
+
+def test_condition_and_transform() -> None:
+    g = graph(
+        [task("r", N + "route"), task("hi", N + "ident"), task("lo", N + "ident")],
+        [
+            edge("r", "hi", condition="output.score > 0.5", transform="output.score * 10"),
+            edge("r", "lo", condition="output.score <= 0.5"),
+        ],
+    )
+    report, _ = run(g)
+    assert report.context["hi"] == 7.0
+    assert report.nodes["lo"].status == "skipped"
+
+
+def test_condition_runtime_error_fails_the_source_clearly() -> None:
+    g = graph([task("r", N + "route"), task("x", N + "ident")], [edge("r", "x", condition="output.missing > 1")])
+    report, _ = run(g)
+    assert report.nodes["r"].status == "failed"
+    assert report.nodes["x"].status == "pending"
+    (err,) = report.errors
+    assert err["node"] == "r" and err["type"] == "ExprEvalError" and "missing" in err["message"]
+
+
+def test_inputs_mapping_and_params_become_kwargs() -> None:
+    g = graph(
+        [task("a", N + "numbers"), task("k", N + "kwargs", inputs={"values": "a", "f": "factor"}, params={"p": 1})],
+        [edge("a", "k")],
+        {"factor": 3},
+    )
+    report, _ = run(g)
+    assert report.context["k"] == {"values": [10, 20, 30], "f": 3, "p": 1}
+
+
+def test_dotted_input_path() -> None:
+    g = graph([task("r", N + "route"), task("s", N + "ident", inputs="r.score")], [edge("r", "s")])
+    assert run(g)[0].context["s"] == 0.7
+
+
+def test_async_nodes() -> None:
+    g = graph([batch("B", "xs", N + "async_double")], context={"xs": [1, 2, 3]})
+    assert run(g)[0].context["B"] == [2, 4, 6]
+
+
+def test_ctx_set_get_and_node_id() -> None:
+    g = graph([task("s", N + "setter")], context={"note": None})
+    report, _ = run(g)
+    assert report.context["s"] == "set by s"
+    assert report.context["note"] == "set by s"
+
+
+def test_empty_batch_gives_empty_list_and_downstream_runs() -> None:
+    g = graph([batch("B", "xs", N + "double"), task("n", "builtins.len", inputs="B")], [edge("B", "n")], {"xs": []})
+    report, _ = run(g)
+    assert report.context["B"] == [] and report.context["n"] == 0
+
+
+@pytest.mark.parametrize(("value", "found"), [(None, "null"), ({"a": 1}, "dict"), ("abc", "str")])
+def test_scatter_of_a_non_list_fails_naming_key_and_type(value: Any, found: str) -> None:
+    report, _ = run(graph([batch("B", "xs", N + "double")], context={"xs": value}))
+    assert report.status == "failed"
+    (err,) = report.errors
+    assert err == {
+        "node": "B",
+        "type": "TypeError",
+        "message": f"batch 'B': inputKey 'xs' holds {found}, expected a list",
+    }
+
+
+def test_max_failures_allows_failed_items_as_null_slots() -> None:
+    g = graph([batch("B", "xs", N + "fail_on", params={"bad": [2, 4]}, max_failures=2)], context={"xs": [1, 2, 3, 4]})
+    report, _ = run(g)
+    assert report.status == "completed"
+    assert report.context["B"] == [1, None, 3, None]
+    assert report.nodes["B"].items == {"total": 4, "succeeded": 2, "failed": 2}
+    assert sorted(e["node"] for e in report.errors) == ["B[1]", "B[3]"]
+
+
+def test_item_failure_beyond_budget_fails_the_batch() -> None:
+    g = graph(
+        [batch("B", "xs", N + "fail_on", params={"bad": [2]}), task("after", N + "ident")],
+        [edge("B", "after")],
+        {"xs": [1, 2, 3]},
+    )
+    report, _ = run(g, 1)
+    assert report.status == "failed"
+    assert report.nodes["B"].status == "failed"
+    assert report.nodes["after"].status == "pending"
+
+
+def test_batch_config_applies_per_item() -> None:
+    g = graph([batch("B", "xs", N + "flaky", params={"fails": 1}, config={"max_retries": 1})], context={"xs": [1, 2]})
+    report, _ = run(g)
+    assert report.context["B"] == [{"attempt": 2}, {"attempt": 2}]
+    assert nodes.calls == {"B[0]": 2, "B[1]": 2}
+
+
+def test_keep_going_lets_independent_branches_finish() -> None:
+    g = graph([task("bad", N + "always_fails"), task("after", N + "ident"), task("other", N + "ident")], [edge("bad", "after")])
+    report, _ = run(g, 1)
+    assert report.nodes["other"].status == "succeeded"
+    assert report.nodes["after"].status == "pending"
+
+
+def test_fail_fast_stops_starting_work() -> None:
+    g = graph(
+        [task("bad", N + "always_fails"), batch("B", "xs", N + "counted")],
+        context={"xs": list(range(50))},
+    )
+    report, _ = run(g, 1, fail_fast=True)
+    assert report.status == "failed"
+    assert report.nodes["B"].status != "succeeded"
+    assert len(nodes.calls) < 50
+
+
+def test_unstorable_output_fails_the_node_naming_the_type() -> None:
+    report, _ = run(graph([task("u", N + "unstorable")]))
+    (err,) = report.errors
+    assert err["type"] == "TypeError" and "object cannot be stored as JSON" in err["message"]
+
+
+def test_input_from_a_skipped_node_fails_clearly() -> None:
+    g = graph(
+        [task("r", N + "route"), task("skipme", N + "ident"), task("reader", N + "ident", inputs="skipme")],
+        [edge("r", "skipme", action="nope"), edge("r", "reader"), edge("skipme", "reader")],
+    )
+    report, _ = run(g)
+    assert report.nodes["reader"].status == "failed"
+    assert "'skipme' has no value" in report.errors[0]["message"]
