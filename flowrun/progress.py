@@ -1,0 +1,299 @@
+"""Progress display: a sink of the event stream, live (rich) on a terminal, else plain lines.
+
+    console = Console(stderr=True)
+    mode = choose_mode(console, quiet=quiet, no_progress=no_progress, env=os.environ)
+    reporter = make_reporter(mode, console)
+    with reporter:                                  # start() ... stop(), also on Ctrl-C
+        report = api.run(path, sinks=[reporter])    # one call per event, driver thread only
+    reporter.summary()                              # tracebacks, table, final line
+
+The sink itself only does plain-Python bookkeeping (`progress_plain.RunRecord`); in live mode
+rich renders that record on its own refresh thread, `refresh_per_second` times a second, so
+the cost of the display grows with the rows shown, never with the number of events.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from typing import ClassVar, Literal
+
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
+
+from flowrun.progress_plain import (
+    BatchRecord,
+    Clock,
+    Mode,
+    PlainReporter,
+    Reporter,
+    RunRecord,
+    failure_text,
+    fmt_rate,
+    fmt_seconds,
+)
+
+__all__ = ["Mode", "Reporter", "choose_mode", "make_reporter"]
+
+#: running nodes shown before "+N more": render cost grows with rows, not with events
+MAX_ROWS = 20
+#: batch bars shown (two lines each) before "+N more batches"; unfinished ones come first
+MAX_BATCHES = 8
+_BAR_WIDTH = 30
+_STATUS_STYLE = {"succeeded": "green", "failed": "red", "recovered": "yellow"}
+
+
+def choose_mode(
+    console: Console, *, quiet: bool, no_progress: bool, env: Mapping[str, str]
+) -> Mode:
+    """`off` with --no-progress, `quiet` with --quiet, `live` on an interactive terminal
+    outside CI, otherwise `plain`."""
+    if no_progress:
+        return "off"
+    if quiet:
+        return "quiet"
+    if not console.is_interactive or _is_set(env.get("CI")):
+        return "plain"
+    if env.get("TERM", "").lower() in ("dumb", "unknown"):
+        return "plain"
+    # FORCE_COLOR makes rich call a pipe a terminal; animating into a log file helps nobody
+    if "FORCE_COLOR" in env and not _isatty(console):
+        return "plain"
+    return "live"
+
+
+def _is_set(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no")
+
+
+def _isatty(console: Console) -> bool:
+    try:
+        return console.file.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed file
+        return False
+
+
+def make_reporter(
+    mode: Mode,
+    console: Console,
+    *,
+    get_time: Clock = time.monotonic,
+    wall_clock: Clock = time.time,
+    refresh_per_second: float = 10,
+) -> Reporter:
+    """The sink for `mode`; `get_time` measures durations, `wall_clock` stamps plain lines."""
+    record = RunRecord(get_time)
+    if mode == "live":
+        return LiveReporter(console, record, refresh_per_second)
+    if mode == "plain":
+        return PlainReporter(console, record, wall_clock)
+    if mode == "quiet":
+        return QuietReporter(console, record)
+    if mode == "off":
+        return NullReporter(console, record)
+    raise ValueError(f"unknown progress mode {mode!r}")
+
+
+class QuietReporter(Reporter):
+    """`--quiet`: nothing while the run goes; at the end, the failures no fallback covered."""
+
+    mode: ClassVar[Mode] = "quiet"
+
+    def print_summary(self) -> None:
+        """Each uncovered failure with its traceback, and nothing else."""
+        self.print_failures(include_recovered=False)
+
+
+class NullReporter(Reporter):
+    """`--no-progress`: a sink that ignores every event and prints nothing."""
+
+    mode: ClassVar[Mode] = "off"
+
+    def __init__(self, console: Console, record: RunRecord) -> None:
+        super().__init__(console, record)
+        self._dispatch = {}
+
+
+class LiveView:
+    """The live display, built from the record each time rich refreshes it.
+
+    Called on rich's refresh thread while the driver thread writes the record: it reads
+    ints and copies the two small dicts (`dict.copy()` is atomic under the GIL, and takes
+    the dict's lock on free-threaded builds), and never iterates a dict that is mutating.
+    """
+
+    def __init__(self, record: RunRecord, max_rows: int = MAX_ROWS) -> None:
+        self.record = record
+        self.max_rows = max_rows
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        rec = self.record
+        now = rec.now()
+        running = rec.running.copy()
+        batches = list(rec.batches.copy().values())
+        shown = _visible_batches(batches, MAX_BATCHES)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=22)
+        grid.add_column(no_wrap=True, overflow="ellipsis")
+        grid.add_row(Text(_run_label(rec)), self._overall(now))
+        for batch in shown:
+            grid.add_row(Text(batch.node), _batch_bar(batch))
+            grid.add_row(Text(""), _batch_detail(batch, running, now))
+        yield grid
+        hidden = len(batches) - len(shown)
+        if hidden:
+            yield Text(f"+{hidden} more batches", style="dim")
+        # keep "+N more" on screen: rich cuts a live display taller than the terminal
+        used = 1 + 2 * len(shown) + (1 if hidden else 0) + 1
+        room = (options.height or options.max_height) - used
+        yield from _running_rows(running, now, max(1, min(self.max_rows, room)))
+
+    def _overall(self, now: float) -> RenderableType:
+        rec = self.record
+        if rec.started is None:
+            return _bar_row(0, 1, "starting")
+        end = rec.finished_at if rec.finished_at is not None else now
+        done = len(rec.settled)  # read before `total`, which is never less than it
+        label = f"{done}/{rec.total} nodes  {_clock(end - rec.started_at)}"
+        return _bar_row(done, rec.total, label)
+
+
+def _run_label(rec: RunRecord) -> str:
+    return f"run {rec.started.blueprint}" if rec.started else "run"
+
+
+def _bar_row(done: int, total: int, label: str) -> RenderableType:
+    row = Table.grid(padding=(0, 1))
+    row.add_row(ProgressBar(total=max(total, 1), completed=done, width=_BAR_WIDTH), Text(label))
+    return row
+
+
+def _batch_bar(batch: BatchRecord) -> RenderableType:
+    return _bar_row(batch.done, batch.total, f"{batch.done}/{batch.total} items")
+
+
+def _batch_detail(
+    batch: BatchRecord, running: dict[str, tuple[str | None, float]], now: float
+) -> Text:
+    """`2 failed · 4 running · 1,234/s · ETA 0:00:05` under the batch's bar."""
+    active = sum(1 for owner, _ in running.values() if owner == batch.node)
+    parts = [f"{batch.failed} failed", f"{active} running"]
+    if batch.retries:
+        parts.append(f"{batch.retries} retries")
+    if batch.finished_at is None:
+        parts.append(fmt_rate(batch, now))
+        parts.append(f"ETA {_eta(batch, now)}")
+    else:
+        parts.append(batch.status)
+    return Text(" · ".join(parts), style="red" if batch.failed else "dim")
+
+
+def _eta(batch: BatchRecord, now: float) -> str:
+    finished = batch.succeeded + batch.failed
+    elapsed = now - batch.started_at
+    if finished <= 0 or elapsed <= 0:
+        return "-:--:--"
+    return _clock((batch.total - batch.done) * elapsed / finished)
+
+
+def _visible_batches(batches: list[BatchRecord], cap: int) -> list[BatchRecord]:
+    """All batches if they fit, else the unfinished ones first."""
+    if len(batches) <= cap:
+        return batches
+    unfinished = [b for b in batches if b.finished_at is None]
+    return (unfinished + [b for b in batches if b.finished_at is not None])[:cap]
+
+
+def _running_rows(running: dict[str, tuple[str | None, float]], now: float, cap: int) -> list[Text]:
+    """`running: B[3]  0.42 s` for the longest-running nodes first, then `+N more`."""
+    rows = [
+        Text(f"running: {node}  {fmt_seconds(now - since)}", no_wrap=True, overflow="ellipsis")
+        for node, (_, since) in list(running.items())[:cap]
+    ]
+    if len(running) > cap:
+        rows.append(Text(f"+{len(running) - cap} more", style="dim"))
+    return rows
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(max(int(seconds), 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class LiveReporter(Reporter):
+    """A rich `Live` display refreshed on rich's own thread; the sink never calls rich."""
+
+    mode: ClassVar[Mode] = "live"
+
+    def __init__(self, console: Console, record: RunRecord, refresh_per_second: float) -> None:
+        super().__init__(console, record)
+        self.view = LiveView(record)
+        self.refresh_per_second = refresh_per_second
+        self._live: Live | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        """Show the display; a second call, or a call after `stop()`, does nothing."""
+        if self._live is not None or self._stopped:
+            return
+        self._live = Live(
+            self.view,
+            console=self.console,
+            refresh_per_second=self.refresh_per_second,
+            # stdout carries data (--json): leave it alone unless it is a terminal too, where
+            # a node's print() would otherwise tear through the display
+            redirect_stdout=_stdout_is_tty(),
+            redirect_stderr=True,
+        )
+        self._live.start(refresh=True)
+
+    def stop(self) -> None:
+        """Stop the display and show the cursor again, whatever state it was left in."""
+        self._stopped = True
+        live, self._live = self._live, None
+        if live is None:
+            return
+        try:
+            live.stop()
+        finally:
+            self.console.show_cursor(True)
+
+    def print_summary(self) -> None:
+        """Tracebacks of the failures, a table of the nodes, then the final line."""
+        for rec in self.record.reported_failures():
+            head, _, body = failure_text(rec).partition("\n")
+            self.console.print(Rule(Text(head), style="red", align="left"))
+            if body:
+                self.console.print(Text(body), soft_wrap=True)
+        self.print_omitted()
+        rows = self.record.summary_rows()
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for name, justify in _COLUMNS:  # only the notes may wrap: ids and numbers stay whole
+            table.add_column(name, justify=justify, no_wrap=name != "notes", overflow="fold")
+        for row in rows:
+            status = Text(row.status, style=_STATUS_STYLE.get(row.status, "dim"))
+            table.add_row(Text(row.node), status, row.attempts, row.duration, Text(row.notes))
+        self.console.print(table)
+        self.console.print(Text(self.record.final_line(rows), style="bold"), soft_wrap=True)
+
+
+_COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (
+    ("node", "left"),
+    ("status", "left"),
+    ("attempts", "right"),
+    ("duration", "right"),
+    ("notes", "left"),
+)
+
+
+def _stdout_is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
