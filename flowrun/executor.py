@@ -46,6 +46,7 @@ class Work:
     index: int | None = None
     fallback_for: Work | None = None  # the failed work this fallback stands in for
     first_error: Outcome | None = None  # that work's last failure
+    input_kwargs: Mapping[str, Any] | None = None  # from an `inputs` mapping (not params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +140,14 @@ class Driver:
         started = time.time()
         t0 = self.clock()
         ids = tuple(self.reports)
-        self.emit(ev.RunStarted(started, self.run_id, self.graph.blueprint.id, len(ids), ids))
+        resumed = bool(self.stored.nodes or self.stored.items)
+        self.emit(
+            ev.RunStarted(started, self.run_id, self.graph.blueprint.id, len(ids), ids, resumed)
+        )
         self._loop()
-        status = "cancelled" if self.cancelled.is_set() else "failed" if self.failed else "completed"
+        status = (
+            "cancelled" if self.cancelled.is_set() else "failed" if self.failed else "completed"
+        )
         duration = (self.clock() - t0) * 1000
         self._finalise_reports()
         self.emit(ev.RunFinished(time.time(), status, duration))
@@ -178,9 +184,7 @@ class Driver:
     def _past(self, deadline: float | None) -> bool:
         return deadline is not None and self.clock() >= deadline
 
-    def _next(
-        self, deadline: float | None
-    ) -> tuple[list[Work], Future[list[Outcome]]] | None:
+    def _next(self, deadline: float | None) -> tuple[list[Work], Future[list[Outcome]]] | None:
         waits = [t for t in (deadline, self.timers[0][0] if self.timers else None) if t]
         timeout = max(0.0, min(waits) - self.clock()) if waits else None
         if timeout is None and not self.inflight and not self.stopping:
@@ -276,8 +280,10 @@ class Driver:
             return
         spec = node.spec
         assert spec.uses is not None
-        call = Call(node.id, spec.uses, args, {**kwargs, **spec.params}, 1, None, spec.config.timeout)
-        self.queued.append(Work(call, node.id))
+        call = Call(
+            node.id, spec.uses, args, {**kwargs, **spec.params}, 1, None, spec.config.timeout
+        )
+        self.queued.append(Work(call, node.id, input_kwargs=kwargs))
 
     def _item_work(self, batch: str, index: int, attempt: int) -> Work:
         spec = self.graph.nodes[batch].spec
@@ -449,7 +455,9 @@ class Driver:
             if edge.condition is None and edge.transform is None:
                 taken[edge.target] = output
                 continue
-            scope = scope or _Scope({"output": output, "action": action, "context": self.ctx}, self.ctx)
+            scope = scope or _Scope(
+                {"output": output, "action": action, "context": self.ctx}, self.ctx
+            )
             if edge.condition is not None and not edge.condition.evaluate(scope):
                 continue
             taken[edge.target] = edge.transform.evaluate(scope) if edge.transform else output
@@ -466,7 +474,9 @@ class Driver:
                     out.traceback, _batch(work), call.index,
                 )
             )  # fmt: skip
-            retry = dataclasses.replace(work, call=dataclasses.replace(call, attempt=call.attempt + 1))
+            retry = dataclasses.replace(
+                work, call=dataclasses.replace(call, attempt=call.attempt + 1)
+            )
             heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), retry))
             return
         self.emit(
@@ -484,8 +494,9 @@ class Driver:
     def _start_fallback(self, work: Work, fb: str, out: Outcome) -> None:
         spec = self.graph.nodes[fb].spec
         assert spec.uses is not None
-        call = Call(fb, spec.uses, work.call.args, {**work.call.kwargs, **spec.params}, 1,
-                    work.call.index, spec.config.timeout)  # fmt: skip
+        # The fallback receives the failed node's input, never its params.
+        call = Call(fb, spec.uses, work.call.args, {**(work.input_kwargs or {}), **spec.params},
+                    1, work.call.index, spec.config.timeout)  # fmt: skip
         self.queued.append(Work(call, fb, None, work, out))
 
     def _recovered(self, work: Work, out: Outcome) -> None:
@@ -518,7 +529,11 @@ class Driver:
         state = self.sched.batches[batch]
         rep = self.reports[batch]
         rep.items = {"total": state.total, "succeeded": state.succeeded, "failed": state.failed}
-        if state.over_budget and self.sched.status[batch] is Status.FAILED and rep.status != "failed":
+        if (
+            state.over_budget
+            and self.sched.status[batch] is Status.FAILED
+            and rep.status != "failed"
+        ):
             rep.status = "failed"
             self._run_failed()
             self._batch_finished(batch, "failed")

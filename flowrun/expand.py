@@ -296,8 +296,10 @@ def _check_sources(
                 )
                 continue
             writer = producers.get(src.key)
-            if writer is not None and src.key not in bp.context and not _upstream(
-                writer, reader, preds
+            if (
+                writer is not None
+                and src.key not in bp.context
+                and not _upstream(writer, reader, preds)
             ):
                 chk.add(
                     path,

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from flowrun.node import NodeContext, Result, SharedContext
 
@@ -64,7 +64,7 @@ class AttemptCancel:
     """
 
     _lock = threading.Lock()
-    _live: set[threading.Event] = set()
+    _live: ClassVar[set[threading.Event]] = set()
 
     @classmethod
     def open(cls, run_cancelled: threading.Event) -> threading.Event:
@@ -138,6 +138,14 @@ def _with_timeout(
     return value
 
 
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the node function's frame on: flowrun's own frames are noise."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
 def _encode(value: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
@@ -194,7 +202,7 @@ def run_attempt(
             (time.perf_counter() - t0) * 1000,
             error_type=type(exc).__name__,
             message=str(exc),
-            traceback="".join(traceback.format_exception(exc)),
+            traceback=_user_traceback(exc),
             updates=ctx.updates if ctx is not None else {},
         )
     if attempt_cancel is not None and attempt_cancel is not cancelled:

@@ -97,7 +97,7 @@ class Kind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GraphNode:
-    """A node of the expanded graph. For a batch `B`: `B_scatter`, `B` (worker template), `B_gather`."""
+    """A node of the expanded graph; a batch `B` gives `B_scatter`, `B` (worker), `B_gather`."""
 
     id: str
     kind: Kind

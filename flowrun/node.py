@@ -1,4 +1,4 @@
-"""What a node function sees: `Result` to choose an edge, `NodeContext` for run state. Stdlib only."""
+"""What a node function sees: `Result` to choose an edge, `NodeContext` for run state."""
 
 from __future__ import annotations
 

@@ -111,8 +111,7 @@ def load_callable(uses: str) -> Callable[..., Any]:
         if not callable(obj):
             raise ResolveError(
                 "resolve.not-callable",
-                f"'{uses}' is a {type(obj).__name__}, not a function"
-                f" (in{_module_file(module)})",
+                f"'{uses}' is a {type(obj).__name__}, not a function (in{_module_file(module)})",
             )
         return obj  # type: ignore[no-any-return]
     top = tried[-1] if tried else uses

@@ -26,7 +26,9 @@ def run(g: Graph, concurrency: int = 4, **opts: Any) -> tuple[RunReport, list[ev
     targets = resolve(g.blueprint, ["."])
     context = SharedContext(dict(g.blueprint.context))
     cancelled = threading.Event()
-    backend = ThreadBackend(targets, workers=concurrency, run_id="r", context=context, cancelled=cancelled)
+    backend = ThreadBackend(
+        targets, workers=concurrency, run_id="r", context=context, cancelled=cancelled
+    )
     seen: list[ev.Event] = []
     driver = Driver(
         g, backend, run_id="r", context=context, emit=seen.append,
@@ -100,8 +102,12 @@ def test_gather_keeps_item_order_under_out_of_order_completion() -> None:
 
 
 @pytest.mark.parametrize(("global_cap", "batch_cap", "expected"), [(3, None, 3), (8, 2, 2)])
-def test_concurrency_caps_seen_from_inside(global_cap: int, batch_cap: int | None, expected: int) -> None:
-    g = graph([batch("B", "xs", N + "track", concurrency=batch_cap)], context={"xs": list(range(24))})
+def test_concurrency_caps_seen_from_inside(
+    global_cap: int, batch_cap: int | None, expected: int
+) -> None:
+    g = graph(
+        [batch("B", "xs", N + "track", concurrency=batch_cap)], context={"xs": list(range(24))}
+    )
     run(g, global_cap)
     assert nodes.peak == expected
 
@@ -121,7 +127,10 @@ def test_retries_then_success_with_events() -> None:
     assert report.status == "completed"
     assert report.nodes["f"].attempts == 3
     retries = [e for e in seen if isinstance(e, ev.NodeRetry)]
-    assert [(r.attempt, r.error_type) for r in retries] == [(1, "ConnectionError"), (2, "ConnectionError")]
+    assert [(r.attempt, r.error_type) for r in retries] == [
+        (1, "ConnectionError"),
+        (2, "ConnectionError"),
+    ]
     assert retries[1].delay_s == pytest.approx(0.002)  # doubled
 
 
@@ -129,12 +138,16 @@ def test_retries_exhausted_fails_the_run() -> None:
     g = graph([task("f", N + "flaky", params={"fails": 5}, config={"max_retries": 1})])
     report, _ = run(g)
     assert report.status == "failed" and report.exit_code == 1
-    assert report.errors == [{"node": "f", "type": "ConnectionError", "message": "attempt 2 failed"}]
+    assert report.errors == [
+        {"node": "f", "type": "ConnectionError", "message": "attempt 2 failed"}
+    ]
     assert nodes.calls == {"f": 2}
 
 
 def test_backoff_one_keeps_the_delay() -> None:
-    g = graph([task("f", N + "flaky", config={"max_retries": 2, "retry_delay": 0.001, "backoff": 1})])
+    g = graph(
+        [task("f", N + "flaky", config={"max_retries": 2, "retry_delay": 0.001, "backoff": 1})]
+    )
     _, seen = run(g)
     assert [e.delay_s for e in seen if isinstance(e, ev.NodeRetry)] == [0.001, 0.001]
 
@@ -149,7 +162,11 @@ def test_timeout_abandons_the_attempt_and_retries() -> None:
 
 def test_fallback_stands_in() -> None:
     g = graph(
-        [task("a", N + "always_fails", config={"fallback": "fb"}), task("fb", N + "standin"), task("b", N + "ident")],
+        [
+            task("a", N + "always_fails", config={"fallback": "fb"}),
+            task("fb", N + "standin"),
+            task("b", N + "ident"),
+        ],
         [edge("a", "b")],
     )
     report, seen = run(g)
@@ -176,14 +193,26 @@ def test_failed_fallback_fails_the_node_and_does_not_hide_other_failures() -> No
 
 
 def test_unused_fallback_is_skipped() -> None:
-    report, _ = run(graph([task("a", N + "ident", config={"fallback": "fb"}), task("fb", N + "standin")]))
+    report, _ = run(
+        graph([task("a", N + "ident", config={"fallback": "fb"}), task("fb", N + "standin")])
+    )
     assert report.nodes["fb"].status == "skipped"
 
 
 def test_actions_route_and_exclusive_branches_rejoin() -> None:
     g = graph(
-        [task("r", N + "route", params={"to": "right"}), task("left", N + "ident"), task("right", N + "ident"), task("join", N + "ident")],
-        [edge("r", "left", action="left"), edge("r", "right", action="right"), edge("left", "join"), edge("right", "join")],
+        [
+            task("r", N + "route", params={"to": "right"}),
+            task("left", N + "ident"),
+            task("right", N + "ident"),
+            task("join", N + "ident"),
+        ],
+        [
+            edge("r", "left", action="left"),
+            edge("r", "right", action="right"),
+            edge("left", "join"),
+            edge("right", "join"),
+        ],
     )
     report, seen = run(g)
     assert report.nodes["left"].status == "skipped"
@@ -195,7 +224,11 @@ def test_actions_route_and_exclusive_branches_rejoin() -> None:
 
 def test_unmatched_action_takes_only_unlabelled_edges() -> None:
     g = graph(
-        [task("r", N + "route", params={"to": "other"}), task("a", N + "ident"), task("plain", N + "ident")],
+        [
+            task("r", N + "route", params={"to": "other"}),
+            task("a", N + "ident"),
+            task("plain", N + "ident"),
+        ],
         [edge("r", "a", action="left"), edge("r", "plain")],
     )
     report, _ = run(g)
@@ -226,7 +259,10 @@ def test_condition_and_transform() -> None:
 
 
 def test_condition_runtime_error_fails_the_source_clearly() -> None:
-    g = graph([task("r", N + "route"), task("x", N + "ident")], [edge("r", "x", condition="output.missing > 1")])
+    g = graph(
+        [task("r", N + "route"), task("x", N + "ident")],
+        [edge("r", "x", condition="output.missing > 1")],
+    )
     report, _ = run(g)
     assert report.nodes["r"].status == "failed"
     assert report.nodes["x"].status == "pending"
@@ -236,7 +272,10 @@ def test_condition_runtime_error_fails_the_source_clearly() -> None:
 
 def test_inputs_mapping_and_params_become_kwargs() -> None:
     g = graph(
-        [task("a", N + "numbers"), task("k", N + "kwargs", inputs={"values": "a", "f": "factor"}, params={"p": 1})],
+        [
+            task("a", N + "numbers"),
+            task("k", N + "kwargs", inputs={"values": "a", "f": "factor"}, params={"p": 1}),
+        ],
         [edge("a", "k")],
         {"factor": 3},
     )
@@ -262,7 +301,11 @@ def test_ctx_set_get_and_node_id() -> None:
 
 
 def test_empty_batch_gives_empty_list_and_downstream_runs() -> None:
-    g = graph([batch("B", "xs", N + "double"), task("n", "builtins.len", inputs="B")], [edge("B", "n")], {"xs": []})
+    g = graph(
+        [batch("B", "xs", N + "double"), task("n", "builtins.len", inputs="B")],
+        [edge("B", "n")],
+        {"xs": []},
+    )
     report, _ = run(g)
     assert report.context["B"] == [] and report.context["n"] == 0
 
@@ -280,7 +323,10 @@ def test_scatter_of_a_non_list_fails_naming_key_and_type(value: Any, found: str)
 
 
 def test_max_failures_allows_failed_items_as_null_slots() -> None:
-    g = graph([batch("B", "xs", N + "fail_on", params={"bad": [2, 4]}, max_failures=2)], context={"xs": [1, 2, 3, 4]})
+    g = graph(
+        [batch("B", "xs", N + "fail_on", params={"bad": [2, 4]}, max_failures=2)],
+        context={"xs": [1, 2, 3, 4]},
+    )
     report, _ = run(g)
     assert report.status == "completed"
     assert report.context["B"] == [1, None, 3, None]
@@ -301,14 +347,20 @@ def test_item_failure_beyond_budget_fails_the_batch() -> None:
 
 
 def test_batch_config_applies_per_item() -> None:
-    g = graph([batch("B", "xs", N + "flaky", params={"fails": 1}, config={"max_retries": 1})], context={"xs": [1, 2]})
+    g = graph(
+        [batch("B", "xs", N + "flaky", params={"fails": 1}, config={"max_retries": 1})],
+        context={"xs": [1, 2]},
+    )
     report, _ = run(g)
     assert report.context["B"] == [{"attempt": 2}, {"attempt": 2}]
     assert nodes.calls == {"B[0]": 2, "B[1]": 2}
 
 
 def test_keep_going_lets_independent_branches_finish() -> None:
-    g = graph([task("bad", N + "always_fails"), task("after", N + "ident"), task("other", N + "ident")], [edge("bad", "after")])
+    g = graph(
+        [task("bad", N + "always_fails"), task("after", N + "ident"), task("other", N + "ident")],
+        [edge("bad", "after")],
+    )
     report, _ = run(g, 1)
     assert report.nodes["other"].status == "succeeded"
     assert report.nodes["after"].status == "pending"
@@ -333,7 +385,11 @@ def test_unstorable_output_fails_the_node_naming_the_type() -> None:
 
 def test_input_from_a_skipped_node_fails_clearly() -> None:
     g = graph(
-        [task("r", N + "route"), task("skipme", N + "ident"), task("reader", N + "ident", inputs="skipme")],
+        [
+            task("r", N + "route"),
+            task("skipme", N + "ident"),
+            task("reader", N + "ident", inputs="skipme"),
+        ],
         [edge("r", "skipme", action="nope"), edge("r", "reader"), edge("skipme", "reader")],
     )
     report, _ = run(g)

@@ -8,10 +8,17 @@ so the driver, scheduler, events, display and store never change between them.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from flowrun.errors import UsageError
 from flowrun.invoke import Call, Outcome
+from flowrun.node import SharedContext
+
+if TYPE_CHECKING:
+    from flowrun.resolve import Target
 
 KINDS = ("thread", "process", "dask")
 
@@ -25,3 +32,42 @@ class Backend(Protocol):
     def submit(self, calls: list[Call]) -> Future[list[Outcome]]: ...
 
     def close(self, *, cancel: bool = False) -> None: ...
+
+
+def make_backend(
+    kind: str,
+    targets: Mapping[str, Target],
+    *,
+    workers: int,
+    run_id: str,
+    context: SharedContext,
+    cancelled: threading.Event,
+    dirs: Sequence[str],
+    address: str | None = None,
+) -> Backend:
+    """Build the backend named by `--executor` (imports process/dask code only when asked)."""
+    if kind == "thread":
+        from flowrun.executors.thread import ThreadBackend
+
+        return ThreadBackend(
+            targets, workers=workers, run_id=run_id, context=context, cancelled=cancelled
+        )
+    if kind == "process":
+        from flowrun.executors.process import ProcessBackend
+
+        return ProcessBackend(
+            targets, workers=workers, run_id=run_id, context=context, cancelled=cancelled, dirs=dirs
+        )
+    if kind == "dask":
+        from flowrun.executors.dask import DaskBackend
+
+        return DaskBackend(
+            targets,
+            workers=workers,
+            run_id=run_id,
+            context=context,
+            cancelled=cancelled,
+            dirs=dirs,
+            address=address,
+        )
+    raise UsageError(f"--executor {kind!r}: choose one of {', '.join(KINDS)}")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from flowrun.invoke import AttemptCancel, Call, Outcome, run_attempt
 from flowrun.node import SharedContext
