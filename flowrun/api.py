@@ -34,21 +34,36 @@ def load(path: str | os.PathLike[str]) -> Graph:
 
 
 def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem in one blueprint file (empty when it is valid)."""
+    """Every problem in one blueprint file (empty when it is valid).
+
+    Schema problems do not stop the check: what can be salvaged of the blueprint still goes
+    through expansion and import, and later problems at a location that already has one are
+    dropped (they would repeat the same root cause)."""
     try:
-        bp = schema.check(loader.load(path))
+        doc = loader.load(path)
     except BlueprintError as exc:
         return list(exc.problems)
-    problems: list[Problem] = []
-    for stage in (
-        expand,
-        lambda b: resolve(b, search_path(b.document.path if b.document else None)),
-    ):
+    try:
+        bp = schema.check(doc)
+        problems: list[Problem] = []
+    except BlueprintError as exc:
+        problems = list(exc.problems)
+        salvaged = schema.salvage(doc)
+        if salvaged is None:
+            return problems
+        bp = salvaged
+    seen = {p.path for p in problems}
+    for stage in (expand, lambda b: resolve(b, search_path(doc.path))):
         try:
             stage(bp)
         except BlueprintError as exc:
-            problems += exc.problems
+            problems += [p for p in exc.problems if not _covered(p.path, seen)]
     return sorted(problems, key=lambda p: (p.line, p.column))
+
+
+def _covered(path: str, seen: set[str]) -> bool:
+    """Is `path` at or inside a location that already has a problem?"""
+    return any(path == s or path.startswith((s + ".", s + "[")) for s in seen)
 
 
 def validate(paths: Iterable[str | os.PathLike[str]]) -> list[Problem]:

@@ -7,14 +7,34 @@ Nothing here changes after it is built; run state lives in the scheduler alone.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
-from flowrun.errors import PathT
+from flowrun.errors import PathT, Problem
 
-if TYPE_CHECKING:
-    from flowrun.loader import Document
+
+class Document(Protocol):
+    """Where a blueprint came from (`flowrun.loader.Document`): names positions in its file."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def path(self) -> Path: ...
+
+    def where(self, path: Sequence[str | int]) -> tuple[int, int]: ...
+
+    def problem(
+        self,
+        path: Sequence[str | int],
+        code: str,
+        message: str,
+        *,
+        key: bool = False,
+        severity: str = "error",
+    ) -> Problem: ...
 
 
 class Expression(Protocol):

@@ -372,3 +372,70 @@ def _edge(index: int, raw: dict[str, Any]) -> EdgeSpec:
         transform=raw.get("transform"),
         path=("edges", index),
     )
+
+
+# -- salvage: keep checking past schema errors ----------------------------------------------------
+
+
+def salvage(doc: Document) -> Blueprint | None:
+    """A best-effort `Blueprint` from data that failed the schema, so `validate` can still report
+    reference, cycle, expression and import problems in the same pass. Fields of the wrong type
+    are dropped (their schema problem is already reported); None if there is nothing to salvage."""
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        return None
+    nodes = [n for i, raw in enumerate(data["nodes"]) if (n := _salvage_node(i, raw)) is not None]
+    raw_edges = data.get("edges") if isinstance(data.get("edges"), list) else []
+    edges = [e for i, raw in enumerate(raw_edges) if (e := _salvage_edge(i, raw)) is not None]
+    context = data.get("context")
+    return Blueprint(
+        id=str(data.get("id", "")),
+        nodes=tuple(nodes),
+        edges=tuple(edges),
+        context=context if isinstance(context, dict) else {},
+        document=doc,
+    )
+
+
+def _str(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _salvage_node(index: int, raw: Any) -> NodeSpec | None:
+    if not isinstance(raw, dict) or _str(raw, "id") is None:
+        return None
+    node_id: str = raw["id"]
+    inputs = raw.get("inputs")
+    if isinstance(inputs, dict) and not all(isinstance(v, str) for v in inputs.values()):
+        inputs = None
+    batch = raw.get("batch")
+    spec = None
+    if isinstance(batch, dict) and _str(batch, "uses") and _str(batch, "inputKey"):
+        out = _str(batch, "outputKey") or node_id
+        spec = BatchSpec(batch["uses"], batch["inputKey"], out)
+    config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
+    assert isinstance(config, dict)
+    fallback = _str(config, "fallback")
+    join = config.get("joinStrategy") if config.get("joinStrategy") in ("all", "any") else "all"
+    return NodeSpec(
+        id=node_id,
+        uses=_str(raw, "uses") if spec is None else None,
+        inputs=inputs if isinstance(inputs, str | dict) else None,
+        config=Config(fallback=fallback, join=str(join)),
+        batch=spec,
+        path=("nodes", index),
+    )
+
+
+def _salvage_edge(index: int, raw: Any) -> EdgeSpec | None:
+    if not isinstance(raw, dict) or _str(raw, "source") is None or _str(raw, "target") is None:
+        return None
+    return EdgeSpec(
+        source=raw["source"],
+        target=raw["target"],
+        action=_str(raw, "action"),
+        condition=_str(raw, "condition"),
+        transform=_str(raw, "transform"),
+        path=("edges", index),
+    )

@@ -1,0 +1,104 @@
+"""Imports flow one way (STYLE.md): primitives <- stages <- scheduler <- executor <- api <- cli."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import flowrun
+
+PKG = Path(flowrun.__file__).parent
+
+# Each module's layer; a module may import only from its own layer or lower ones.
+LAYERS: dict[str, int] = {
+    "errors": 0, "model": 0, "events": 0, "node": 0,
+    "loader": 1, "schema": 1, "expr": 1, "expand": 1, "resolve": 1, "diagram": 1,
+    "scheduler": 2,
+    "invoke": 3, "executors": 3, "executor": 3, "store": 3, "report": 3, "progress": 3,
+    "progress_plain": 3, "eventlog": 3,
+    "api": 4,
+    "cli": 5, "__main__": 5,
+}  # fmt: skip
+STDLIB_ONLY = {"errors", "model", "events", "node", "scheduler", "invoke", "store", "report"}
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    return rel.parts[0]
+
+
+def imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            if node.module == "flowrun":
+                found.update(f"flowrun.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def sources() -> list[Path]:
+    return [p for p in PKG.rglob("*.py") if p.name != "__init__.py" or p.parent != PKG]
+
+
+def test_every_module_has_a_layer() -> None:
+    assert {module_name(p) for p in sources()} <= set(LAYERS)
+
+
+def test_imports_point_down() -> None:
+    wrong = []
+    for path in sources():
+        mine = LAYERS[module_name(path)]
+        for name in imports(path):
+            parts = name.split(".")
+            if parts[0] != "flowrun" or len(parts) < 2 or parts[1] not in LAYERS:
+                continue
+            if LAYERS[parts[1]] > mine:
+                wrong.append(f"{path.relative_to(PKG)} imports {name}")
+    assert wrong == []
+
+
+def test_lower_layers_use_only_the_stdlib() -> None:
+    third_party = {"typer", "rich", "yaml", "jsonschema", "distributed", "dask", "click"}
+    wrong = [
+        f"{p.relative_to(PKG)} imports {n}"
+        for p in sources()
+        if module_name(p) in STDLIB_ONLY
+        for n in imports(p)
+        if n.split(".")[0] in third_party
+    ]
+    assert wrong == []
+
+
+def test_the_executor_never_imports_rich() -> None:
+    for path in [PKG / "executor.py", *(PKG / "executors").glob("*.py")]:
+        assert not any(n.split(".")[0] == "rich" for n in imports(path)), path
+
+
+def test_public_surface() -> None:
+    assert sorted(flowrun.__all__) == sorted(
+        [
+            "BlueprintError",
+            "FlowrunError",
+            "NodeContext",
+            "Result",
+            "__version__",
+            "load",
+            "run",
+            "validate",
+        ]
+    )
+    for name in flowrun.__all__:
+        assert getattr(flowrun, name) is not None
+
+
+def test_python_api_runs_a_blueprint(tmp_path: Path) -> None:
+    report = flowrun.run("blueprints/batch-workflow.yaml", state_dir=tmp_path)
+    assert report.status == "completed"
+    assert report.context["sum-results"] == 120
+    assert flowrun.validate(["blueprints/batch-workflow.yaml"]) == []
+    graph = flowrun.load("blueprints/batch-workflow.yaml")
+    assert "double-items_scatter" in graph.nodes
