@@ -238,14 +238,21 @@ class Driver:
             spec = self.graph.nodes[batch].spec
             assert spec.batch is not None
             cap = spec.batch.concurrency or self.opts.concurrency
+            uses, params, timeout = spec.batch.uses, spec.batch.params, spec.config.timeout
+            items, emit = self.items[batch], self.emit
             while self._free() > 0 and self.batch_inflight.get(batch, 0) < cap:
                 idx = self.sched.take_items(batch, self._chunk_size(batch))
                 if not idx:
                     break
-                works = [self._item_work(batch, i, 1) for i in idx]
+                # The per-item path is the hot one: no lookups or helper calls inside it.
+                works = [
+                    Work(Call(f"{batch}[{i}]", uses, (items[i],), params, 1, i, timeout), batch, i)
+                    for i in idx
+                ]
                 self.batch_inflight[batch] = self.batch_inflight.get(batch, 0) + 1
+                now = time.time()
                 for w in works:
-                    self._emit_started(w)
+                    emit(ev.NodeStarted(now, w.call.node, 1, batch, w.index))
                 self._submit(works)
 
     def _chunk_size(self, batch: str) -> int:
@@ -284,20 +291,6 @@ class Driver:
             node.id, spec.uses, args, {**kwargs, **spec.params}, 1, None, spec.config.timeout
         )
         self.queued.append(Work(call, node.id, input_kwargs=kwargs))
-
-    def _item_work(self, batch: str, index: int, attempt: int) -> Work:
-        spec = self.graph.nodes[batch].spec
-        assert spec.batch is not None
-        call = Call(
-            f"{batch}[{index}]",
-            spec.batch.uses,
-            (self.items[batch][index],),
-            spec.batch.params,
-            attempt,
-            index,
-            spec.config.timeout,
-        )
-        return Work(call, batch, index)
 
     def _scatter(self, node: GraphNode) -> None:
         spec = node.spec
@@ -527,16 +520,12 @@ class Driver:
 
     def _after_item(self, batch: str) -> None:
         state = self.sched.batches[batch]
-        rep = self.reports[batch]
-        rep.items = {"total": state.total, "succeeded": state.succeeded, "failed": state.failed}
-        if (
-            state.over_budget
-            and self.sched.status[batch] is Status.FAILED
-            and rep.status != "failed"
-        ):
-            rep.status = "failed"
-            self._run_failed()
-            self._batch_finished(batch, "failed")
+        if state.over_budget and self.sched.status[batch] is Status.FAILED:
+            rep = self.reports[batch]
+            if rep.status != "failed":
+                rep.status = "failed"
+                self._run_failed()
+                self._batch_finished(batch, "failed")
 
     def _record_failure(self, node: str, etype: str, message: str, item: int | None = None) -> None:
         self.errors.append({"node": node, "type": etype, "message": message})
@@ -581,6 +570,12 @@ class Driver:
         return reports
 
     def _finalise_reports(self) -> None:
+        for batch, state in self.sched.batches.items():
+            self.reports[batch].items = {
+                "total": state.total,
+                "succeeded": state.succeeded,
+                "failed": state.failed,
+            }
         for name in self.graph.fallbacks:
             if self.reports[name].status == "pending":
                 self.reports[name].status = "skipped"

@@ -21,9 +21,12 @@ from typing import Any, ClassVar
 from flowrun.node import NodeContext, Result, SharedContext
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
-    """One attempt to run: `fn(*args, **kwargs)` (plus `ctx` when the function takes it)."""
+    """One attempt to run: `fn(*args, **kwargs)` (plus `ctx` when the function takes it).
+
+    Not frozen on purpose: one is built per batch item and a frozen init costs twice as much;
+    nothing changes a Call once built (a retry builds a new one)."""
 
     node: str
     uses: str
