@@ -24,6 +24,9 @@ class Document(Protocol):
     @property
     def path(self) -> Path: ...
 
+    @property
+    def text(self) -> str: ...
+
     def where(self, path: Sequence[str | int]) -> tuple[int, int]: ...
 
     def problem(

@@ -385,7 +385,7 @@ def salvage(doc: Document) -> Blueprint | None:
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         return None
     nodes = [n for i, raw in enumerate(data["nodes"]) if (n := _salvage_node(i, raw)) is not None]
-    raw_edges = data.get("edges") if isinstance(data.get("edges"), list) else []
+    raw_edges = data["edges"] if isinstance(data.get("edges"), list) else []
     edges = [e for i, raw in enumerate(raw_edges) if (e := _salvage_edge(i, raw)) is not None]
     context = data.get("context")
     return Blueprint(
