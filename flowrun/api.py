@@ -132,8 +132,13 @@ def initial_context(
             doc = loader.load(context_file)
         except BlueprintError as exc:
             raise UsageError("--context: " + str(exc)) from exc
-        if not isinstance(doc.data, dict):
-            raise UsageError(f"--context {context_file}: expected a mapping of keys to values")
+        declared = graph.blueprint.context
+        for key in doc.data:
+            if key not in declared:
+                raise UsageError(
+                    f"--context {context_file}: '{key}' is not a context key of the blueprint"
+                    f"{suggest(key, declared)}; declare it under `context:` (null is fine)"
+                )
         ctx.update(doc.data)
     ctx.update(parse_set(sets, graph.blueprint.context))
     return ctx
@@ -203,20 +208,21 @@ class Run:
                 "--resume reuses the run's initial context; drop --set/--context "
                 "(or start a new run)"
             )
-        opened = store.RunStore.open(state_dir, run_id)
+        bp_id = self.prepared.graph.blueprint.id
+        opened = store.RunStore.open(state_dir, run_id, blueprint_id=bp_id)
         try:
             self.stored = opened.load()
             meta = self.stored.meta
+            if meta.blueprint_id != bp_id:
+                raise StateError(
+                    f"run {meta.run_id} is of blueprint '{meta.blueprint_id}', not '{bp_id}' "
+                    f"({self.path})"
+                )
             if meta.blueprint_sha256 != self.prepared.sha256 and not self.options.allow_changed:
                 raise StateError(
                     f"{self.path} changed since run {meta.run_id} started; resuming could mix "
                     "results of two different blueprints. Start a new run, or pass "
                     "--allow-changed to resume anyway"
-                )
-            if meta.blueprint_id != self.prepared.graph.blueprint.id:
-                raise StateError(
-                    f"run {meta.run_id} is of blueprint '{meta.blueprint_id}', not "
-                    f"'{self.prepared.graph.blueprint.id}' ({self.path})"
                 )
         except BaseException:
             opened.close()

@@ -12,12 +12,15 @@ import threading
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from flowrun import __version__
 from flowrun.errors import BlueprintError, FlowrunError
+
+if TYPE_CHECKING:
+    from flowrun.progress_plain import RunRecord
 
 app = typer.Typer(
     name="flowrun",
@@ -48,9 +51,12 @@ class ExecutorKind(StrEnum):
     dask = "dask"
 
 
-FileArg = Annotated[Path, typer.Argument(help="Blueprint file (.yaml, .yml or .json).")]
+FileArg = Annotated[
+    Path, typer.Argument(metavar="FILE", help="Blueprint file (.yaml, .yml or .json).")
+]
 StateDir = Annotated[
-    Path, typer.Option("--state-dir", help="Where run state is kept: DIR/runs/<runId>/.")
+    Path,
+    typer.Option("--state-dir", metavar="DIR", help="Where run state is kept: DIR/runs/<runId>/."),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for flowrun errors.")]
 
@@ -87,7 +93,7 @@ def _fail(exc: FlowrunError, debug: bool) -> NoReturn:
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Blueprint files to check.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Blueprint files to check.")],
     fmt: Annotated[ValidateFormat, typer.Option("--format", help="Output format.")] = (
         ValidateFormat.text
     ),
@@ -149,21 +155,33 @@ def run(
     concurrency: Annotated[
         int,
         typer.Option(
-            "--concurrency", "-c", min=1, help="Most nodes and batch items running at once."
+            "--concurrency",
+            "-c",
+            min=1,
+            metavar="N",
+            help="Most nodes and batch items running at once.",
         ),
     ] = 8,
     sets: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override one context key: KEY=VALUE (VALUE is a YAML scalar)."),
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override one context key (VALUE is a YAML scalar: 3 is an int). Repeatable.",
+        ),
     ] = None,
     context: Annotated[
-        Path | None, typer.Option("--context", help="JSON/YAML file of initial context values.")
+        Path | None,
+        typer.Option("--context", metavar="FILE", help="JSON/YAML file of initial context values."),
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
     ] = False,
     events: Annotated[
-        Path | None, typer.Option("--events", help="Append one JSON event per line to this file.")
+        Path | None,
+        typer.Option(
+            "--events", metavar="FILE", help="Append one JSON event per line to this file."
+        ),
     ] = None,
     no_progress: Annotated[
         bool, typer.Option("--no-progress", help="No progress display.")
@@ -177,10 +195,12 @@ def run(
         ExecutorKind.thread
     ),
     address: Annotated[
-        str | None, typer.Option("--address", help="Dask scheduler address (tcp://host:8786).")
+        str | None,
+        typer.Option("--address", metavar="URL", help="Dask scheduler address (tcp://host:8786)."),
     ] = None,
     resume: Annotated[
-        str | None, typer.Option("--resume", help="Resume a run: RUN_ID or 'latest'.")
+        str | None,
+        typer.Option("--resume", metavar="RUN_ID", help="Resume a run: RUN_ID or 'latest'."),
     ] = None,
     allow_changed: Annotated[
         bool,
@@ -200,7 +220,8 @@ def run(
 
     console = Console(stderr=True)
     mode = choose_mode(console, quiet=quiet, no_progress=no_progress, env=os.environ)
-    reporter = make_reporter(mode, console)
+    # --no-progress hides the display, not the run's errors: those print as --quiet prints them.
+    reporter = make_reporter("quiet" if mode == "off" else mode, console)
     log = None
     try:
         log = EventLog(events) if events is not None else None
@@ -214,7 +235,7 @@ def run(
             resume=resume,
             allow_changed=allow_changed,
             state_dir=state_dir,
-            sinks=[s for s in (reporter if mode != "off" else None, log) if s is not None],
+            sinks=[s for s in (reporter, log) if s is not None],
         )
         r = api.Run(file, options)
         with _signals(r, reporter), reporter:
@@ -225,14 +246,21 @@ def run(
         if log is not None:
             log.close()
     reporter.summary()
-    if mode == "off":
-        for e in report.errors:
-            print(f"flowrun: {e['node']} failed: {e['type']}: {e['message']}", file=sys.stderr)
+    _print_unannounced(report.errors, reporter.record)
     if as_json:
         print(report.to_json())
     elif mode != "quiet":
         _print_results(r, report)
     _exit(report.exit_code)
+
+
+def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
+    """A failed run always says why on stderr: errors that no failure event announced to the
+    display (so it printed nothing for them) get one line each."""
+    seen = {rec.node for rec in record.failures} | set(record.failed_items)
+    for e in errors:
+        if e["node"] not in seen:
+            print(f"flowrun: {e['node']} failed: {e['type']}: {e['message']}", file=sys.stderr)
 
 
 def _print_results(r: object, report: object) -> None:
@@ -287,14 +315,20 @@ def _exit(code: int) -> NoReturn:
 def runs(
     state_dir: StateDir = Path(".flowrun"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs.")] = 20,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, metavar="N", help="How many runs.")
+    ] = 20,
+    debug: Debug = False,
 ) -> None:
     """List recent runs (newest first) with their status, for `run --resume`."""
     import dataclasses
 
     from flowrun.store import list_runs
 
-    found = list_runs(state_dir, limit)
+    try:
+        found = list_runs(state_dir, limit)
+    except FlowrunError as exc:
+        _fail(exc, debug)
     if as_json:
         print(json.dumps([dataclasses.asdict(r) for r in found], indent=2))
         return
@@ -304,7 +338,13 @@ def runs(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run id", "blueprint", "status", "started (UTC)", "duration", box=None)
+    # The ids are what --resume takes: they are never cut; a long blueprint name folds instead.
+    table = Table(box=None, pad_edge=False)
+    table.add_column("run id", no_wrap=True, min_width=max(len(r.run_id) for r in found))
+    table.add_column("blueprint", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("started (UTC)", no_wrap=True, min_width=19)
+    table.add_column("duration", no_wrap=True, justify="right")
     for r in found:
         started = _utc(r.started) if r.started else "-"
         took = f"{r.duration_s:.2f} s" if r.duration_s is not None else "-"

@@ -276,9 +276,13 @@ class Driver:
         stored = self.stored.nodes.get(node.id)
         if stored is not None and stored[0] in ("succeeded", "recovered"):
             status, output, action, attempts = stored
-            self.reports[node.id] = NodeReport(status, attempts)
-            self.emit(ev.NodeSucceeded(time.time(), node.id, attempts, output=output, reused=True))
-            self._settle_task(node.id, Status(status), output, action)
+            taken = self._taken_or_fail(node.id, output, action, attempts)
+            if taken is not None:
+                self.reports[node.id] = NodeReport(status, attempts)
+                self.emit(
+                    ev.NodeSucceeded(time.time(), node.id, attempts, output=output, reused=True)
+                )
+                self.sched.finish(node.id, Status(status), taken)
             return
         try:
             args, kwargs = self._input(node)
@@ -412,6 +416,13 @@ class Driver:
 
     def _succeeded(self, work: Work, out: Outcome) -> None:
         call = work.call
+        taken = None
+        if work.fallback_for is None and work.index is None:
+            # Edges first: a failing condition fails the node, and it must never be announced
+            # as succeeded (the display, the store and the events file would say so).
+            taken = self._taken_or_fail(work.node, out.output, out.action, call.attempt)
+            if taken is None:
+                return
         self.emit(
             ev.NodeSucceeded(
                 time.time(), call.node, call.attempt, out.duration_ms, _batch(work), call.index,
@@ -425,19 +436,23 @@ class Driver:
             self._after_item(work.node)
         else:
             self.reports[work.node] = NodeReport("succeeded", call.attempt, out.duration_ms)
-            self.context.set(work.node, out.output)
-            self._settle_task(work.node, Status.SUCCEEDED, out.output, out.action)
+            self.sched.finish(work.node, Status.SUCCEEDED, taken)
 
-    def _settle_task(self, node: str, status: Status, output: Any, action: str | None) -> None:
+    def _taken_or_fail(
+        self, node: str, output: Any, action: str | None, attempt: int
+    ) -> dict[str, Any] | None:
+        """Store the output and evaluate the outgoing edges; on an expression error, fail the
+        node (event, error, report) and return None."""
         self.context.set(node, output)
         try:
-            taken = self._edges(node, output, action)
+            return self._edges(node, output, action)
         except ExprEvalError as exc:
+            self.ctx.pop(node, None)
+            self.emit(ev.NodeFailed(time.time(), node, attempt, 0.0, "ExprEvalError", str(exc)))
             self._record_failure(node, "ExprEvalError", str(exc))
-            self.reports[node].status = "failed"
+            self.reports[node] = NodeReport("failed", attempt)
             self.sched.finish(node, Status.FAILED)
-            return
-        self.sched.finish(node, status, taken)
+            return None
 
     def _edges(self, source: str, output: Any, action: str | None) -> dict[str, Any]:
         taken: dict[str, Any] = {}
@@ -497,13 +512,17 @@ class Driver:
         assert failed is not None
         self.reports[work.node] = NodeReport("succeeded", work.call.attempt, out.duration_ms)
         self.context.set(work.node, out.output)
-        self.emit(ev.NodeRecovered(time.time(), failed.call.node, work.node, out.output))
         if failed.index is not None:
+            self.emit(ev.NodeRecovered(time.time(), failed.call.node, work.node, out.output))
             self.sched.item_done(failed.node, failed.index, True, out.output)
             self._after_item(failed.node)
             return
+        taken = self._taken_or_fail(failed.node, out.output, out.action, failed.call.attempt)
+        if taken is None:
+            return
+        self.emit(ev.NodeRecovered(time.time(), failed.call.node, work.node, out.output))
         self.reports[failed.node] = NodeReport("recovered", failed.call.attempt, out.duration_ms)
-        self._settle_task(failed.node, Status.RECOVERED, out.output, out.action)
+        self.sched.finish(failed.node, Status.RECOVERED, taken)
 
     def _final_failure(self, work: Work, out: Outcome) -> None:
         if work.fallback_for is not None:

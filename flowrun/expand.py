@@ -9,8 +9,11 @@ cycles, and expressions.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import graphlib
+import itertools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -52,12 +55,36 @@ class _Checker:
         self.bp = bp
         self.problems: list[Problem] = []
 
-    def add(self, path: PathT, code: str, message: str, *, key: bool = False) -> None:
+    def add(
+        self, path: PathT, code: str, message: str, *, key: bool = False, at: Any = None
+    ) -> None:
+        """Record a problem at `path`; `at` (text, 1-based column) points inside a string value."""
         doc = self.bp.document
         if doc is None:
             self.problems.append(Problem(self.bp.file, 1, 1, "$", code, message))
-        else:
-            self.problems.append(doc.problem(path, code, message, key=key))
+            return
+        problem = doc.problem(path, code, message, key=key)
+        source = getattr(doc, "text", None)  # the loader's Document keeps it; a stand-in may not
+        if at is not None and isinstance(source, str):
+            column = _column_in_value(source, problem.line, problem.column, *at)
+            problem = dataclasses.replace(problem, column=column or problem.column)
+        self.problems.append(problem)
+
+
+_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts as a line break
+
+
+def _column_in_value(source: str, line: int, column: int, text: str, offset: int) -> int | None:
+    """The file column of character `offset` (1-based) of the string `text`, whose value starts
+    at `line`:`column`; None unless the value is written on one line exactly as `text` (plain
+    or quoted, no escapes), the only case where the two kinds of column line up."""
+    lines = _LINE_BREAK.split(source)
+    if _LINE_BREAK.search(text) or not 0 < line <= len(lines):
+        return None
+    raw, start = lines[line - 1], column - 1
+    if raw[start : start + 1] in ("'", '"'):
+        start += 1
+    return start + offset if raw.startswith(text, start) else None
 
 
 def expand(bp: Blueprint) -> Graph:
@@ -197,7 +224,8 @@ def _compile(espec: EdgeSpec, field: str, names: list[str], chk: _Checker) -> An
     try:
         return compile_expr(text, names, kind=field)
     except ExprError as exc:
-        chk.add((*espec.path, field), f"expr-{field}", f"{field} {text!r}: {exc.message}")
+        message = f"{field} {text!r}: {exc.message}"
+        chk.add((*espec.path, field), f"expr-{field}", message, at=(text, exc.column))
         return None
 
 
@@ -254,13 +282,28 @@ def _order(
         return list(sorter.static_order())
     except graphlib.CycleError as exc:
         cycle: list[str] = exc.args[1]
-        spec = nodes[cycle[0]].spec
+        # Name batches as the user wrote them: B, not B_scatter -> B -> B_gather.
+        names = [nodes[n].batch or n for n in cycle]
+        shown = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
+        shown += shown[-1:] if len(shown) == 1 else []  # a batch feeding itself: B -> B
         chk.add(
-            spec.path,
+            _cycle_location(cycle, nodes, preds),
             "cycle",
-            "edges form a cycle: " + " -> ".join(cycle) + "; a blueprint must be acyclic",
+            f"edges form a cycle: {' -> '.join(shown)}; a blueprint must be acyclic, so remove "
+            "one of these edges",
         )
         return []
+
+
+def _cycle_location(
+    cycle: list[str], nodes: Mapping[str, GraphNode], preds: Mapping[str, tuple[GraphEdge, ...]]
+) -> PathT:
+    """The blueprint edge that closes `cycle` (a -> b -> ... -> a), else the first node's path."""
+    for source, target in reversed(list(itertools.pairwise(cycle))):
+        for edge in preds[target]:
+            if edge.source == source and edge.spec is not None:
+                return edge.spec.path
+    return nodes[cycle[0]].spec.path
 
 
 def resolve_source(text: str, known: Iterable[str]) -> Source | None:

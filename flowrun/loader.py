@@ -134,6 +134,7 @@ def load(path: str | os.PathLike[str]) -> Document:
     """Read a `.yaml`, `.yml` or `.json` file whose top level is a mapping."""
     name = os.fspath(path)
     fmt = EXTENSIONS.get(Path(name).suffix.lower())
+    raw = _read(name)  # first: "not found" or "is a directory" says more than the extension
     if fmt is None:
         found = Path(name).suffix or "no extension"
         _fail(
@@ -141,7 +142,7 @@ def load(path: str | os.PathLike[str]) -> Document:
             "unknown-format",
             f"cannot read '{name}': {found} is not a known format; use .yaml, .yml or .json",
         )
-    text = _decode(_read(name), name)
+    text = _decode(raw, name)
     return load_text(text, name, "json" if fmt == "json" else "yaml")
 
 

@@ -7,9 +7,11 @@ directory, the current directory and `PYTHONPATH`, in that order.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import os
+import pkgutil
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -71,12 +73,27 @@ def _module_file(mod: ModuleType) -> str:
     return f" ({os.path.relpath(file)})" if file else ""
 
 
+def _a(obj: object) -> str:
+    """'an int', 'a str': the kind of a value, with its article."""
+    name = type(obj).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _nearby_modules(dirs: Sequence[str]) -> list[str]:
+    """Top-level modules and packages in `dirs`: what a mistyped module name is compared with."""
+    try:
+        return sorted({m.name for m in pkgutil.iter_modules(list(dirs))})
+    except OSError:
+        return []
+
+
 def _import(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         # A missing *dependency* of an existing module is the module's own error, not a miss.
-        if exc.name is not None and not name.startswith(exc.name) and exc.name != name:
+        missing = exc.name
+        if missing is not None and missing != name and not name.startswith(missing + "."):
             raise ResolveError("resolve.import-error", _import_failure(name, exc)) from exc
         return None
     except Exception as exc:
@@ -85,12 +102,16 @@ def _import(name: str) -> ModuleType | None:
 
 def _import_failure(name: str, exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-    where = f" at {os.path.relpath(last[0].filename)}:{last[0].lineno}" if last else ""
+    where = f" ({os.path.relpath(last[0].filename)}:{last[0].lineno})" if last else ""
     return f"importing '{name}' raised {type(exc).__name__}: {exc}{where}"
 
 
-def load_callable(uses: str) -> Callable[..., Any]:
-    """Import `uses` and return the object; `ResolveError` says what was tried."""
+def load_callable(uses: str, *, dirs: Sequence[str] = ()) -> Callable[..., Any]:
+    """Import `uses` and return the object; `ResolveError` says what was tried.
+
+    `dirs` (the blueprint's search directories) only feed the "did you mean" of a module that
+    is not found.
+    """
     tried: list[str] = []
     for mod_name, attrs in _split(uses):
         module = _import(mod_name)
@@ -101,24 +122,31 @@ def load_callable(uses: str) -> Callable[..., Any]:
         for i, attr in enumerate(attrs):
             if not hasattr(obj, attr):
                 names = [n for n in dir(obj) if not n.startswith("_")]
-                owner = ".".join([mod_name, *attrs[:i]])
+                where = f"module '{mod_name}'{_module_file(module)} has"
+                if i:  # the attribute is missing on something inside the module
+                    inner = ".".join(attrs[:i])
+                    where = (
+                        f"'{inner}' in module '{mod_name}'{_module_file(module)} is {_a(obj)} with"
+                    )
                 raise ResolveError(
                     "resolve.no-attribute",
-                    f"'{uses}': module '{owner}'{_module_file(module)} has no attribute "
-                    f"'{attr}'{suggest(attr, names)}",
+                    f"'{uses}': {where} no attribute '{attr}'{suggest(attr, names)}",
                 )
             obj = getattr(obj, attr)
         if not callable(obj):
             raise ResolveError(
                 "resolve.not-callable",
-                f"'{uses}' is a {type(obj).__name__}, not a function (in{_module_file(module)})",
+                f"'{uses}' is {_a(obj)}, not a function: `uses` must name something "
+                f"callable in module '{mod_name}'{_module_file(module)}",
             )
         return obj  # type: ignore[no-any-return]
     top = tried[-1] if tried else uses
+    close = difflib.get_close_matches(top, _nearby_modules(dirs), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ResolveError(
         "resolve.not-found",
         f"cannot import '{uses}': no module '{top}' in the blueprint's directory, the "
-        f"current directory or PYTHONPATH (tried {', '.join(repr(t) for t in tried)})",
+        f"current directory or PYTHONPATH (tried {', '.join(repr(t) for t in tried)}{hint})",
     )
 
 
@@ -136,7 +164,8 @@ def describe(uses: str, fn: Callable[..., Any]) -> Target:
 
 def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
     """Import every `uses` (nodes and batch workers); raise `BlueprintError` listing failures."""
-    use_search_path(list(dirs))
+    dirs = list(dirs)
+    use_search_path(dirs)
     targets: dict[str, Target] = {}
     problems: list[Problem] = []
     for spec in bp.nodes:
@@ -144,7 +173,7 @@ def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
         if uses is None or uses in targets:
             continue
         try:
-            targets[uses] = describe(uses, load_callable(uses))
+            targets[uses] = describe(uses, load_callable(uses, dirs=dirs))
         except ResolveError as exc:
             path = (*spec.path, *field)
             if bp.document is not None:

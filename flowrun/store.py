@@ -4,7 +4,7 @@ Layout: ``<state_dir>/runs/<run_id>/state.db`` plus a ``lock`` file that the pro
 run holds (``flock``), so two flowrun processes never write the same run. The store is a sink of
 the event stream: calling it costs the run's thread one ``queue.put`` of a small tuple; the writer
 thread owns the connection and commits records in groups, in the order they were recorded, so a
-``kill -9`` loses at most the last ``COMMIT_WINDOW_S`` of finished work. Outputs are JSON text,
+``kill -9`` loses at most the records of one commit in progress. Outputs are JSON text,
 decoded with ``json.loads`` only: nothing is ever unpickled. ``load`` reads a run back for
 ``--resume``; ``list_runs`` summarises the runs of a state directory. Every sqlite3 error is
 translated here into a ``StateError`` that names the database file.
@@ -43,7 +43,6 @@ from flowrun.events import (
 )
 
 COMMIT_MAX_RECORDS = 1000  # records per transaction, at most
-COMMIT_WINDOW_S = 0.050  # longest a finished record waits in memory before its commit
 SCHEMA_VERSION = 1
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
@@ -230,21 +229,17 @@ class _Writer:
             self._conn.close()
 
     def _drain(self) -> list[tuple[Any, ...]]:
-        """Block for a record, then take more until COMMIT_MAX_RECORDS, the window or a marker."""
+        """Block for a record, then take what is already queued (up to COMMIT_MAX_RECORDS or a
+        marker) and commit at once. Records group by themselves while a commit is running, so
+        a busy run still writes in large transactions, and a finished record waits at most one
+        commit: that, plus what was running, is all a `kill -9` can lose."""
         get = self.queue.get
         records = [get()]
-        deadline = time.monotonic() + COMMIT_WINDOW_S
         while len(records) < COMMIT_MAX_RECORDS and records[-1][0] not in (_FLUSH, _STOP):
             try:
                 records.append(get(block=False))
             except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    records.append(get(timeout=remaining))
-                except queue.Empty:
-                    break
+                break
         return records
 
     def _commit(self, records: list[tuple[Any, ...]]) -> None:
@@ -305,9 +300,10 @@ class RunStore:
         return cls(meta, run_dir, _prepared(db, lock_fd, create=row), lock_fd)
 
     @classmethod
-    def open(cls, state_dir: Path, run_id: str) -> RunStore:
-        """Open an existing run (``latest``: the most recently started one) to record more."""
-        run_dir = _run_dir(state_dir, run_id)
+    def open(cls, state_dir: Path, run_id: str, blueprint_id: str | None = None) -> RunStore:
+        """Open an existing run to record more. ``latest`` is the most recently started run
+        (of `blueprint_id`, when given)."""
+        run_dir = _run_dir(state_dir, run_id, blueprint_id)
         db = run_dir / DB_NAME
         if not db.is_file():
             raise StateError(f"{run_dir} is not a flowrun run directory (no {DB_NAME})")
@@ -398,12 +394,18 @@ def _checked_id(run_id: str) -> str:
     return run_id
 
 
-def _run_dir(state_dir: Path, run_id: str) -> Path:
+def _run_dir(state_dir: Path, run_id: str, blueprint_id: str | None = None) -> Path:
     runs_dir = _runs_dir(state_dir)
     if run_id == "latest":
-        newest = list_runs(state_dir, limit=1)
+        limit = 1 if blueprint_id is None else len(_run_ids(state_dir))
+        newest = [
+            r
+            for r in list_runs(state_dir, limit=max(1, limit))
+            if blueprint_id in (None, r.blueprint_id) or r.status == "corrupt"
+        ]
         if not newest:
-            raise StateError(f"no run to resume: {runs_dir} holds no runs")
+            of = "" if blueprint_id is None else f" of blueprint '{blueprint_id}'"
+            raise StateError(f"no run to resume: {runs_dir} holds no runs{of}")
         return runs_dir / newest[0].run_id
     if not (runs_dir / _checked_id(run_id)).is_dir():
         known = sorted(_run_ids(state_dir), reverse=True)

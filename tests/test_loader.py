@@ -398,7 +398,11 @@ def test_unknown_extension(tmp_path: Path) -> None:
         problem.message
         == f"cannot read '{path}': .toml is not a known format; use .yaml, .yml or .json"
     )
-    assert "no extension is not" in file_problem(tmp_path / "Blueprint").message
+    extensionless = tmp_path / "Blueprint"
+    extensionless.write_text("id: x\n")
+    assert "no extension is not" in file_problem(extensionless).message
+    # A path that does not exist says so, whatever its extension.
+    assert file_problem(tmp_path / "Missing").code == "file-not-found"
 
 
 def test_missing_file() -> None:
