@@ -144,8 +144,10 @@ def _with_timeout(
 def _user_traceback(exc: BaseException) -> str:
     """The traceback from the node function's frame on: flowrun's own frames are noise."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
+    if tb is None:  # raised by flowrun itself (a bad call, an output that is not JSON)
+        return "".join(traceback.format_exception_only(exc))
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 

@@ -395,3 +395,28 @@ def test_input_from_a_skipped_node_fails_clearly() -> None:
     report, _ = run(g)
     assert report.nodes["reader"].status == "failed"
     assert "'skipme' has no value" in report.errors[0]["message"]
+
+
+def test_tracebacks_start_at_the_node_function() -> None:
+    _, seen = run(graph([task("f", N + "always_fails"), task("u", N + "unstorable")]))
+    failed = {e.node: e for e in seen if isinstance(e, ev.NodeFailed)}
+    assert "invoke.py" not in failed["f"].traceback
+    assert 'nodes.py", line' in failed["f"].traceback
+    assert failed["f"].traceback.rstrip().endswith("ValueError: boom")
+    # an output that is not JSON is flowrun's finding: the message alone, no flowrun frames
+    assert failed["u"].traceback.startswith("TypeError: output of type object")
+
+
+def test_fallback_gets_the_input_but_not_the_failed_nodes_params() -> None:
+    # standin(x) takes no keyword arguments: had the failed node's params leaked into the
+    # fallback call, it would raise TypeError and the node would end failed, not recovered.
+    g = graph(
+        [
+            task("a", N + "fail_on", inputs="x", params={"bad": [1]}, config={"fallback": "fb"}),
+            task("fb", N + "standin"),
+        ],
+        context={"x": 1},
+    )
+    report, _ = run(g)
+    assert report.nodes["a"].status == "recovered"
+    assert report.context["a"] == {"from": "fallback", "input": 1}
