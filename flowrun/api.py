@@ -271,15 +271,17 @@ class Run:
         except BaseException:
             self.store.close()
             raise
+        bus = ev.Bus([self.store, *opts.sinks])
         self._driver = Driver(
             self.prepared.graph,
             backend,
             run_id=self.run_id,
             context=self.context,
-            emit=ev.Bus([self.store, *opts.sinks]),
+            emit=bus,
             options=Options(opts.concurrency, opts.fail_fast),
             cancelled=self.cancelled,
             stored=self._resume_state(),
+            idle=bus.idle,
         )
         try:
             return self._driver.run()  # type: ignore[no-any-return]

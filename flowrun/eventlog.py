@@ -1,14 +1,19 @@
-"""The `--events FILE` sink: one JSON object per line, appended and flushed as the run goes,
-so `tail -f` follows a run. Fields are each event's `to_json()` (see README, "Events")."""
+"""The `--events FILE` sink: one JSON object per line, appended as the run goes. Lines are
+flushed whenever the run waits for work (the driver calls `idle`) and at least every
+`FLUSH_EVERY_S` while it is busy, so `tail -f` follows a run without a write per line.
+Fields are each event's `to_json()` (see README, "Events")."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import IO
 
 from flowrun.errors import UsageError
 from flowrun.events import Event
+
+FLUSH_EVERY_S = 0.2
 
 
 class EventLog:
@@ -19,12 +24,21 @@ class EventLog:
             self._file: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
             raise UsageError(f"--events {path}: cannot open for writing: {exc.strerror}") from exc
+        self._flushed = time.monotonic()
 
     def __call__(self, event: Event) -> None:
         if self._file is None:
             return
         self._file.write(json.dumps(event.to_json(), separators=(",", ":"), default=str) + "\n")
-        self._file.flush()
+        now = time.monotonic()
+        if now - self._flushed >= FLUSH_EVERY_S:
+            self.idle()
+
+    def idle(self) -> None:
+        """Flush what is buffered (the run is about to wait)."""
+        if self._file is not None:
+            self._file.flush()
+            self._flushed = time.monotonic()
 
     def close(self) -> None:
         if self._file is not None:

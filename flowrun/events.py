@@ -23,11 +23,18 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """The object written to the `--events` file: `event`, `ts`, then the other fields."""
+        names = _PUBLIC.get(type(self))
+        if names is None:
+            names = _PUBLIC[type(self)] = tuple(
+                f.name for f in fields(self) if f.name not in self.private
+            )
         out: dict[str, Any] = {"event": self.event}
-        for f in fields(self):
-            if f.name not in self.private:
-                out[f.name] = getattr(self, f.name)
+        for name in names:
+            out[name] = getattr(self, name)
         return out
+
+
+_PUBLIC: dict[type[Event], tuple[str, ...]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,16 +153,29 @@ Sink = Callable[[Event], None]
 
 
 class Bus:
-    """Fans each event out to every sink, in the order the sinks were given."""
+    """Fans each event out to every sink, in the order the sinks were given.
 
-    __slots__ = ("_sinks",)
+    `idle()` is called by the driver just before it blocks waiting for work to finish; sinks
+    with an `idle` method use it to flush what they buffer (the `--events` file)."""
+
+    __slots__ = ("_idlers", "_sinks")
 
     def __init__(self, sinks: Iterable[Sink] = ()) -> None:
-        self._sinks = list(sinks)
+        self._sinks: list[Sink] = []
+        self._idlers: list[Callable[[], None]] = []
+        for sink in sinks:
+            self.add(sink)
 
     def add(self, sink: Sink) -> None:
         self._sinks.append(sink)
+        idle = getattr(sink, "idle", None)
+        if callable(idle):
+            self._idlers.append(idle)
 
     def __call__(self, event: Event) -> None:
         for sink in self._sinks:
             sink(event)
+
+    def idle(self) -> None:
+        for idle in self._idlers:
+            idle()

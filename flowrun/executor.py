@@ -100,6 +100,7 @@ class Driver:
         cancelled: threading.Event | None = None,
         stored: Stored | None = None,
         clock: Callable[[], float] = time.monotonic,
+        idle: Callable[[], None] | None = None,
     ) -> None:
         self.graph = graph
         self.backend = backend
@@ -111,6 +112,7 @@ class Driver:
         self.cancelled = cancelled or threading.Event()
         self.stored = stored or Stored({}, {})
         self.clock = clock
+        self.idle = idle
         self.sched = Scheduler(graph)
         self.done_q: queue.SimpleQueue[tuple[list[Work], Future[list[Outcome]]] | None] = (
             queue.SimpleQueue()
@@ -189,6 +191,8 @@ class Driver:
         timeout = max(0.0, min(waits) - self.clock()) if waits else None
         if timeout is None and not self.inflight and not self.stopping:
             raise RuntimeError("flowrun internal error: nothing in flight and nothing ready")
+        if self.done_q.empty() and self.idle is not None:
+            self.idle()  # about to block: let buffering sinks flush
         try:
             return self.done_q.get(timeout=timeout)
         except queue.Empty:
