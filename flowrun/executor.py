@@ -264,8 +264,15 @@ class Driver:
         if ms is None:
             return 1
         state = self.sched.batches[batch]
-        spread = max(1, (state.remaining - state.handed) // (2 * self.opts.concurrency))
-        return max(1, min(MAX_CHUNK, int(CHUNK_TARGET_MS / max(ms, 1e-3)), spread))
+        per_item = max(ms, 1e-3)
+        dispatch = self.backend.dispatch_ms
+        # Few enough items per chunk to spread the rest over the workers, but never so few
+        # that the round trip to the backend costs more than the items themselves.
+        worth_a_trip = int(dispatch / per_item)
+        spread = max(
+            1, worth_a_trip, (state.remaining - state.handed) // (2 * self.opts.concurrency)
+        )
+        return max(1, min(MAX_CHUNK, int(max(CHUNK_TARGET_MS, dispatch) / per_item), spread))
 
     # -- starting nodes --------------------------------------------------------------------
     def _start(self, node: GraphNode) -> None:

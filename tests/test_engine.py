@@ -73,7 +73,17 @@ def test_seed_example(concurrency: int) -> None:
 
 
 def test_event_sequence_in_order() -> None:
-    _, seen = run(seed(), 1)
+    # A worker slow enough (20 ms) that items go one per chunk; fast items are chunked and
+    # their start events come together (test_chunked_items_keep_per_item_events).
+    g = graph(
+        [
+            task("start", N + "numbers"),
+            batch("double-items", "start", N + "track", output_key="doubled"),
+            task("sum-results", "builtins.sum", inputs="doubled"),
+        ],
+        [edge("start", "double-items_scatter"), edge("double-items_gather", "sum-results")],
+    )
+    _, seen = run(g, 1)
     names = [(e.event, getattr(e, "node", None)) for e in seen]
     assert names == [
         ("run_started", None),
@@ -420,3 +430,15 @@ def test_fallback_gets_the_input_but_not_the_failed_nodes_params() -> None:
     report, _ = run(g)
     assert report.nodes["a"].status == "recovered"
     assert report.context["a"] == {"from": "fallback", "input": 1}
+
+
+def test_chunked_items_keep_per_item_events_and_order() -> None:
+    g = graph([batch("B", "xs", N + "ident")], context={"xs": list(range(2000))})
+    report, seen = run(g, 2)
+    assert report.context["B"] == list(range(2000))
+    started = [e.index for e in seen if isinstance(e, ev.NodeStarted)]
+    done = [e.index for e in seen if isinstance(e, ev.NodeSucceeded)]
+    assert sorted(started) == sorted(done) == list(range(2000))  # one of each per item
+    starts = {e.index: i for i, e in enumerate(seen) if isinstance(e, ev.NodeStarted)}
+    ends = {e.index: i for i, e in enumerate(seen) if isinstance(e, ev.NodeSucceeded)}
+    assert all(starts[i] < ends[i] for i in range(2000))

@@ -28,6 +28,9 @@ class Backend(Protocol):
 
     #: does `ctx.get` see other nodes' `ctx.set` at once (shared memory), or a snapshot?
     shared_context: bool
+    #: what one chunk's round trip costs, in ms: chunks of fast items are made at least
+    #: big enough to pay for it
+    dispatch_ms: float
 
     def submit(self, calls: list[Call]) -> Future[list[Outcome]]: ...
 

@@ -13,6 +13,7 @@ from flowrun.resolve import Target
 
 class ThreadBackend:
     shared_context = True
+    dispatch_ms = 0.02  # a hand-off between threads
 
     def __init__(
         self,

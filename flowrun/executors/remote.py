@@ -1,0 +1,172 @@
+"""Running chunks of calls away from the driver: shared by the process and Dask backends.
+
+A chunk travels as a `Job`: plain data (dotted paths, arguments, the run id, the blueprint's
+directories), plus a snapshot of the run context only when some call's function takes `ctx`.
+A node is never shipped as a pickled function: the worker imports each `uses` itself, once
+per process, and runs the calls with `run_attempt`, which turns the node's own exceptions into
+failed `Outcome`s (type, message, traceback text). `ctx.set` values come back in
+`Outcome.updates`; the driver applies them to the run context (`shared_context = False`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flowrun.invoke import Call, Outcome, run_attempt
+from flowrun.node import SharedContext
+from flowrun.resolve import Target, describe, load_callable, use_search_path
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One chunk of calls and what a worker needs to run them."""
+
+    calls: list[Call]
+    run_id: str
+    dirs: tuple[str, ...]
+    context: bytes | None = None  # pickled context snapshot; None when no call takes `ctx`
+
+
+class ContextPacker:
+    """Parent side: decides whether a chunk needs the run context, and packs it.
+
+    The snapshot is pickled once per version of the context, not once per chunk: a batch of a
+    million items whose worker takes `ctx` would otherwise pickle the whole context (often
+    holding the batch's own input list) thousands of times on the driver's thread.
+    """
+
+    def __init__(self, targets: Mapping[str, Target], context: SharedContext) -> None:
+        self._targets = targets
+        self._context = context
+        self._version: tuple[tuple[str, int], ...] = ()
+        self._held: dict[str, Any] = {}
+        self._packed: bytes | None = None
+
+    def pack(self, calls: Sequence[Call]) -> bytes | None:
+        """The pickled snapshot when some call's function takes `ctx`, else None."""
+        if not any(self._wants_ctx(c.uses) for c in calls):
+            return None
+        snapshot = self._context.snapshot()
+        # The driver replaces values (`context.set`), it never mutates them in place, so the
+        # identities of the values name a version. Holding the snapshot keeps those objects
+        # alive, so an id cannot be reused by a new value while it is cached.
+        version = tuple((k, id(v)) for k, v in snapshot.items())
+        if self._packed is None or version != self._version:
+            self._packed = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
+            self._version, self._held = version, snapshot
+        return self._packed
+
+    def _wants_ctx(self, uses: str) -> bool:
+        target = self._targets.get(uses)
+        return target is None or target.wants_ctx  # unknown: ship it rather than guess
+
+
+# -- worker side -----------------------------------------------------------------------------
+
+_targets: dict[str, Target] = {}
+_paths: set[tuple[str, ...]] = set()
+_lock = threading.Lock()
+# A worker never sees the parent's cancel event: a cancelled run stops its workers from the
+# parent (process workers are terminated, Dask futures cancelled). Per-attempt timeouts still
+# set `ctx.cancelled`, through `AttemptCancel` inside `run_attempt`.
+_never_cancelled = threading.Event()
+
+
+def run_job(job: Job) -> list[Outcome]:
+    """Run a chunk's calls one after another; the one function both backends submit."""
+    _ensure_path(job.dirs)
+    data = pickle.loads(job.context) if job.context is not None else {}
+    context = SharedContext(data)
+    return [_run_call(call, job.run_id, context) for call in job.calls]
+
+
+def _ensure_path(dirs: tuple[str, ...]) -> None:
+    """Make the blueprint's modules importable here (once per process and set of dirs).
+
+    The blueprint's directory and the driver's current directory come first (they exist on
+    this machine, or on a shared file system); then the worker's own current directory, so
+    that `cd blueprints && dask worker ...` works as it reads (a console script does not put
+    the current directory on `sys.path` by itself).
+    """
+    if dirs in _paths:
+        return
+    with _lock:
+        use_search_path(list(dict.fromkeys([*dirs, os.getcwd()])))
+        _paths.add(dirs)
+
+
+def _target(uses: str) -> Target:
+    target = _targets.get(uses)
+    if target is None:
+        target = _targets[uses] = describe(uses, load_callable(uses))
+    return target
+
+
+def _run_call(call: Call, run_id: str, context: SharedContext) -> Outcome:
+    try:
+        target = _target(call.uses)
+    except Exception as exc:  # not importable here: the node fails, the worker carries on
+        return _unresolved(call, exc)
+    return run_attempt(
+        call,
+        target.fn,
+        wants_ctx=target.wants_ctx,
+        is_async=target.is_async,
+        run_id=run_id,
+        context=context,
+        cancelled=_never_cancelled,
+    )
+
+
+def _unresolved(call: Call, exc: Exception) -> Outcome:
+    hint = (
+        f" (on worker {socket.gethostname()}: make the blueprint's modules importable there, "
+        "e.g. start the worker from the blueprint's directory or set PYTHONPATH)"
+    )
+    return Outcome(
+        call.node,
+        False,
+        time.time(),
+        0.0,
+        error_type=type(exc).__name__,
+        message=str(exc) + hint,
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def init_process() -> None:
+    """Initializer of every worker process flowrun starts itself (process pool, local Dask).
+
+    Ctrl-C reaches the whole foreground process group; the parent decides what it means
+    (finish running nodes, or cancel and stop the workers), so workers ignore it. A worker
+    also exits when its parent dies (kill -9, a second Ctrl-C), rather than finishing a long
+    node for nobody.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # an in-process Dask worker: signals belong to the host program
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_exit_with, args=(parent,), daemon=True, name="flowrun-parent-watch"
+        ).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()
+    os._exit(1)
+
+
+def dask_setup(worker: object) -> None:
+    """Dask preload hook (`preload=["flowrun.executors.remote"]`) for local cluster workers."""
+    init_process()
