@@ -10,6 +10,7 @@ this file) say the same thing.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -251,32 +252,17 @@ def test_resilience(concurrency: int, tmp_path: Path) -> None:
 
 # -- review, with the --set variants of its comment --------------------------------------------
 
-DOCS: dict[str, dict[str, Any]] = {
-    "rfc-42": {
-        "title": "RFC 42: Retry budgets for batch workers",
-        "author": "m.okafor",
-        "body": "Proposes a failure budget per batch, so one bad item cannot sink a run.",
-        "score": 0.55,
-    },
-    "guide-7": {
-        "title": "Getting started with blueprints",
-        "author": "l.berg",
-        "body": "Walks through nodes, edges and batches with a runnable example.",
-        "score": 0.91,
-    },
-    "draft-3": {
-        "title": "Notes on join strategies",
-        "author": "p.silva",
-        "body": "TODO: write this up.",
-        "score": 0.25,
-    },
-    "promo-9": {
-        "title": "Win a free cruise!!!",
-        "author": "promo-desk",
-        "body": "Click here to claim your prize.",
-        "score": 0.12,
-    },
-}
+
+def _review_catalogue() -> dict[str, dict[str, Any]]:
+    """The documents `review.fetch` serves, read from the example's own module."""
+    spec = importlib.util.spec_from_file_location("_review_example", EXAMPLES / "review.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.CATALOGUE)
+
+
+DOCS = _review_catalogue()
 REVIEW_NODES = (
     "fetch",
     "classify",

@@ -3,22 +3,18 @@ terminal is left clean (cursor shown) whether the run completes or is interrupte
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from .ptyrun import run_in_pty
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
 
@@ -69,41 +65,8 @@ def _run_in_pty(
     shutil.copy(DURABLE / "durable_nodes.py", tmp_path / "durable_nodes.py")
     argv = [sys.executable, "-m", "flowrun", "run", "pty.yaml"]
     argv += ["--state-dir", str(tmp_path / "state"), *args]
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen(
-        argv,
-        cwd=tmp_path,
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=_child_env(tmp_path, env or {}),
-        close_fds=True,
-    )
-    os.close(slave)  # the child holds the only slave end, so EOF comes when it exits
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            if poke is not None:
-                poke(proc, b"".join(chunks))
-            ready, _, _ = select.select([master], [], [], 0.01)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError as exc:  # Linux reports EIO once the slave side is closed
-                if exc.errno != errno.EIO:
-                    raise
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        else:
-            proc.kill()
-    finally:
-        os.close(master)
-    return proc.wait(timeout=30), b"".join(chunks).decode("utf-8", errors="replace")
+    code, out = run_in_pty(argv, env=_child_env(tmp_path, env or {}), cwd=tmp_path, poke=poke)
+    return code, out.decode("utf-8", errors="replace")
 
 
 def test_live_display_of_a_real_run(tmp_path: Path) -> None:

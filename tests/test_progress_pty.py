@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
-import select
-import struct
-import subprocess
 import sys
-import termios
 from pathlib import Path
 
 import pytest
+
+from .ptyrun import run_in_pty
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
 
@@ -61,36 +57,7 @@ def _child_env() -> dict[str, str]:
 
 def _run_in_pty(script: Path) -> tuple[int, bytes]:
     """Run `script` with stdin/stdout/stderr on a new 24x80 pty; return (exit code, output)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=_child_env(),
-        close_fds=True,
-    )
-    os.close(slave)  # the child holds the only slave end, so EOF comes when it exits
-    chunks: list[bytes] = []
-    try:
-        while True:
-            ready, _, _ = select.select([master], [], [], 60)
-            if not ready:  # a hung child; pytest-timeout is the backstop
-                proc.kill()
-                break
-            try:
-                chunk = os.read(master, 65536)
-            except OSError as exc:  # Linux reports EIO once the slave side is closed
-                if exc.errno != errno.EIO:
-                    raise
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(master)
-    return proc.wait(timeout=60), b"".join(chunks)
+    return run_in_pty([sys.executable, str(script)], env=_child_env())
 
 
 def test_live_display_in_a_real_terminal(tmp_path: Path) -> None:
