@@ -14,6 +14,8 @@ Workloads (keys for --only):
   validate  `flowrun validate` of generated 10,000-node blueprints (a chain and a wide fan),
             against parsing the same YAML with PyYAML
   events    W1 at 100k items with `--events FILE` against the same run without it
+  store     W1 at 100k items with the durable store against a store that records nothing
+  live      W1 at 50k items on a real pseudo-terminal: live display against --no-progress
 
 Every flowrun run is `python -m flowrun run FILE --no-progress --state-dir <fresh dir>`: the
 defaults a user gets otherwise (the durable store is always on), display off. Variants
@@ -60,10 +62,11 @@ class Plan:
     startup_reps: int
     validate_nodes: int
     events_items: int
+    live_items: int = 50_000
 
 
 FULL = Plan(5, (1_000, 10_000, 100_000, 1_000_000), 2, 1_000, (10, 50), 10_000, 10, 10_000, 100_000)
-QUICK = Plan(2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000)
+QUICK = Plan(2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000, 5_000)
 
 W2_SLEEP_S = 0.02
 W2_TARGET = 1.05  # makespan / ideal
@@ -357,6 +360,38 @@ def events(ctx: Context) -> list[Row]:
     return [_done(row)]
 
 
+def store_cost(ctx: Context) -> list[Row]:
+    """The durable store on (what every run does) against a store that records nothing."""
+    n = ctx.plan.events_items
+    bp = workloads.write_w1(ctx.workdir, n)
+    off = flowrun_run(bp, 8, inspect=expect_line(f"count: {n}"))
+    off = Command([PY, str(BENCH / "without_store.py"), *off.argv[3:]], off.cwd, off.inspect)
+    cmds = {"on": flowrun_run(bp, 8, inspect=expect_line(f"count: {n}")), "off": off}
+    res = alternate(cmds, ctx.plan.reps)
+    label = f"store: W1 {n:,} items, state store on vs off"
+    ctx.keep(label, res)
+    row = Row(label, res["on"].wall, res["off"].wall)
+    row.notes.append("baseline: the same run with a store that records nothing; target ≤ 1.15×")
+    row.notes.append(f"peak RSS {_mb(res['on'].rss_kb)} vs {_mb(res['off'].rss_kb)}")
+    row.notes.append(_spread(res, "on", "off"))
+    return [_done(row)]
+
+
+def live_display(ctx: Context) -> list[Row]:
+    """A batch on a real pseudo-terminal: the live display against --no-progress."""
+    import live
+
+    n = ctx.plan.live_items
+    bp = workloads.write_w1(ctx.workdir, n)
+    with tempfile.TemporaryDirectory(prefix="flowrun-live-") as scratch:
+        on, off = live.live_vs_plain(bp, Path(scratch), ctx.plan.reps)
+    row = Row(f"live display: W1 {n:,} items on a pty vs --no-progress", statistics.median(on),
+              statistics.median(off))  # fmt: skip
+    row.notes.append(f"median of {len(on)} alternating pairs {live.ratio(on, off):.3f}×")
+    row.notes.append("target ≤ 1.10×")
+    return [_done(row)]
+
+
 WORKLOADS: dict[str, Callable[[Context], list[Row]]] = {
     "W1": w1,
     "W2": w2,
@@ -364,6 +399,8 @@ WORKLOADS: dict[str, Callable[[Context], list[Row]]] = {
     "startup": startup,
     "validate": validate,
     "events": events,
+    "store": store_cost,
+    "live": live_display,
 }
 
 
