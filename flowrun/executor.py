@@ -65,24 +65,28 @@ class Stored:
 
 
 class _Scope(Mapping[str, Any]):
-    """Names an expression sees: output, action, context, and node outputs by id."""
+    """Names an expression sees: output, action, context, and node outputs by id (a batch's id
+    reads its `outputKey`)."""
 
-    __slots__ = ("_context", "_local")
+    __slots__ = ("_aliases", "_context", "_local")
 
-    def __init__(self, local: dict[str, Any], context: dict[str, Any]) -> None:
+    def __init__(
+        self, local: dict[str, Any], context: dict[str, Any], aliases: Mapping[str, str]
+    ) -> None:
         self._local = local
         self._context = context
+        self._aliases = aliases
 
     def __getitem__(self, key: str) -> Any:
         if key in self._local:
             return self._local[key]
-        return self._context[key]
+        return self._context[self._aliases.get(key, key)]
 
     def __iter__(self) -> Any:
-        return iter({**self._context, **self._local})
+        return iter({**self._context, **dict.fromkeys(self._aliases), **self._local})
 
     def __len__(self) -> int:
-        return len(set(self._context) | set(self._local))
+        return len(set(self._context) | set(self._aliases) | set(self._local))
 
 
 class Driver:
@@ -131,6 +135,7 @@ class Driver:
         known = set(self.ctx) | {n.id for n in graph.blueprint.nodes}
         known |= {n.batch.output_key for n in graph.blueprint.nodes if n.batch}
         self._known = known
+        self._aliases = {n.id: n.batch.output_key for n in graph.blueprint.nodes if n.batch}
         self._sources: dict[str, Source | None] = {}
 
     # -- public ----------------------------------------------------------------------------
@@ -475,7 +480,7 @@ class Driver:
                 taken[edge.target] = output
                 continue
             scope = scope or _Scope(
-                {"output": output, "action": action, "context": self.ctx}, self.ctx
+                {"output": output, "action": action, "context": self.ctx}, self.ctx, self._aliases
             )
             if edge.condition is not None and not edge.condition.evaluate(scope):
                 continue

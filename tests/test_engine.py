@@ -442,3 +442,13 @@ def test_chunked_items_keep_per_item_events_and_order() -> None:
     starts = {e.index: i for i, e in enumerate(seen) if isinstance(e, ev.NodeStarted)}
     ends = {e.index: i for i, e in enumerate(seen) if isinstance(e, ev.NodeSucceeded)}
     assert all(starts[i] < ends[i] for i in range(2000))
+
+
+def test_an_expression_reads_a_batch_by_its_id() -> None:
+    g = graph(
+        [batch("B", "xs", N + "double", output_key="doubled"), task("t", N + "ident")],
+        [edge("B", "t", condition="len(B) == 2 and B[1] == 4", transform="sum(B)")],
+        {"xs": [1, 2]},
+    )
+    report, _ = run(g)
+    assert report.context["t"] == 6
