@@ -22,12 +22,12 @@ from typing import Any
 
 from flowrun import events as ev
 from flowrun.executors import Backend
-from flowrun.expand import Source, resolve_source
 from flowrun.expr import ExprEvalError
 from flowrun.invoke import Call, Outcome
 from flowrun.model import Graph, GraphNode, Kind
 from flowrun.node import SharedContext
 from flowrun.report import NodeReport, RunReport
+from flowrun.routing import InputError, Router
 from flowrun.scheduler import Scheduler, Status
 
 # Batch items are sent to workers in chunks sized so one chunk takes about this long,
@@ -62,31 +62,6 @@ class Stored:
 
     nodes: dict[str, tuple[str, Any, str | None, int]]  # id -> (status, output, action, attempts)
     items: dict[str, dict[int, Any]]  # batch -> index -> output
-
-
-class _Scope(Mapping[str, Any]):
-    """Names an expression sees: output, action, context, and node outputs by id (a batch's id
-    reads its `outputKey`)."""
-
-    __slots__ = ("_aliases", "_context", "_local")
-
-    def __init__(
-        self, local: dict[str, Any], context: dict[str, Any], aliases: Mapping[str, str]
-    ) -> None:
-        self._local = local
-        self._context = context
-        self._aliases = aliases
-
-    def __getitem__(self, key: str) -> Any:
-        if key in self._local:
-            return self._local[key]
-        return self._context[self._aliases.get(key, key)]
-
-    def __iter__(self) -> Any:
-        return iter({**self._context, **dict.fromkeys(self._aliases), **self._local})
-
-    def __len__(self) -> int:
-        return len(set(self._context) | set(self._aliases) | set(self._local))
 
 
 class Driver:
@@ -132,11 +107,7 @@ class Driver:
         self.failed = False
         self.errors: list[dict[str, str]] = []
         self.reports = self._initial_reports()
-        known = set(self.ctx) | {n.id for n in graph.blueprint.nodes}
-        known |= {n.batch.output_key for n in graph.blueprint.nodes if n.batch}
-        self._known = known
-        self._aliases = {n.id: n.batch.output_key for n in graph.blueprint.nodes if n.batch}
-        self._sources: dict[str, Source | None] = {}
+        self.router = Router(graph, self.ctx, self.sched)
 
     # -- public ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -301,8 +272,8 @@ class Driver:
                 self.sched.finish(node.id, Status(status), taken)
             return
         try:
-            args, kwargs = self._input(node)
-        except _InputError as exc:
+            args, kwargs = self.router.input(node)
+        except InputError as exc:
             self._fail_inline(node.id, "InputError", str(exc))
             return
         spec = node.spec
@@ -317,8 +288,8 @@ class Driver:
         assert spec.batch is not None and node.batch is not None
         key = spec.batch.input_key
         try:
-            value = self._read(key)
-        except _InputError as exc:
+            value = self.router.read(key)
+        except InputError as exc:
             self._fail_inline(node.batch, "InputError", f"batch '{node.batch}': {exc}", node.id)
             return
         if not isinstance(value, list):
@@ -345,7 +316,7 @@ class Driver:
         rep = self.reports[batch]
         rep.items = {"total": state.total, "succeeded": state.succeeded, "failed": state.failed}
         try:
-            taken = self._edges(node.id, results, None)
+            taken = self.router.edges(node.id, results, None)
         except ExprEvalError as exc:
             self._fail_inline(batch, "ExprEvalError", str(exc), node.id)
             self._batch_finished(batch, "failed")
@@ -370,37 +341,6 @@ class Driver:
                 output,
             )
         )
-
-    # -- inputs ----------------------------------------------------------------------------
-    def _read(self, text: str) -> Any:
-        src = self._sources.get(text)
-        if src is None:
-            src = resolve_source(text, self._known | set(self.ctx))
-            self._sources[text] = src
-        if src is None:
-            raise _InputError(f"'{text}' names nothing in the run context")
-        try:
-            return src.read(self.ctx)
-        except (KeyError, IndexError, TypeError) as exc:
-            why = "it did not run or set no value" if src.key not in self.ctx else f"no {exc}"
-            raise _InputError(f"'{text}' has no value ({why})") from exc
-
-    def _input(self, node: GraphNode) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        spec = node.spec
-        if isinstance(spec.inputs, str):
-            return (self._read(spec.inputs),), {}
-        if isinstance(spec.inputs, Mapping):
-            return (), {k: self._read(v) for k, v in spec.inputs.items()}
-        sources = {e.source for e in self.graph.preds[node.id]}
-        if not sources:
-            return (), {}
-        taken = self.sched.inputs(node.id)
-        if len(sources) == 1:
-            return (next(iter(taken.values())),), {}
-        return ({self._user_id(k): v for k, v in taken.items()},), {}
-
-    def _user_id(self, name: str) -> str:
-        return self.graph.nodes[name].batch or name
 
     # -- completions -----------------------------------------------------------------------
     def _complete(self, works: list[Work], fut: Future[list[Outcome]]) -> None:
@@ -461,7 +401,7 @@ class Driver:
         node (event, error, report) and return None."""
         self.context.set(node, output)
         try:
-            return self._edges(node, output, action)
+            return self.router.edges(node, output, action)
         except ExprEvalError as exc:
             self.ctx.pop(node, None)
             self.emit(ev.NodeFailed(time.time(), node, attempt, 0.0, "ExprEvalError", str(exc)))
@@ -469,23 +409,6 @@ class Driver:
             self.reports[node] = NodeReport("failed", attempt)
             self.sched.finish(node, Status.FAILED)
             return None
-
-    def _edges(self, source: str, output: Any, action: str | None) -> dict[str, Any]:
-        taken: dict[str, Any] = {}
-        scope = None
-        for edge in self.graph.succs[source]:
-            if edge.target in taken or (edge.action is not None and edge.action != action):
-                continue
-            if edge.condition is None and edge.transform is None:
-                taken[edge.target] = output
-                continue
-            scope = scope or _Scope(
-                {"output": output, "action": action, "context": self.ctx}, self.ctx, self._aliases
-            )
-            if edge.condition is not None and not edge.condition.evaluate(scope):
-                continue
-            taken[edge.target] = edge.transform.evaluate(scope) if edge.transform else output
-        return taken
 
     def _failed_attempt(self, work: Work, out: Outcome) -> None:
         call = work.call
@@ -617,10 +540,6 @@ class Driver:
         for rep in self.reports.values():
             if rep.status == "running":
                 rep.status = "pending"
-
-
-class _InputError(Exception):
-    pass
 
 
 def _batch(work: Work) -> str | None:

@@ -1,0 +1,103 @@
+"""What flows along the graph at run time: a node's input, and which edges its output takes.
+
+Pure functions of the graph, the live run context and the values the scheduler recorded on
+taken edges; the driver calls them, and nothing here runs nodes or emits events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from flowrun.expand import Source, resolve_source
+from flowrun.model import Graph, GraphNode
+from flowrun.scheduler import Scheduler
+
+
+class InputError(Exception):
+    """A node's input names nothing, or something with no value (it did not run)."""
+
+
+class Scope(Mapping[str, Any]):
+    """Names an expression sees: output, action, context, and node outputs by id (a batch's id
+    reads its `outputKey`)."""
+
+    __slots__ = ("_aliases", "_context", "_local")
+
+    def __init__(
+        self, local: dict[str, Any], context: Mapping[str, Any], aliases: Mapping[str, str]
+    ) -> None:
+        self._local = local
+        self._context = context
+        self._aliases = aliases
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._local:
+            return self._local[key]
+        return self._context[self._aliases.get(key, key)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._context, **dict.fromkeys(self._aliases), **self._local})
+
+    def __len__(self) -> int:
+        return len(set(self._context) | set(self._aliases) | set(self._local))
+
+
+class Router:
+    """Reads inputs out of the run context `ctx` (the driver's live dict) and evaluates edges."""
+
+    def __init__(self, graph: Graph, ctx: Mapping[str, Any], sched: Scheduler) -> None:
+        self.graph = graph
+        self.ctx = ctx
+        self.sched = sched
+        nodes = graph.blueprint.nodes
+        self._aliases = {n.id: n.batch.output_key for n in nodes if n.batch}
+        self._known = set(ctx) | {n.id for n in nodes} | set(self._aliases.values())
+        self._sources: dict[str, Source | None] = {}
+
+    def read(self, text: str) -> Any:
+        """The value at `text` (a key, or a dotted path into one); `InputError` if none."""
+        src = self._sources.get(text)
+        if src is None:
+            src = resolve_source(text, self._known | set(self.ctx))
+            self._sources[text] = src
+        if src is None:
+            raise InputError(f"'{text}' names nothing in the run context")
+        try:
+            return src.read(self.ctx)
+        except (KeyError, IndexError, TypeError) as exc:
+            why = "it did not run or set no value" if src.key not in self.ctx else f"no {exc}"
+            raise InputError(f"'{text}' has no value ({why})") from exc
+
+    def input(self, node: GraphNode) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(args, kwargs) for a task node: its `inputs`, else its predecessors' values."""
+        spec = node.spec
+        if isinstance(spec.inputs, str):
+            return (self.read(spec.inputs),), {}
+        if isinstance(spec.inputs, Mapping):
+            return (), {k: self.read(v) for k, v in spec.inputs.items()}
+        sources = {e.source for e in self.graph.preds[node.id]}
+        if not sources:
+            return (), {}
+        taken = self.sched.inputs(node.id)
+        if len(sources) == 1:
+            return (next(iter(taken.values())),), {}
+        return ({self.graph.nodes[k].batch or k: v for k, v in taken.items()},), {}
+
+    def edges(self, source: str, output: Any, action: str | None) -> dict[str, Any]:
+        """`{target: value sent}` for the edges of `source` that are taken (SPEC §1 Edges);
+        raises `ExprEvalError` when a condition or transform fails."""
+        taken: dict[str, Any] = {}
+        scope = None
+        for edge in self.graph.succs[source]:
+            if edge.target in taken or (edge.action is not None and edge.action != action):
+                continue
+            if edge.condition is None and edge.transform is None:
+                taken[edge.target] = output
+                continue
+            local = {"output": output, "action": action, "context": self.ctx}
+            scope = scope or Scope(local, self.ctx, self._aliases)
+            if edge.condition is not None and not edge.condition.evaluate(scope):
+                continue
+            taken[edge.target] = edge.transform.evaluate(scope) if edge.transform else output
+        return taken
