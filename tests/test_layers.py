@@ -14,6 +14,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "model": 0, "events": 0, "node": 0,
     "loader": 1, "schema": 1, "expr": 1, "expand": 1, "resolve": 1, "diagram": 1,
     "scheduler": 2,
+    "routing": 3,
     "invoke": 3, "executors": 3, "executor": 3, "store": 3, "report": 3, "progress": 3,
     "progress_plain": 3, "eventlog": 3,
     "api": 4,
