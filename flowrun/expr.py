@@ -5,6 +5,8 @@ parses the text once with `ast.parse`, rejects every construct not on the list (
 column), and turns the tree into nested closures, so `CompiledExpr.evaluate` only calls
 closures. Nothing here runs `eval`/`exec` or reads attributes of user data: `x.key` reads the
 mapping key "key", never an attribute, so `output.items` is a key and not the dict method.
+What the closures call at run time (key reads, guarded arithmetic and builtins, the size
+limits) is in `exprlimits`; this module is the compiler.
 
 Errors::
 
@@ -16,28 +18,28 @@ from __future__ import annotations
 
 import ast
 import difflib
-import itertools
-import math
-import operator
 import re
-import reprlib
-import threading
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
 
-Fn = Callable[[Mapping[str, Any]], Any]
+from flowrun.exprlimits import (
+    BINOPS,
+    BUDGET,
+    CMPOPS,
+    FUNCS,
+    UNARY,
+    Fail,
+    Fn,
+    attr_reader,
+    budget,
+    index_reader,
+    name_reader,
+)
 
 MAX_DEPTH = 100  # AST nesting; the closures recurse once per level
-MAX_INT_BITS = 14_000  # about 4,200 decimal digits: every integer stays printable by str()
-MAX_STR_DIGITS = 4300  # CPython's default int<->str limit, kept even if a process lifts it
-MAX_ROUND_DIGITS = 1000  # round(int, -n) computes 10**n
-BUDGET = 10_000_000  # elements/characters one evaluation may build in total
 
-_SEQS = (str, list, tuple)
-_CONTAINERS = (list, tuple, dict, set, frozenset)
-_STR_INT_LIMIT = 10**MAX_STR_DIGITS
 _NONE: Fn = lambda scope: None  # noqa: E731  (a missing slice bound)
 _WHITESPACE = " \t\r\n\f\v"
 
@@ -57,10 +59,6 @@ class ExprEvalError(Exception):
     """Evaluating an expression failed; the message names the expression."""
 
 
-class _Fail(Exception):
-    """Raised inside evaluation; `CompiledExpr.evaluate` adds the expression to the message."""
-
-
 @dataclass(frozen=True, slots=True)
 class CompiledExpr:
     """A compiled expression; `evaluate` may be called any number of times, from any thread."""
@@ -72,10 +70,10 @@ class CompiledExpr:
 
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """Evaluate with `scope` (name -> value); every failure is raised as `ExprEvalError`."""
-        _budget.left = BUDGET
+        budget.left = BUDGET
         try:
             return self._fn(scope)
-        except _Fail as exc:
+        except Fail as exc:
             raise ExprEvalError(f'{self.kind} "{_clip(self.source)}": {exc}') from None
         except Exception as exc:  # any failure of user data or a builtin is the user's problem
             raise ExprEvalError(f'{self.kind} "{_clip(self.source)}": {_explain(exc)}') from exc
@@ -185,8 +183,8 @@ class _Compiler:
             self.fail_at(node, f"names starting with '__' are not allowed: '{name}'")
         if name in self.names:
             self.used.add(name)
-            return _load(name)
-        if name in _FUNCS:
+            return name_reader(name)
+        if name in FUNCS:
             self.fail_at(node, f"'{name}' is a function: call it, as in {name}(...)")
         known = f"known: {_listing(self.names)}" if self.names else "nothing is in scope"
         self.fail_at(node, f"unknown name '{name}' ({known}{_did_you_mean(name, self.names)})")
@@ -201,12 +199,12 @@ class _Compiler:
             )
         if isinstance(node.value, (ast.Constant, ast.List, ast.Tuple, ast.Set)):
             self.fail_at(node, f"'.{node.attr}' reads a mapping key; a literal has none")
-        return _attr(self.build(node.value), node.attr, self.segment(node.value))
+        return attr_reader(self.build(node.value), node.attr, self.segment(node.value))
 
     def subscript(self, node: ast.Subscript) -> Fn:
         index = node.slice
         key_fn = self.slice_of(index) if isinstance(index, ast.Slice) else self.build(index)
-        return _index(self.build(node.value), key_fn, self.segment(node.value))
+        return index_reader(self.build(node.value), key_fn, self.segment(node.value))
 
     def slice_of(self, node: ast.Slice) -> Fn:
         parts = (node.lower, node.upper, node.step)
@@ -214,7 +212,7 @@ class _Compiler:
         return lambda scope: slice(lo(scope), hi(scope), step(scope))
 
     def binop(self, node: ast.BinOp) -> Fn:
-        op = _BINOPS.get(type(node.op))
+        op = BINOPS.get(type(node.op))
         if op is None:
             self.fail(
                 f"operator '{_SYMBOLS[type(node.op)]}' is not supported", self.op_column(node)
@@ -233,7 +231,7 @@ class _Compiler:
     def unaryop(self, node: ast.UnaryOp) -> Fn:
         if isinstance(node.op, ast.Invert):
             self.fail_at(node, "operator '~' is not supported")
-        fn, operand = _UNARY[type(node.op)], self.build(node.operand)
+        fn, operand = UNARY[type(node.op)], self.build(node.operand)
         return lambda scope: fn(operand(scope))
 
     def boolop(self, node: ast.BoolOp) -> Fn:
@@ -252,7 +250,7 @@ class _Compiler:
     def compare(self, node: ast.Compare) -> Fn:
         first = self.build(node.left)
         rest = [
-            (_CMPOPS[type(op)], self.build(c))
+            (CMPOPS[type(op)], self.build(c))
             for op, c in zip(node.ops, node.comparators, strict=True)
         ]
         if len(rest) == 1:
@@ -277,11 +275,11 @@ class _Compiler:
 
     def call(self, node: ast.Call) -> Fn:
         func = node.func
-        if not isinstance(func, ast.Name) or func.id not in _FUNCS or func.id.startswith("__"):
+        if not isinstance(func, ast.Name) or func.id not in FUNCS or func.id.startswith("__"):
             self.fail_at(func, self.bad_call(func))
         if node.keywords:
             self.fail_at(node.keywords[0], "keyword arguments are not allowed")
-        fn, low, high = _FUNCS[func.id]
+        fn, low, high = FUNCS[func.id]
         if not low <= len(node.args) <= high:
             want = f"{low} to {high}" if high < 99 else f"at least {low}"
             want = "1 argument" if low == high == 1 else f"{want} arguments"
@@ -293,12 +291,12 @@ class _Compiler:
         return lambda scope: fn(*[a(scope) for a in args])
 
     def bad_call(self, func: ast.expr) -> str:
-        allowed = f"only {_listing(_FUNCS)} can be called"
+        allowed = f"only {_listing(FUNCS)} can be called"
         if not isinstance(func, ast.Name):
             return f"'{self.segment(func)}' cannot be called: {allowed}"
         if func.id.startswith("__"):
             return f"names starting with '__' are not allowed: '{func.id}'"
-        return f"'{func.id}' is not an allowed function ({allowed}{_did_you_mean(func.id, _FUNCS)})"
+        return f"'{func.id}' is not an allowed function ({allowed}{_did_you_mean(func.id, FUNCS)})"
 
     def display(self, node: ast.List | ast.Tuple | ast.Set) -> Fn:
         fns = [self.build(e) for e in node.elts]
@@ -332,188 +330,8 @@ _Compiler.HANDLERS = {
 }
 
 
-# --- evaluation helpers: everything below runs inside `CompiledExpr.evaluate` ---------------
-
-_budget = threading.local()  # what is left of BUDGET for the evaluation on this thread
-
-
-def _charge(units: int) -> None:
-    left: int = _budget.left - units
-    if left < 0:
-        raise _Fail(f"the result would be too large (over {BUDGET:,} elements in all)")
-    _budget.left = left
-
-
-def _load(name: str) -> Fn:
-    def load(scope: Mapping[str, Any]) -> Any:
-        try:
-            return scope[name]
-        except KeyError:
-            raise _Fail(f"'{name}' has no value: it did not run") from None
-
-    return load
-
-
-def _attr(obj_fn: Fn, key: str, what: str) -> Fn:
-    def read(scope: Mapping[str, Any]) -> Any:
-        obj = obj_fn(scope)
-        if type(obj) is dict or isinstance(obj, Mapping):
-            try:
-                return obj[key]
-            except KeyError:
-                raise _Fail(_no_key(key, what, obj)) from None
-        raise _Fail(f"cannot read '.{key}' of {what}: it is {_kind(obj)}, not a mapping")
-
-    return read
-
-
-def _index(obj_fn: Fn, key_fn: Fn, what: str) -> Fn:
-    def read(scope: Mapping[str, Any]) -> Any:
-        obj, key = obj_fn(scope), key_fn(scope)
-        if type(obj) is dict or isinstance(obj, Mapping):
-            try:
-                return obj[key]
-            except KeyError:
-                raise _Fail(_no_key(key, what, obj)) from None
-        if not isinstance(obj, _SEQS):
-            raise _Fail(f"cannot index {what}: it is {_kind(obj)}")
-        try:
-            value = obj[key]
-        except IndexError:
-            raise _Fail(
-                f"index {_show(key)} is out of range for {what} (length {len(obj)})"
-            ) from None
-        if type(key) is slice:  # a copy: charged, or [x[:], x[:], ...] could multiply memory
-            _charge(len(value))
-        return value
-
-    return read
-
-
-def _no_key(key: Any, what: str, obj: Mapping[Any, Any]) -> str:
-    keys = [k if isinstance(k, str) else _show(k) for k in itertools.islice(obj, 10)]
-    more = f", ... ({len(obj) - 10} more)" if len(obj) > 10 else ""
-    found = f"keys: {', '.join(keys)}{more}" if keys else "it is empty"
-    return f"{_show(key)} is not a key of {what} ({found})"
-
-
-def _add(a: Any, b: Any) -> Any:
-    if isinstance(a, _SEQS) and isinstance(b, _SEQS):
-        _charge(len(a) + len(b))
-    return a + b
-
-
-def _mul(a: Any, b: Any) -> Any:
-    if isinstance(a, int) and isinstance(b, int):
-        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
-            raise _Fail(f"the product would have over {MAX_INT_BITS:,} bits")
-    elif isinstance(a, _SEQS) and isinstance(b, int):
-        _charge(len(a) * max(b, 0))
-    elif isinstance(b, _SEQS) and isinstance(a, int):
-        _charge(len(b) * max(a, 0))
-    return a * b
-
-
-def _pow(a: Any, b: Any) -> Any:
-    # a negative or float exponent gives a float, which overflows quickly and cheaply
-    big = isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1
-    if big and (b > MAX_INT_BITS or b * math.log2(abs(a)) > MAX_INT_BITS):
-        raise _Fail(f"the power would have over {MAX_INT_BITS:,} bits")
-    return a**b
-
-
-def _mod(a: Any, b: Any) -> Any:
-    if isinstance(a, (str, bytes)):  # printf formatting: '%999999999d' % 1 is a memory bomb
-        raise _Fail("'%' formatting of strings is not supported; use str(x) and +")
-    return a % b
-
-
-def _sum(values: Any, start: Any = 0) -> Any:
-    if not isinstance(start, (int, float)):  # sum(lists, []) concatenates, quadratically
-        raise _Fail(f"sum() adds numbers; its start is {_kind(start)}")
-    return sum(values, start)
-
-
-def _round(number: Any, ndigits: Any = None) -> Any:
-    if isinstance(ndigits, int) and abs(ndigits) > MAX_ROUND_DIGITS:
-        raise _Fail(f"round() takes at most {MAX_ROUND_DIGITS} digits")
-    return round(number, ndigits)
-
-
-def _int(value: Any = 0, *base: Any) -> int:
-    if isinstance(value, (str, bytes)) and len(value) > MAX_STR_DIGITS:  # quadratic to parse
-        raise _Fail(f"int() of a string longer than {MAX_STR_DIGITS} characters")
-    return int(value, *base)
-
-
-def _str(value: Any = "") -> str:
-    if isinstance(value, int) and abs(value) >= _STR_INT_LIMIT:
-        raise _Fail(f"str() of an integer with more than {MAX_STR_DIGITS} digits")
-    if isinstance(value, _CONTAINERS):  # [s] * 1000 is small, but its text is 1000 copies of s
-        _charge(_text_size(value, BUDGET + 1))
-    return str(value)
-
-
-def _text_size(value: Any, cap: int) -> int:
-    """Roughly how many characters `str(value)` has, counting no further than `cap`."""
-    total, stack = 0, [value]
-    while stack and total <= cap:
-        item = stack.pop()
-        if isinstance(item, str):
-            total += len(item) + 2
-        elif isinstance(item, int):
-            total += item.bit_length() // 3 + 1
-        elif isinstance(item, _CONTAINERS):
-            total += 2 * len(item) + 2
-            if total <= cap:  # only then is pushing every element bounded
-                stack.extend(item.items() if isinstance(item, dict) else item)
-        else:
-            total += 24
-    return total
-
-
-_FUNCS: dict[str, tuple[Callable[..., Any], int, int]] = {  # name: (function, min, max args)
-    "abs": (abs, 1, 1),
-    "all": (all, 1, 1),
-    "any": (any, 1, 1),
-    "bool": (bool, 0, 1),
-    "float": (float, 0, 1),
-    "int": (_int, 0, 2),
-    "len": (len, 1, 1),
-    "max": (max, 1, 99),
-    "min": (min, 1, 99),
-    "round": (_round, 1, 2),
-    "str": (_str, 0, 1),
-    "sum": (_sum, 1, 2),
-}
-_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: _add,
-    ast.Sub: operator.sub,
-    ast.Mult: _mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: _mod,
-    ast.Pow: _pow,
-}
 _SYMBOLS = {ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>"}
 _SYMBOLS[ast.MatMult] = "@"
-_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-    ast.Not: operator.not_,
-}
-_CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.In: lambda a, b: a in b,
-    ast.NotIn: lambda a, b: a not in b,
-    ast.Is: operator.is_,
-    ast.IsNot: operator.is_not,
-}
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 _REJECTED: dict[type[ast.AST], str] = {
     **dict.fromkeys(_COMPREHENSIONS, "comprehensions are not allowed"),
@@ -526,21 +344,6 @@ _REJECTED: dict[type[ast.AST], str] = {
     ast.YieldFrom: "yield is not allowed",
     ast.Slice: "a slice is only allowed directly inside [ ]",
 }
-
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = 40
-
-
-def _show(value: Any) -> str:
-    try:
-        return _repr.repr(value)
-    except Exception:  # a huge int, or a user object whose __repr__ fails
-        return f"<{type(value).__name__}>"
-
-
-def _kind(value: Any) -> str:
-    name = type(value).__name__
-    return "None" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _explain(exc: Exception) -> str:

@@ -13,10 +13,11 @@ PKG = Path(flowrun.__file__).parent
 LAYERS: dict[str, int] = {
     "errors": 0, "model": 0, "events": 0, "node": 0,
     "loader": 1, "schema": 1, "expr": 1, "expand": 1, "resolve": 1, "diagram": 1,
+    "yamlwalk": 1, "schema_messages": 1, "exprlimits": 1,
     "scheduler": 2,
     "routing": 3,
     "invoke": 3, "executors": 3, "executor": 3, "store": 3, "report": 3, "progress": 3,
-    "progress_plain": 3, "eventlog": 3,
+    "progress_plain": 3, "progress_record": 3, "eventlog": 3,
     "api": 4,
     "cli": 5, "__main__": 5,
 }  # fmt: skip

@@ -1,0 +1,240 @@
+"""The runtime half of edge expressions: resource limits and the guarded operations.
+
+`expr` compiles an expression into closures; every closure that touches user data calls into
+this module when `CompiledExpr.evaluate` runs. Reading a name, `x.key` or `x[i]` goes through
+`name_reader` / `attr_reader` / `index_reader`, which read mapping keys and never attributes.
+Arithmetic and the callable builtins go through guarded versions that refuse results past
+`MAX_INT_BITS` or the per-evaluation `BUDGET` of elements, so a one-line expression cannot
+exhaust memory or CPU. Everything here raises `Fail`, which `expr` turns into `ExprEvalError`.
+
+It is separate from the compiler so that what an expression may cost at run time is defined,
+and can be reviewed, in one place.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import operator
+import reprlib
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Fn = Callable[[Mapping[str, Any]], Any]
+
+MAX_INT_BITS = 14_000  # about 4,200 decimal digits: every integer stays printable by str()
+MAX_STR_DIGITS = 4300  # CPython's default int<->str limit, kept even if a process lifts it
+MAX_ROUND_DIGITS = 1000  # round(int, -n) computes 10**n
+BUDGET = 10_000_000  # elements/characters one evaluation may build in total
+
+_SEQS = (str, list, tuple)
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_STR_INT_LIMIT = 10**MAX_STR_DIGITS
+
+
+class Fail(Exception):
+    """Raised inside evaluation; `CompiledExpr.evaluate` adds the expression to the message."""
+
+
+budget = threading.local()  # what is left of BUDGET for the evaluation on this thread
+
+
+def charge(units: int) -> None:
+    """Spend `units` of this evaluation's budget; `Fail` once it would go below zero."""
+    left: int = budget.left - units
+    if left < 0:
+        raise Fail(f"the result would be too large (over {BUDGET:,} elements in all)")
+    budget.left = left
+
+
+def name_reader(name: str) -> Fn:
+    """A closure reading `name` from the scope; a name with no value is a `Fail`."""
+
+    def load(scope: Mapping[str, Any]) -> Any:
+        try:
+            return scope[name]
+        except KeyError:
+            raise Fail(f"'{name}' has no value: it did not run") from None
+
+    return load
+
+
+def attr_reader(obj_fn: Fn, key: str, what: str) -> Fn:
+    """A closure for `x.key`: the mapping key `key` of what `obj_fn` returns, never an attribute."""
+
+    def read(scope: Mapping[str, Any]) -> Any:
+        obj = obj_fn(scope)
+        if type(obj) is dict or isinstance(obj, Mapping):
+            try:
+                return obj[key]
+            except KeyError:
+                raise Fail(_no_key(key, what, obj)) from None
+        raise Fail(f"cannot read '.{key}' of {what}: it is {_kind(obj)}, not a mapping")
+
+    return read
+
+
+def index_reader(obj_fn: Fn, key_fn: Fn, what: str) -> Fn:
+    """A closure for `x[i]` and `x[a:b]` on a mapping, string, list or tuple; slices are charged."""
+
+    def read(scope: Mapping[str, Any]) -> Any:
+        obj, key = obj_fn(scope), key_fn(scope)
+        if type(obj) is dict or isinstance(obj, Mapping):
+            try:
+                return obj[key]
+            except KeyError:
+                raise Fail(_no_key(key, what, obj)) from None
+        if not isinstance(obj, _SEQS):
+            raise Fail(f"cannot index {what}: it is {_kind(obj)}")
+        try:
+            value = obj[key]
+        except IndexError:
+            raise Fail(
+                f"index {_show(key)} is out of range for {what} (length {len(obj)})"
+            ) from None
+        if type(key) is slice:  # a copy: charged, or [x[:], x[:], ...] could multiply memory
+            charge(len(value))
+        return value
+
+    return read
+
+
+def _no_key(key: Any, what: str, obj: Mapping[Any, Any]) -> str:
+    keys = [k if isinstance(k, str) else _show(k) for k in itertools.islice(obj, 10)]
+    more = f", ... ({len(obj) - 10} more)" if len(obj) > 10 else ""
+    found = f"keys: {', '.join(keys)}{more}" if keys else "it is empty"
+    return f"{_show(key)} is not a key of {what} ({found})"
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, _SEQS) and isinstance(b, _SEQS):
+        charge(len(a) + len(b))
+    return a + b
+
+
+def _mul(a: Any, b: Any) -> Any:
+    if isinstance(a, int) and isinstance(b, int):
+        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
+            raise Fail(f"the product would have over {MAX_INT_BITS:,} bits")
+    elif isinstance(a, _SEQS) and isinstance(b, int):
+        charge(len(a) * max(b, 0))
+    elif isinstance(b, _SEQS) and isinstance(a, int):
+        charge(len(b) * max(a, 0))
+    return a * b
+
+
+def _pow(a: Any, b: Any) -> Any:
+    # a negative or float exponent gives a float, which overflows quickly and cheaply
+    big = isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1
+    if big and (b > MAX_INT_BITS or b * math.log2(abs(a)) > MAX_INT_BITS):
+        raise Fail(f"the power would have over {MAX_INT_BITS:,} bits")
+    return a**b
+
+
+def _mod(a: Any, b: Any) -> Any:
+    if isinstance(a, (str, bytes)):  # printf formatting: '%999999999d' % 1 is a memory bomb
+        raise Fail("'%' formatting of strings is not supported; use str(x) and +")
+    return a % b
+
+
+def _sum(values: Any, start: Any = 0) -> Any:
+    if not isinstance(start, (int, float)):  # sum(lists, []) concatenates, quadratically
+        raise Fail(f"sum() adds numbers; its start is {_kind(start)}")
+    return sum(values, start)
+
+
+def _round(number: Any, ndigits: Any = None) -> Any:
+    if isinstance(ndigits, int) and abs(ndigits) > MAX_ROUND_DIGITS:
+        raise Fail(f"round() takes at most {MAX_ROUND_DIGITS} digits")
+    return round(number, ndigits)
+
+
+def _int(value: Any = 0, *base: Any) -> int:
+    if isinstance(value, (str, bytes)) and len(value) > MAX_STR_DIGITS:  # quadratic to parse
+        raise Fail(f"int() of a string longer than {MAX_STR_DIGITS} characters")
+    return int(value, *base)
+
+
+def _str(value: Any = "") -> str:
+    if isinstance(value, int) and abs(value) >= _STR_INT_LIMIT:
+        raise Fail(f"str() of an integer with more than {MAX_STR_DIGITS} digits")
+    if isinstance(value, _CONTAINERS):  # [s] * 1000 is small, but its text is 1000 copies of s
+        charge(_text_size(value, BUDGET + 1))
+    return str(value)
+
+
+def _text_size(value: Any, cap: int) -> int:
+    """Roughly how many characters `str(value)` has, counting no further than `cap`."""
+    total, stack = 0, [value]
+    while stack and total <= cap:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 1
+        elif isinstance(item, _CONTAINERS):
+            total += 2 * len(item) + 2
+            if total <= cap:  # only then is pushing every element bounded
+                stack.extend(item.items() if isinstance(item, dict) else item)
+        else:
+            total += 24
+    return total
+
+
+FUNCS: dict[str, tuple[Callable[..., Any], int, int]] = {  # name: (function, min, max args)
+    "abs": (abs, 1, 1),
+    "all": (all, 1, 1),
+    "any": (any, 1, 1),
+    "bool": (bool, 0, 1),
+    "float": (float, 0, 1),
+    "int": (_int, 0, 2),
+    "len": (len, 1, 1),
+    "max": (max, 1, 99),
+    "min": (min, 1, 99),
+    "round": (_round, 1, 2),
+    "str": (_str, 0, 1),
+    "sum": (_sum, 1, 2),
+}
+BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: _add,
+    ast.Sub: operator.sub,
+    ast.Mult: _mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: _mod,
+    ast.Pow: _pow,
+}
+UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+    ast.Not: operator.not_,
+}
+CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+    ast.Is: operator.is_,
+    ast.IsNot: operator.is_not,
+}
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 40
+
+
+def _show(value: Any) -> str:
+    try:
+        return _repr.repr(value)
+    except Exception:  # a huge int, or a user object whose __repr__ fails
+        return f"<{type(value).__name__}>"
+
+
+def _kind(value: Any) -> str:
+    name = type(value).__name__
+    return "None" if value is None else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
