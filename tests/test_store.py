@@ -1,7 +1,9 @@
-"""The durable run store: round trips, resume reads, listing, errors at the boundary, kill -9."""
+"""The durable run store: round trips, item groups, resume reads, listing, errors at the
+boundary, an older schema, kill -9."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -9,7 +11,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +33,8 @@ from flowrun.events import (
 )
 from flowrun.store import (
     DB_NAME,
+    GROUP_MAX,
+    MAX_BACKLOG,
     RunMeta,
     RunStore,
     StoredBatch,
@@ -53,7 +60,9 @@ def meta(run_id: str, started: float = T0, **context: object) -> RunMeta:
     )
 
 
-def item_ok(batch: str, index: int, output: object, attempt: int = 1) -> NodeSucceeded:
+def item_ok(
+    batch: str, index: int, output: object, attempt: int = 1, **fields: Any
+) -> NodeSucceeded:
     return NodeSucceeded(
         ts=T0,
         node=f"{batch}[{index}]",
@@ -62,6 +71,7 @@ def item_ok(batch: str, index: int, output: object, attempt: int = 1) -> NodeSuc
         attempt=attempt,
         output=output,
         output_json=json.dumps(output),
+        **fields,
     )
 
 
@@ -82,6 +92,25 @@ def record(state_dir: Path, run_id: str, *events: object, started: float = T0) -
     with RunStore.create(state_dir, meta(run_id, started)) as store:
         for event in events:
             store(event)  # type: ignore[arg-type]
+
+
+def query(state_dir: Path, run_id: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows as committed, read through a connection of the test's own."""
+    uri = (state_dir / "runs" / run_id / DB_NAME).resolve().as_uri() + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def eventually(check: Callable[[], bool], what: str) -> None:
+    """Wait for the writer thread to commit; the deadline only keeps a broken store from
+    hanging the test."""
+    deadline = time.monotonic() + 30
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.005)
 
 
 def test_new_run_id_sorts_by_time_and_is_unique() -> None:
@@ -342,6 +371,123 @@ def test_non_json_values_fail_at_the_sink(tmp_path: Path) -> None:
         RunStore.create(tmp_path, meta("r2", when=object()))
 
 
+def test_item_successes_are_recorded_in_groups(tmp_path: Path) -> None:
+    n = 2 * GROUP_MAX + 88
+    order = [(i * 7) % n for i in range(n)]  # items finish out of order
+    events = []
+    for k, i in enumerate(order):
+        attempt = 2 if k == 3 else 1  # a retried item in the first group only
+        action = "big" if i % 2 and k >= GROUP_MAX else None  # actions in the later groups
+        output = {"i": i, "name": f"item-{i}"} if i % 3 else [i, None, 1.5]
+        events.append(item_ok("B", i, output, attempt, duration_ms=i / 1000, action=action))
+    record(tmp_path, "r1", BatchStarted(ts=T0, node="B", total=n), *events)
+
+    chunks = query(tmp_path, "r1", "SELECT size, attempts, actions FROM item_chunks ORDER BY rowid")
+    assert [size for size, _, _ in chunks] == [GROUP_MAX, GROUP_MAX, 88]
+    assert [attempts is None for _, attempts, _ in chunks] == [False, True, True]
+    assert [actions is None for _, _, actions in chunks] == [True, False, False]
+    assert query(tmp_path, "r1", "SELECT COUNT(*) FROM nodes") == [(0,)]
+    (outputs,) = query(tmp_path, "r1", "SELECT outputs FROM item_chunks ORDER BY rowid LIMIT 1")
+    # the workers' JSON texts, joined as given
+    assert outputs == (f"[{','.join(e.output_json for e in events[:GROUP_MAX])}]",)
+
+    with RunStore.open(tmp_path, "r1") as store:
+        items = store.load().items["B"]
+    assert items == {
+        e.index: StoredNode("succeeded", e.attempt, e.duration_ms, e.output, e.action, None)
+        for e in events
+        if e.index is not None
+    }
+    assert len(items) == n
+
+
+def test_a_success_wins_over_a_failure_recorded_before_or_after_it(tmp_path: Path) -> None:
+    record(
+        tmp_path,
+        "r1",
+        item_failed("B", 0),
+        item_ok("B", 0, "zero"),  # a chunk committed after the failure's row
+        item_ok("B", 1, "one"),
+        item_failed("B", 1),  # a row committed after the chunk
+        item_failed("B", 2),
+    )
+    with RunStore.open(tmp_path, "r1") as store:
+        items = store.load().items["B"]
+    assert {i: (n.status, n.output, n.error is None) for i, n in items.items()} == {
+        0: ("succeeded", "zero", True),
+        1: ("succeeded", "one", True),
+        2: ("failed", None, False),
+    }
+
+
+def test_idle_and_any_other_record_hand_the_groups_over(tmp_path: Path) -> None:
+    def committed() -> list[tuple[Any, ...]]:
+        return query(tmp_path, "r1", "SELECT batch, size FROM item_chunks ORDER BY rowid")
+
+    with RunStore.create(tmp_path, meta("r1")) as store:
+        for i in range(3):
+            store(item_ok("A", i, i))
+        store(item_ok("B", 0, 0))
+        assert committed() == []  # held in the groups, not handed to the writer yet
+        store.idle()  # the run is about to wait for work
+        eventually(lambda: committed() == [("A", 3), ("B", 1)], "the groups committed")
+        store.idle()  # nothing held: nothing written
+        store(item_ok("A", 3, 3))
+        store(BatchFinished(ts=T0, node="A", status="succeeded", total=4, succeeded=4))
+        eventually(lambda: len(committed()) == 3, "the group before the batch's end")
+        assert committed()[-1] == ("A", 1)
+
+
+def test_close_and_an_unclosed_store_commit_their_groups(tmp_path: Path) -> None:
+    record(tmp_path, "r1", item_ok("B", 0, "closed"))
+    store = RunStore.create(tmp_path, meta("r2"))
+    store(item_ok("B", 0, "dropped"))
+    del store
+    gc.collect()  # the store's finalizer hands the group over, commits, releases the lock
+    for run_id, output in (("r1", "closed"), ("r2", "dropped")):
+        with RunStore.open(tmp_path, run_id) as store:
+            assert store.load().items["B"][0].output == output
+
+
+def test_an_item_that_sets_context_keeps_its_own_row(tmp_path: Path) -> None:
+    record(tmp_path, "r1", item_ok("B", 0, 0), item_ok("B", 1, 1, context_updates={"k": 1}))
+    assert query(tmp_path, "r1", "SELECT node, output, updates FROM nodes") == [
+        ("B[1]", "1", '{"k": 1}')
+    ]
+    with RunStore.open(tmp_path, "r1") as store:
+        run = store.load()
+    assert {i: n.output for i, n in run.items["B"].items()} == {0: 0, 1: 1}
+    assert run.context_updates == {"k": 1}
+
+
+def test_a_run_recorded_before_item_groups_is_upgraded_when_reopened(tmp_path: Path) -> None:
+    record(tmp_path, "r1", RunStarted(ts=T0))
+    db = tmp_path / "runs" / "r1" / DB_NAME
+    with sqlite3.connect(db) as conn:  # what schema version 1 wrote: one row per item
+        conn.execute("DROP TABLE item_chunks")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute(
+            "INSERT INTO nodes (node, batch, idx, status, attempt, output, ts)"
+            " VALUES ('B[0]', 'B', 0, 'succeeded', 1, '\"old\"', 0)"
+        )
+    conn.close()
+    assert list_runs(tmp_path)[0].status == "interrupted"  # listed as it is, left unchanged
+    with RunStore.open(tmp_path, "r1") as store:
+        store(item_ok("B", 1, "new"))
+        items = store.load().items["B"]
+    assert {i: n.output for i, n in items.items()} == {0: "old", 1: "new"}
+    assert query(tmp_path, "r1", "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+
+
+def test_a_damaged_group_is_a_state_error(tmp_path: Path) -> None:
+    record(tmp_path, "r1", item_ok("B", 0, "a"), item_ok("B", 1, "b"))
+    with sqlite3.connect(tmp_path / "runs" / "r1" / DB_NAME) as conn:
+        conn.execute("UPDATE item_chunks SET outputs = '[\"a\"]'")  # one output for two items
+    conn.close()
+    with RunStore.open(tmp_path, "r1") as store, pytest.raises(StateError, match="cannot read"):
+        store.load()
+
+
 CHILD = """
 import sys, time
 from pathlib import Path
@@ -360,7 +506,9 @@ sys.stdin.read()  # never exits on its own: the parent kills it
 """
 
 
-def test_kill_9_keeps_a_contiguous_prefix(tmp_path: Path) -> None:
+def test_kill_9_keeps_whole_groups_and_loses_at_most_a_group_and_the_backlog(
+    tmp_path: Path,
+) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path), "r1"],
@@ -384,6 +532,11 @@ def test_kill_9_keeps_a_contiguous_prefix(tmp_path: Path) -> None:
     with RunStore.open(tmp_path, "r1") as store:
         items = store.load().items["B"]
     durable = len(items)
-    assert sorted(items) == list(range(durable))  # committed in order: a prefix, no holes
+    # One batch, its groups committed in order: a prefix, no holes, made of whole groups (the
+    # first one of 100 items, handed over by the flush).
+    assert sorted(items) == list(range(durable))
+    assert (durable - 100) % GROUP_MAX == 0
     assert all(items[i].output == i for i in items)
     assert 100 <= durable <= acknowledged + 1  # the item being printed when killed may be in
+    # Lost: at most the group being filled (< GROUP_MAX) and the writer's backlog.
+    assert acknowledged - durable < GROUP_MAX + MAX_BACKLOG
