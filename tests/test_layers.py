@@ -18,10 +18,14 @@ LAYERS: dict[str, int] = {
     "routing": 3,
     "invoke": 3, "executors": 3, "executor": 3, "store": 3, "report": 3, "progress": 3,
     "progress_plain": 3, "progress_record": 3, "eventlog": 3,
+    "store_db": 3, "store_records": 3, "store_read": 3,
     "api": 4,
     "cli": 5, "__main__": 5,
 }  # fmt: skip
-STDLIB_ONLY = {"errors", "model", "events", "node", "scheduler", "invoke", "store", "report"}
+STDLIB_ONLY = {
+    "errors", "model", "events", "node", "scheduler", "invoke", "report",
+    "store", "store_db", "store_records", "store_read",
+}  # fmt: skip
 
 
 def module_name(path: Path) -> str:

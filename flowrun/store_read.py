@@ -1,0 +1,222 @@
+"""Reading runs back: a whole run for ``--resume`` (`load_run`), summaries for ``flowrun runs``.
+
+Reads open the database read-only and never hold the run's lock, so a run can be listed while
+another process records it. Outputs are JSON text, decoded with ``json.loads`` only: nothing is
+ever unpickled. A batch item's success may sit in an ``item_chunks`` row as well as in a
+``nodes`` row; a success is final (a succeeded item is never run again), so the chunk wins.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flowrun.errors import StateError
+from flowrun.store_db import (
+    DB_NAME,
+    check_schema,
+    checked_id,
+    connect,
+    in_use,
+    run_ids,
+    runs_dir,
+    translated,
+)
+
+_SECOND = len("20261128-055533")  # run ids sharing this prefix started in the same second
+
+
+@dataclass(frozen=True, slots=True)
+class RunMeta:
+    """What a run was started with; stored once, read back on ``--resume``."""
+
+    run_id: str
+    blueprint_id: str
+    blueprint_path: str
+    blueprint_sha256: str
+    context: dict[str, Any]
+    options: dict[str, Any]
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredError:
+    type: str
+    message: str
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNode:
+    """The last record of a task node or batch item."""
+
+    status: str  # succeeded | failed | skipped | recovered
+    attempts: int | None
+    duration_ms: float | None
+    output: Any
+    action: str | None
+    error: StoredError | None
+    fallback: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    total: int
+    status: str  # running | succeeded | failed
+    succeeded: int | None = None
+    failed: int | None = None
+    output_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    """A run as recorded: what ``--resume`` needs to skip finished work."""
+
+    meta: RunMeta
+    status: str | None  # the latest start's RunFinished status; None if it never finished
+    starts: int  # RunStarted records: 1 + the number of resumes
+    nodes: dict[str, StoredNode]
+    items: dict[str, dict[int, StoredNode]]
+    batches: dict[str, StoredBatch]
+    context_updates: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run_id: str
+    blueprint_id: str
+    blueprint_path: str
+    status: str  # completed | failed | cancelled | running | interrupted | corrupt
+    started: float | None
+    duration_s: float | None
+    error: str | None = None  # why a run is `corrupt`
+
+
+def list_runs(state_dir: Path, limit: int = 20) -> list[RunSummary]:
+    """The newest `limit` runs, newest first; an unreadable run is listed as ``corrupt``."""
+    ids = sorted(run_ids(state_dir), reverse=True)
+    cut = limit
+    while 0 < cut < len(ids) and ids[cut][:_SECOND] == ids[cut - 1][:_SECOND]:
+        cut += 1  # ids order runs by the second they started; `started` orders within it
+    runs = [_summary(runs_dir(state_dir) / run_id) for run_id in ids[:cut]]
+    runs.sort(key=lambda r: (r.run_id[:_SECOND], r.started or 0.0, r.run_id), reverse=True)
+    return runs[:limit]
+
+
+def resolve_run_dir(state_dir: Path, run_id: str, blueprint_id: str | None = None) -> Path:
+    """The directory of run `run_id`; ``latest`` is the most recently started run (of
+    `blueprint_id`, when given)."""
+    root = runs_dir(state_dir)
+    if run_id == "latest":
+        limit = 1 if blueprint_id is None else len(run_ids(state_dir))
+        newest = [
+            r
+            for r in list_runs(state_dir, limit=max(1, limit))
+            if blueprint_id in (None, r.blueprint_id) or r.status == "corrupt"
+        ]
+        if not newest:
+            of = "" if blueprint_id is None else f" of blueprint '{blueprint_id}'"
+            raise StateError(f"no run to resume: {root} holds no runs{of}")
+        return root / newest[0].run_id
+    if not (root / checked_id(run_id)).is_dir():
+        known = sorted(run_ids(state_dir), reverse=True)
+        hint = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "") if known else "none"
+        raise StateError(f"no run {run_id!r} under {root} (runs: {hint})")
+    return root / run_id
+
+
+def read_meta(conn: sqlite3.Connection, db: Path) -> RunMeta:
+    """The run description stored when the run was created."""
+    with translated(db):
+        row = conn.execute("SELECT value FROM meta WHERE key = 'run'").fetchone()
+        try:
+            return RunMeta(**json.loads(row[0]))
+        except (TypeError, KeyError) as exc:
+            raise StateError(f"{db}: the run description is damaged ({exc})") from exc
+
+
+def load_run(db: Path, meta: RunMeta) -> StoredRun:
+    """Everything committed to `db` so far, decoded with ``json.loads``."""
+    with translated(db):
+        conn = connect(db, mode="ro")
+        try:
+            return _read_run(conn, meta)
+        finally:
+            conn.close()
+
+
+def _summary(run_dir: Path) -> RunSummary:
+    db = run_dir / DB_NAME
+    try:
+        with translated(db):
+            conn = connect(db, mode="ro")
+            try:
+                check_schema(conn, db)
+                meta = read_meta(conn, db)
+                last = conn.execute("SELECT status, duration_ms FROM runs ORDER BY seq DESC")
+                status, duration_ms = last.fetchone() or (None, None)
+            finally:
+                conn.close()
+    except StateError as exc:
+        return RunSummary(run_dir.name, "", "", "corrupt", None, None, error=str(exc))
+    if status is None:
+        status = "running" if in_use(run_dir) else "interrupted"
+    duration_s = None if duration_ms is None else duration_ms / 1000
+    return RunSummary(
+        meta.run_id, meta.blueprint_id, meta.blueprint_path, status, meta.started, duration_s
+    )
+
+
+def _read_run(conn: sqlite3.Connection, meta: RunMeta) -> StoredRun:
+    nodes: dict[str, StoredNode] = {}
+    items: dict[str, dict[int, StoredNode]] = {}
+    updates: dict[str, Any] = {}
+    rows = conn.execute(
+        "SELECT node, batch, idx, status, attempt, duration_ms, output, action, error_type,"
+        " message, traceback, updates, fallback FROM nodes ORDER BY rowid"
+    )
+    for node, batch, idx, status, attempt, ms, output, action, etype, msg, tb, upd, fb in rows:
+        error = None if etype is None else StoredError(etype, msg or "", tb or "")
+        out = None if output is None else json.loads(output)
+        stored = StoredNode(status, attempt, ms, out, action, error, fb)
+        if batch is None:
+            nodes[node] = stored
+        else:
+            items.setdefault(batch, {})[idx] = stored
+        if upd is not None:
+            updates.update(json.loads(upd))
+    _read_chunks(conn, items)
+    batches = {
+        row[0]: StoredBatch(*row[1:])
+        for row in conn.execute(
+            "SELECT batch, total, status, succeeded, failed, output_key FROM batches"
+        )
+    }
+    starts, status = conn.execute(
+        "SELECT COUNT(*), (SELECT status FROM runs ORDER BY seq DESC LIMIT 1) FROM runs"
+    ).fetchone()
+    return StoredRun(meta, status, starts, nodes, items, batches, updates)
+
+
+def _read_chunks(conn: sqlite3.Connection, items: dict[str, dict[int, StoredNode]]) -> None:
+    """Add the chunks' successes to `items`. A success is final (a succeeded item is never run
+    again), so it wins over any row of the same item, whatever their order."""
+    chunks = conn.execute(
+        "SELECT batch, size, indices, attempts, durations_us, actions, outputs FROM item_chunks"
+    )
+    for batch, size, indices, attempts, durations_us, actions, outputs in chunks:
+        stored = items.setdefault(batch, {})
+        columns = (
+            json.loads(indices),
+            [1] * size if attempts is None else json.loads(attempts),
+            json.loads(durations_us),
+            [None] * size if actions is None else json.loads(actions),
+            json.loads(outputs),
+        )
+        # strict: a damaged chunk is an error (a ValueError, reported as a StateError), never
+        # items matched with the wrong outputs.
+        for index, attempt, us, action, output in zip(*columns, strict=True):
+            stored[index] = StoredNode("succeeded", attempt, us / 1000, output, action, None)

@@ -1,0 +1,130 @@
+"""The records the run store hands its writer thread, and the SQL that stores each kind.
+
+A record is one tuple whose first element is its kind: an event becomes one (`ENCODERS`), a
+group of batch-item successes becomes one ``item_chunks`` record (`chunk_record`), and the
+markers `FLUSH` and `STOP` steer the writer. Plain functions over the events: no I/O, no
+threads; the store (`flowrun.store`) queues the tuples and its writer binds them to `SQL`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from flowrun.errors import StateError
+from flowrun.events import (
+    BatchFinished,
+    BatchStarted,
+    Event,
+    NodeFailed,
+    NodeRecovered,
+    NodeSkipped,
+    NodeSucceeded,
+    RunFinished,
+    RunStarted,
+)
+
+# The statements number their parameters from ?2, so a record's tuple is the row as it is
+# (sqlite binds ?1, the kind, and never reads it).
+_NODE, _RECOVERED, _BATCH_STARTED, _BATCH_FINISHED, _RUN_STARTED, _RUN_FINISHED, _CHUNK = range(7)
+FLUSH, STOP = "flush", "stop"
+_SIZE = 2  # where a chunk record holds its number of items
+SQL = {
+    # REPLACE gives the row a new rowid, so rowid order is the order of the latest records.
+    _NODE: "INSERT OR REPLACE INTO nodes (node, batch, idx, status, attempt, duration_ms, action,"
+    " output, error_type, message, traceback, updates, ts)"
+    " VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    # Keeps the failure's attempts and error next to the fallback's output.
+    _RECOVERED: "INSERT INTO nodes (node, status, output, fallback, ts)"
+    " VALUES (?2, 'recovered', ?3, ?4, ?5) ON CONFLICT (node) DO UPDATE SET"
+    " status = 'recovered', output = ?3, fallback = ?4, ts = ?5",
+    _BATCH_STARTED: "INSERT INTO batches (batch, total, status, ts) VALUES (?2, ?3, 'running', ?4)"
+    " ON CONFLICT (batch) DO UPDATE SET total = ?3, status = 'running', ts = ?4",
+    _BATCH_FINISHED: "INSERT OR REPLACE INTO batches"
+    " (batch, status, total, succeeded, failed, output_key, ts)"
+    " VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    _RUN_STARTED: "INSERT INTO runs (started, resumed) VALUES (?2, ?3)",
+    # Finishes the latest start; a run that never recorded RunStarted gets its row here.
+    _RUN_FINISHED: "INSERT INTO runs (seq, started, resumed, status, duration_ms)"
+    " VALUES (COALESCE((SELECT MAX(seq) FROM runs), 1), ?2 - ?4 / 1000.0, 0, ?3, ?4)"
+    " ON CONFLICT (seq) DO UPDATE SET status = ?3, duration_ms = ?4",
+    _CHUNK: "INSERT INTO item_chunks (batch, size, indices, attempts, durations_us, actions,"
+    " outputs, ts) VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+}
+
+
+def _json(value: Any, node: str, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StateError(f"node {node!r}: {what} cannot be stored as JSON: {exc}") from exc
+
+
+def _succeeded(e: NodeSucceeded) -> tuple[Any, ...] | None:
+    if e.reused:  # replayed from this very store on --resume: already durable
+        return None
+    updates = _json(dict(e.context_updates), e.node, "ctx.set()") if e.context_updates else None
+    return (_NODE, e.node, e.batch, e.index, "succeeded", e.attempt, e.duration_ms, e.action,
+            e.output_json, None, None, None, updates, e.ts)  # fmt: skip
+
+
+def _failed(e: NodeFailed) -> tuple[Any, ...]:
+    return (_NODE, e.node, e.batch, e.index, "failed", e.attempt, e.duration_ms, None,
+            None, e.error_type, e.message, e.traceback, None, e.ts)  # fmt: skip
+
+
+def _skipped(e: NodeSkipped) -> tuple[Any, ...]:
+    return (_NODE, e.node, None, None, "skipped", None, None, None,
+            None, None, None, None, None, e.ts)  # fmt: skip
+
+
+def _recovered(e: NodeRecovered) -> tuple[Any, ...]:
+    return (_RECOVERED, e.node, _json(e.output, e.node, "the fallback output"), e.fallback, e.ts)
+
+
+def _batch_finished(e: BatchFinished) -> tuple[Any, ...]:
+    return (_BATCH_FINISHED, e.node, e.status, e.total, e.succeeded, e.failed, e.output_key, e.ts)
+
+
+# The record of each event the store keeps (None: nothing to record); other events are not kept.
+ENCODERS: dict[type[Event], Callable[[Any], tuple[Any, ...] | None]] = {
+    NodeSucceeded: _succeeded,
+    NodeFailed: _failed,
+    NodeSkipped: _skipped,
+    NodeRecovered: _recovered,
+    BatchStarted: lambda e: (_BATCH_STARTED, e.node, e.total, e.ts),
+    BatchFinished: _batch_finished,
+    RunStarted: lambda e: (_RUN_STARTED, e.ts, e.resumed),
+    RunFinished: lambda e: (_RUN_FINISHED, e.ts, e.status, e.duration_ms),
+}
+
+
+def chunk_record(batch: str, group: list[NodeSucceeded]) -> tuple[Any, ...]:
+    """One record for a group of item successes. Each output is the worker's JSON text, joined
+    into an array as it is: never decoded or encoded again."""
+    size = len(group)
+    attempts = [e.attempt for e in group]
+    actions = [e.action for e in group]
+    return (
+        _CHUNK,
+        batch,
+        size,
+        _ints([e.index for e in group]),
+        None if attempts.count(1) == size else _ints(attempts),
+        _ints([round(e.duration_ms * 1000) for e in group]),
+        None if actions.count(None) == size else json.dumps(actions),
+        "[" + ",".join([e.output_json for e in group]) + "]",
+        group[-1].ts,
+    )
+
+
+def _ints(values: list[Any]) -> str:
+    """A JSON array of ints; json.dumps takes longer to start than this takes for a group."""
+    return "[" + ",".join(map(str, values)) + "]"
+
+
+def weight(records: list[tuple[Any, ...]]) -> int:
+    """The items `records` hold, as the backlog counts them: a chunk its items, a marker none."""
+    n: int = len(records) + sum([r[_SIZE] - 1 for r in records if r[0] == _CHUNK])
+    return n - 1 if records[-1][0] in (FLUSH, STOP) else n
