@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowrun import events as ev
 from flowrun import loader, schema
-from flowrun.errors import BlueprintError, FlowrunError, Problem, StateError, UsageError
+from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.expand import expand, suggest
 from flowrun.model import Graph
 from flowrun.node import SharedContext
@@ -295,4 +295,4 @@ def run(path: str | os.PathLike[str], **kwargs: Any) -> RunReport:
     return Run(path, RunOptions(**kwargs)).start()
 
 
-__all__ = ["FlowrunError", "Path", "load", "prepare", "run", "validate"]
+__all__ = ["Run", "RunOptions", "load", "prepare", "run", "validate", "validate_file"]

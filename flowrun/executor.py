@@ -178,9 +178,7 @@ class Driver:
         now = self.clock()
         while self.timers and self.timers[0][0] <= now:
             work = heapq.heappop(self.timers)[2]
-            if self.stopping:
-                self._abandon(work)
-            else:
+            if not self.stopping:  # a retry due while stopping never starts: it stays pending
                 self.queued.append(work)
 
     # -- scheduling ------------------------------------------------------------------------
@@ -352,10 +350,9 @@ class Driver:
             outcomes = fut.result()
         except BaseException as exc:  # the backend itself failed (a worker process died...)
             outcomes = [_crashed(w.call, exc) for w in works]
+        # A cancelled chunk returns early: the calls it did not run stay pending.
         for work, outcome in zip(works, outcomes, strict=False):
             self._outcome(work, outcome)
-        for work in works[len(outcomes) :]:
-            self._abandon(work)
         if batch is not None and outcomes:
             ms = sum(o.duration_ms for o in outcomes) / len(outcomes)
             old = self.item_ms.get(batch)
@@ -503,9 +500,6 @@ class Driver:
         self._record_failure(user_id, etype, message)
         if self.sched.status[name] is Status.RUNNING:
             self.sched.finish(name, Status.FAILED)
-
-    def _abandon(self, work: Work) -> None:
-        """Work that will not run (cancelled, or its attempt outlived the grace period)."""
 
     # -- reporting -------------------------------------------------------------------------
     def _emit_started(self, work: Work) -> None:
