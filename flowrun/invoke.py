@@ -198,8 +198,6 @@ def run_attempt(
             value, action = value.output, value.action
         text = _encode(value)
     except Exception as exc:
-        if attempt_cancel is not None and attempt_cancel is not cancelled:
-            AttemptCancel.close(attempt_cancel)
         return Outcome(
             call.node,
             False,
@@ -210,8 +208,9 @@ def run_attempt(
             traceback=_user_traceback(exc),
             updates=ctx.updates if ctx is not None else {},
         )
-    if attempt_cancel is not None and attempt_cancel is not cancelled:
-        AttemptCancel.close(attempt_cancel)
+    finally:
+        if attempt_cancel is not None and attempt_cancel is not cancelled:
+            AttemptCancel.close(attempt_cancel)
     return Outcome(
         call.node,
         True,
