@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowrun import events as ev
-from flowrun import loader, schema
+from flowrun.blueprint import loader, schema
+from flowrun.blueprint.expand import expand, suggest
+from flowrun.blueprint.resolve import Target, resolve, search_path
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
-from flowrun.expand import expand, suggest
 from flowrun.model import Graph
 from flowrun.node import SharedContext
 from flowrun.report import RunReport
-from flowrun.resolve import Target, resolve, search_path
 
 if TYPE_CHECKING:
     from flowrun.store import StoredRun
@@ -235,7 +235,7 @@ class Run:
             self._driver.wake()
 
     def _resume_state(self) -> Any:
-        from flowrun.executor import Stored
+        from flowrun.engine.driver import Stored
 
         if self.stored is None:
             return None
@@ -253,8 +253,8 @@ class Run:
 
     def start(self) -> RunReport:
         """Drive the run to its end; the store is closed (everything committed) on return."""
-        from flowrun.executor import Driver, Options
-        from flowrun.executors import make_backend
+        from flowrun.engine.backends import make_backend
+        from flowrun.engine.driver import Driver, Options
 
         opts = self.options
         try:

@@ -20,7 +20,7 @@ from flowrun import __version__
 from flowrun.errors import BlueprintError, FlowrunError
 
 if TYPE_CHECKING:
-    from flowrun.progress_plain import RunRecord
+    from flowrun.display.plain import RunRecord
 
 app = typer.Typer(
     name="flowrun",
@@ -144,7 +144,7 @@ def graph(
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the blueprint JSON Schema (for editors and other tools)."""
-    from flowrun import schema
+    from flowrun.blueprint import schema
 
     sys.stdout.write(schema.schema_text())
 
@@ -215,8 +215,8 @@ def run(
     from rich.console import Console
 
     from flowrun import api
+    from flowrun.display.live import choose_mode, make_reporter
     from flowrun.eventlog import EventLog
-    from flowrun.progress import choose_mode, make_reporter
 
     console = Console(stderr=True)
     mode = choose_mode(console, quiet=quiet, no_progress=no_progress, env=os.environ)

@@ -16,7 +16,7 @@ from flowrun.errors import PathT, Problem
 
 
 class Document(Protocol):
-    """Where a blueprint came from (`flowrun.loader.Document`): names positions in its file."""
+    """Where a blueprint came from (`flowrun.blueprint.loader.Document`): positions in its file."""
 
     @property
     def name(self) -> str: ...
@@ -41,7 +41,7 @@ class Document(Protocol):
 
 
 class Expression(Protocol):
-    """A compiled `condition` / `transform` (see `flowrun.expr`)."""
+    """A compiled `condition` / `transform` (see `flowrun.expr.compiler`)."""
 
     source: str
 

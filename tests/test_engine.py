@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from flowrun import events as ev
-from flowrun.executor import Driver, Options
-from flowrun.executors.thread import ThreadBackend
+from flowrun.blueprint.resolve import resolve
+from flowrun.engine.backends.thread import ThreadBackend
+from flowrun.engine.driver import Driver, Options
 from flowrun.model import Graph
 from flowrun.node import SharedContext
 from flowrun.report import RunReport
-from flowrun.resolve import resolve
 
 from . import nodes
 from .graphs import batch, edge, graph, task

@@ -20,16 +20,16 @@ import distributed
 import pytest
 
 import flowrun.api
+from flowrun.blueprint.resolve import resolve
+from flowrun.engine.backends import Backend, make_backend
+from flowrun.engine.backends import dask as dask_executor
+from flowrun.engine.backends.remote import ContextPacker
+from flowrun.engine.driver import Driver, Options
+from flowrun.engine.invoke import Call, Outcome
 from flowrun.errors import UsageError
-from flowrun.executor import Driver, Options
-from flowrun.executors import Backend, make_backend
-from flowrun.executors import dask as dask_executor
-from flowrun.executors.remote import ContextPacker
-from flowrun.invoke import Call, Outcome
 from flowrun.model import Graph
 from flowrun.node import SharedContext
 from flowrun.report import RunReport
-from flowrun.resolve import resolve
 
 from .graphs import batch, edge, graph, task
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowrun.expr import CompiledExpr, ExprError, ExprEvalError, compile_expr
+from flowrun.expr.compiler import CompiledExpr, ExprError, ExprEvalError, compile_expr
 
 NAMES = ("output", "action", "context", "review", "fetch")
 OUTPUT = {

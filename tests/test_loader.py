@@ -1,4 +1,4 @@
-"""flowrun.loader: YAML/JSON -> Document with positions; any failure is a BlueprintError."""
+"""flowrun.blueprint.loader: YAML/JSON -> Document with positions; failures are BlueprintErrors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flowrun.blueprint.loader import Document, load, load_text
 from flowrun.errors import BlueprintError, Problem
-from flowrun.loader import Document, load, load_text
 
 YAML = """\
 id: demo

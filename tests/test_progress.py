@@ -12,7 +12,9 @@ import pytest
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.file_proxy import FileProxy
 
-from flowrun import progress
+from flowrun.display import live as progress
+from flowrun.display.live import Reporter, choose_mode, make_reporter
+from flowrun.display.plain import MAX_ITEM_TRACEBACKS
 from flowrun.events import (
     BatchFinished,
     BatchStarted,
@@ -26,8 +28,6 @@ from flowrun.events import (
     RunFinished,
     RunStarted,
 )
-from flowrun.progress import Reporter, choose_mode, make_reporter
-from flowrun.progress_plain import MAX_ITEM_TRACEBACKS
 
 EPOCH = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 TB = (

@@ -18,7 +18,7 @@ from rich.console import Console
 from flowrun.events import (
     BatchFinished, BatchStarted, NodeStarted, NodeSucceeded, RunFinished, RunStarted,
 )
-from flowrun.progress import choose_mode, make_reporter
+from flowrun.display.live import choose_mode, make_reporter
 
 console = Console(stderr=True)
 mode = choose_mode(console, quiet=False, no_progress=False, env=os.environ)

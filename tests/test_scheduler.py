@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowrun.scheduler import Scheduler, Status
+from flowrun.engine.scheduler import Scheduler, Status
 
 from .graphs import batch, edge, graph, task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowrun.scheduler import DONE_OK, Scheduler, Status
+from flowrun.engine.scheduler import DONE_OK, Scheduler, Status
 
 from .graphs import edge, graph, task
 

@@ -1,4 +1,4 @@
-"""flowrun.schema: the shipped JSON Schema, durations, Document -> Blueprint, located problems."""
+"""flowrun.blueprint.schema: the shipped JSON Schema, durations, Document -> Blueprint, problems."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
+from flowrun.blueprint.loader import Document, load_text
+from flowrun.blueprint.schema import check, parse_duration, schema, schema_text
 from flowrun.errors import BlueprintError, Problem
-from flowrun.loader import Document, load_text
 from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, NodeSpec
-from flowrun.schema import check, parse_duration, schema, schema_text
 
 VALID = """\
 id: batch-workflow
@@ -85,7 +85,9 @@ def test_schema_is_valid_draft_2020_12_and_shipped_as_text() -> None:
     assert json.loads(schema_text()) == schema()
     assert schema()["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema_text().endswith("}\n")
-    assert (Path(__file__).parents[1] / "flowrun" / "schema.json").read_text() == schema_text()
+    assert (
+        Path(__file__).parents[1] / "flowrun" / "blueprint" / "schema.json"
+    ).read_text() == schema_text()
 
 
 def test_schema_documents_every_property_for_editors() -> None:

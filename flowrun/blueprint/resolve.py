@@ -20,8 +20,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from flowrun.blueprint.expand import suggest
 from flowrun.errors import BlueprintError, Problem
-from flowrun.expand import suggest
 from flowrun.model import Blueprint
 
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun import events as ev
-from flowrun.executors import Backend
-from flowrun.expr import ExprEvalError
-from flowrun.invoke import Call, Outcome
+from flowrun.engine.backends import Backend
+from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.routing import InputError, Router
+from flowrun.engine.scheduler import Scheduler, Status
+from flowrun.expr.compiler import ExprEvalError
 from flowrun.model import Graph, GraphNode, Kind
 from flowrun.node import SharedContext
 from flowrun.report import NodeReport, RunReport
-from flowrun.routing import InputError, Router
-from flowrun.scheduler import Scheduler, Status
 
 # Batch items are sent to workers in chunks sized so one chunk takes about this long,
 # which amortises the hand-off between threads for fast items (dask.bag does the same).

@@ -1,6 +1,6 @@
 """The plain-line progress sink, and the `Reporter` base every display builds on.
 
-`Reporter` feeds each event to a `RunRecord` (`progress_record`) and prints the summary once;
+`Reporter` feeds each event to a `RunRecord` (`display.record`) and prints the summary once;
 `PlainReporter` adds timestamped lines without ANSI codes, with batch items shown only as
 throttled progress lines. The live rich view is in `progress.py`.
 """
@@ -13,6 +13,18 @@ from typing import ClassVar, Literal, Self
 
 from rich.console import Console
 
+from flowrun.display.record import (
+    MAX_ITEM_TRACEBACKS,
+    BatchRecord,
+    Clock,
+    Handler,
+    NodeRecord,
+    RunRecord,
+    SummaryRow,
+    error_line,
+    fmt_ms,
+    fmt_seconds,
+)
 from flowrun.events import (
     BatchFinished,
     BatchStarted,
@@ -24,18 +36,6 @@ from flowrun.events import (
     NodeStarted,
     NodeSucceeded,
     RunStarted,
-)
-from flowrun.progress_record import (
-    MAX_ITEM_TRACEBACKS,
-    BatchRecord,
-    Clock,
-    Handler,
-    NodeRecord,
-    RunRecord,
-    SummaryRow,
-    error_line,
-    fmt_ms,
-    fmt_seconds,
 )
 
 __all__ = [

@@ -13,12 +13,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
+from flowrun.engine.invoke import Call, Outcome
 from flowrun.errors import UsageError
-from flowrun.invoke import Call, Outcome
 from flowrun.node import SharedContext
 
 if TYPE_CHECKING:
-    from flowrun.resolve import Target
+    from flowrun.blueprint.resolve import Target
 
 KINDS = ("thread", "process", "dask")
 
@@ -50,19 +50,19 @@ def make_backend(
 ) -> Backend:
     """Build the backend named by `--executor` (imports process/dask code only when asked)."""
     if kind == "thread":
-        from flowrun.executors.thread import ThreadBackend
+        from flowrun.engine.backends.thread import ThreadBackend
 
         return ThreadBackend(
             targets, workers=workers, run_id=run_id, context=context, cancelled=cancelled
         )
     if kind == "process":
-        from flowrun.executors.process import ProcessBackend
+        from flowrun.engine.backends.process import ProcessBackend
 
         return ProcessBackend(
             targets, workers=workers, run_id=run_id, context=context, cancelled=cancelled, dirs=dirs
         )
     if kind == "dask":
-        from flowrun.executors.dask import DaskBackend
+        from flowrun.engine.backends.dask import DaskBackend
 
         return DaskBackend(
             targets,

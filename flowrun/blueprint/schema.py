@@ -3,7 +3,7 @@
 The only module that uses jsonschema. Every violation becomes a `Problem` at the file:line:column
 of the offending key (unknown keys) or value (wrong values), with a stable `schema.*` code and a
 message saying what was expected, what was found and how to fix it; all are reported at once.
-The messages are written by `schema_messages`; this module keeps the schema, the validator, the
+The messages are written by `blueprint.messages`; this module keeps the schema, the validator, the
 builder of the frozen model and `salvage`.
 Cross-references, duplicate ids, cycles, expressions and imports are `expand`'s job, not this.
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
+from flowrun.blueprint.loader import Document
+from flowrun.blueprint.messages import DURATION_HELP, path_label, translate, value_text
 from flowrun.errors import BlueprintError, PathT, Problem
-from flowrun.loader import Document
 from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, NodeSpec
-from flowrun.schema_messages import DURATION_HELP, path_label, translate, value_text
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -30,7 +30,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 def schema_text() -> str:
     """The blueprint JSON Schema (Draft 2020-12), as shipped: what `flowrun schema` prints."""
-    return resources.files("flowrun").joinpath("schema.json").read_text(encoding="utf-8")
+    return resources.files("flowrun.blueprint").joinpath("schema.json").read_text(encoding="utf-8")
 
 
 @functools.cache

@@ -7,7 +7,7 @@
         report = api.run(path, sinks=[reporter])    # one call per event, driver thread only
     reporter.summary()                              # tracebacks, table, final line
 
-The sink itself only does plain-Python bookkeeping (`progress_plain.RunRecord`); in live mode
+The sink itself only does plain-Python bookkeeping (`display.record.RunRecord`); in live mode
 rich renders that record on its own refresh thread, `refresh_per_second` times a second, so
 the cost of the display grows with the rows shown, never with the number of events.
 """
@@ -26,7 +26,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from flowrun.progress_plain import (
+from flowrun.display.plain import (
     BatchRecord,
     Clock,
     Mode,

@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flowrun.invoke import Call, Outcome, run_attempt
+from flowrun.blueprint.resolve import Target, describe, load_callable, use_search_path
+from flowrun.engine.invoke import Call, Outcome, run_attempt
 from flowrun.node import SharedContext
-from flowrun.resolve import Target, describe, load_callable, use_search_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,5 +168,5 @@ def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
 
 
 def dask_setup(worker: object) -> None:
-    """Dask preload hook (`preload=["flowrun.executors.remote"]`) for local cluster workers."""
+    """Dask preload hook (`preload=["flowrun.engine.backends.remote"]`) for local workers."""
     init_process()

@@ -6,7 +6,7 @@ column), and turns the tree into nested closures, so `CompiledExpr.evaluate` onl
 closures. Nothing here runs `eval`/`exec` or reads attributes of user data: `x.key` reads the
 mapping key "key", never an attribute, so `output.items` is a key and not the dict method.
 What the closures call at run time (key reads, guarded arithmetic and builtins, the size
-limits) is in `exprlimits`; this module is the compiler.
+limits) is in `expr.limits`; this module is the compiler.
 
 Errors::
 
@@ -24,7 +24,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
 
-from flowrun.exprlimits import (
+from flowrun.expr.limits import (
     BINOPS,
     BUDGET,
     CMPOPS,

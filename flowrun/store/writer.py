@@ -16,8 +16,8 @@ What a ``kill -9`` can lose: per batch, the successes not yet handed over (fewer
 (``MAX_BACKLOG`` items at most, counting a chunk as its items), plus what was running.
 
 This module records; its neighbours hold the rest, and every public name is importable from
-here: ``store_db`` the run directory, database file, schema and lock, ``store_records`` the
-records and their SQL, ``store_read`` reading runs back.
+in the package: ``store.db`` the run directory, database file, schema and lock, ``store.records`` the
+records and their SQL, ``store.read`` reading runs back.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from typing import Any
 
 from flowrun.errors import StateError
 from flowrun.events import Event, NodeSucceeded
-from flowrun.store_db import (
+from flowrun.store.db import (
     DB_NAME,
     LOCK_NAME,
     SCHEMA_VERSION,
@@ -48,7 +48,7 @@ from flowrun.store_db import (
     prepared,
     runs_dir,
 )
-from flowrun.store_read import (
+from flowrun.store.read import (
     RunMeta,
     RunSummary,
     StoredBatch,
@@ -60,7 +60,7 @@ from flowrun.store_read import (
     read_meta,
     resolve_run_dir,
 )
-from flowrun.store_records import ENCODERS, FLUSH, SQL, STOP, chunk_record, weight
+from flowrun.store.records import ENCODERS, FLUSH, SQL, STOP, chunk_record, weight
 
 __all__ = [
     "COMMIT_MAX_RECORDS",

@@ -21,10 +21,10 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
-from flowrun.executors.remote import ContextPacker, Job, init_process, run_job
-from flowrun.invoke import Call, Outcome
+from flowrun.blueprint.resolve import Target
+from flowrun.engine.backends.remote import ContextPacker, Job, init_process, run_job
+from flowrun.engine.invoke import Call, Outcome
 from flowrun.node import SharedContext
-from flowrun.resolve import Target
 
 
 class _TrackingSpawn(SpawnContext):

@@ -29,11 +29,11 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from flowrun.blueprint.resolve import Target
+from flowrun.engine.backends.remote import ContextPacker, Job, run_job
+from flowrun.engine.invoke import Call, Outcome
 from flowrun.errors import UsageError
-from flowrun.executors.remote import ContextPacker, Job, run_job
-from flowrun.invoke import Call, Outcome
 from flowrun.node import SharedContext
-from flowrun.resolve import Target
 
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
@@ -87,7 +87,7 @@ def _local_cluster(distributed: Any, workers: int) -> Any:
         threads_per_worker=math.ceil(workers / n_workers),
         processes=True,
         dashboard_address=":0",
-        preload=["flowrun.executors.remote"],
+        preload=["flowrun.engine.backends.remote"],
         silence_logs=logging.ERROR,
     )
 

@@ -6,9 +6,9 @@ import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from flowrun.invoke import AttemptCancel, Call, Outcome, run_attempt
+from flowrun.blueprint.resolve import Target
+from flowrun.engine.invoke import AttemptCancel, Call, Outcome, run_attempt
 from flowrun.node import SharedContext
-from flowrun.resolve import Target
 
 
 class ThreadBackend:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from flowrun.expand import Source, resolve_source
+from flowrun.blueprint.expand import Source, resolve_source
+from flowrun.engine.scheduler import Scheduler
 from flowrun.model import Graph, GraphNode
-from flowrun.scheduler import Scheduler
 
 
 class InputError(Exception):

@@ -9,7 +9,7 @@ dict operations and integer increments, and items get no per-item record unless 
 Rows shared by the rich and the plain summary are built here as plain strings
 (`summary_rows`, `final_line`) so both modes say the same thing.
 
-It is separate from the sinks (`progress_plain`, `progress`) because it knows nothing of
+It is separate from the sinks (`display.plain`, `display.live`) because it knows nothing of
 consoles or rendering: plain Python over the events, testable without rich.
 """
 

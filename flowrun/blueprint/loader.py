@@ -27,8 +27,8 @@ from typing import Any, Literal, NoReturn
 import yaml
 
 from flowrun import errors
+from flowrun.blueprint.yamlwalk import LIBYAML, CoreLoader, Entry, Walker, kind_of, locate, unpack
 from flowrun.errors import BlueprintError, Problem
-from flowrun.yamlwalk import LIBYAML, CoreLoader, Entry, Walker, kind_of, locate, unpack
 
 EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 Format = Literal["yaml", "json"]

@@ -18,8 +18,8 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowrun import errors
+from flowrun.blueprint.loader import Document
 from flowrun.errors import PathT, Problem
-from flowrun.loader import Document
 
 if TYPE_CHECKING:  # only annotations: `schema` stays the one module that runs jsonschema
     from jsonschema import ValidationError  # type: ignore[import-untyped]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.errors import StateError
-from flowrun.store_db import (
+from flowrun.store.db import (
     DB_NAME,
     check_schema,
     checked_id,

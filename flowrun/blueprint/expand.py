@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun.errors import BlueprintError, PathT, Problem
-from flowrun.expr import ExprError, compile_expr
+from flowrun.expr.compiler import ExprError, compile_expr
 from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, Kind, NodeSpec
 
 SCOPE_NAMES = ("output", "action", "context")

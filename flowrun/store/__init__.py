@@ -1,0 +1,41 @@
+"""Durable run state: a sink of the event stream (`writer`), the database file and lock (`db`),
+the records and their SQL (`records`), and reading runs back (`read`).
+
+Every public name is importable from here.
+"""
+
+from flowrun.store.writer import (
+    COMMIT_MAX_RECORDS,
+    DB_NAME,
+    GROUP_MAX,
+    LOCK_NAME,
+    MAX_BACKLOG,
+    SCHEMA_VERSION,
+    RunMeta,
+    RunStore,
+    RunSummary,
+    StoredBatch,
+    StoredError,
+    StoredNode,
+    StoredRun,
+    list_runs,
+    new_run_id,
+)
+
+__all__ = [
+    "COMMIT_MAX_RECORDS",
+    "DB_NAME",
+    "GROUP_MAX",
+    "LOCK_NAME",
+    "MAX_BACKLOG",
+    "SCHEMA_VERSION",
+    "RunMeta",
+    "RunStore",
+    "RunSummary",
+    "StoredBatch",
+    "StoredError",
+    "StoredNode",
+    "StoredRun",
+    "list_runs",
+    "new_run_id",
+]
