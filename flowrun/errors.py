@@ -21,6 +21,24 @@ from dataclasses import dataclass
 PathT = tuple[str | int, ...]
 
 
+def closest(word: str, options: Iterable[str], *, ignore_case: bool = False) -> str | None:
+    """The option most like `word` (difflib's ratio >= 0.6), or None: the one "did you mean"."""
+    import difflib  # only on the error path: `import flowrun` stays light
+
+    if not ignore_case:
+        close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+        return close[0] if close else None
+    lowered = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+def did_you_mean(word: str, options: Iterable[str], *, ignore_case: bool = False) -> str:
+    """`" (did you mean 'x'?)"` for the closest option, or ''."""
+    found = closest(word, options, ignore_case=ignore_case)
+    return f" (did you mean '{found}'?)" if found is not None else ""
+
+
 def json_path(path: Sequence[str | int]) -> str:
     """Render a document path as a JSON path: ``("nodes", 1, "uses")`` -> ``$.nodes[1].uses``."""
     out = "$"

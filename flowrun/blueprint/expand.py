@@ -10,25 +10,19 @@ cycles, and expressions.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import graphlib
 import itertools
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from flowrun.errors import BlueprintError, PathT, Problem
+from flowrun.errors import did_you_mean as suggest
 from flowrun.expr.compiler import ExprError, compile_expr
 from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, Kind, NodeSpec
 
 SCOPE_NAMES = ("output", "action", "context")
-
-
-def suggest(word: str, known: Iterable[str]) -> str:
-    """' (did you mean 'x'?)' for the closest known word, or ''."""
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 @dataclass(frozen=True, slots=True)

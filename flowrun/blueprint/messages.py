@@ -12,14 +12,13 @@ reasons of its own; `schema` keeps the schema, the validator and the model build
 from __future__ import annotations
 
 import builtins
-import difflib
 import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowrun import errors
 from flowrun.blueprint.loader import Document
-from flowrun.errors import PathT, Problem
+from flowrun.errors import PathT, Problem, did_you_mean
 
 if TYPE_CHECKING:  # only annotations: `schema` stays the one module that runs jsonschema
     from jsonschema import ValidationError  # type: ignore[import-untyped]
@@ -124,7 +123,7 @@ def _detail(error: ValidationError, path: PathT) -> tuple[str, str]:
         return "schema.minimum", f"expected {noun} {op} {limit}, found {value_text(value)}"
     if error.validator == "enum":
         options = ", ".join(repr(option) for option in limit)
-        hint = _did_you_mean(value, list(limit)) if isinstance(value, str) else ""
+        hint = did_you_mean(value, list(limit), ignore_case=True) if isinstance(value, str) else ""
         return "schema.enum", f"expected one of {options}, found {value_text(value)}{hint}"
     if error.validator == "minItems":
         return "schema.min-items", f"expected at least {limit} item(s), found an empty array"
@@ -138,13 +137,8 @@ def _suggest(key: str, allowed: list[str], path: PathT, homes: Mapping[str, str]
     if len(path) == 2 and path[0] == "nodes" and key in homes:
         return f" (it belongs under '{homes[key]}')"
     shown = [option for option in allowed if not option.startswith(("_", "$"))]
-    return _did_you_mean(key, allowed) or f"; expected one of: {', '.join(shown)}"
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    lowered = {option.lower(): option for option in options}
-    close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-    return f" (did you mean '{lowered[close[0]]}'?)" if close else ""
+    hint = did_you_mean(key, allowed, ignore_case=True)
+    return hint or f"; expected one of: {', '.join(shown)}"
 
 
 def _uses_hint(value: Any) -> str:

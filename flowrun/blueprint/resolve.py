@@ -7,7 +7,6 @@ directory, the current directory and `PYTHONPATH`, in that order.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import os
@@ -20,8 +19,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from flowrun.blueprint.expand import suggest
-from flowrun.errors import BlueprintError, Problem
+from flowrun.errors import BlueprintError, Problem, closest
+from flowrun.errors import did_you_mean as suggest
 from flowrun.model import Blueprint
 
 
@@ -141,8 +140,8 @@ def load_callable(uses: str, *, dirs: Sequence[str] = ()) -> Callable[..., Any]:
             )
         return obj  # type: ignore[no-any-return]
     top = tried[-1] if tried else uses
-    close = difflib.get_close_matches(top, _nearby_modules(dirs), n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = closest(top, _nearby_modules(dirs))
+    hint = f"; did you mean '{close}'?" if close else ""
     raise ResolveError(
         "resolve.not-found",
         f"cannot import '{uses}': no module '{top}' in the blueprint's directory, the "

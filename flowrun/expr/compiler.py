@@ -17,13 +17,13 @@ Errors::
 from __future__ import annotations
 
 import ast
-import difflib
 import re
 import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NoReturn
 
+from flowrun.errors import closest
 from flowrun.expr.limits import (
     BINOPS,
     BUDGET,
@@ -364,5 +364,5 @@ def _listing(names: Collection[str], limit: int = 12) -> str:
 
 
 def _did_you_mean(word: str, candidates: Collection[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1)
-    return f"; did you mean '{close[0]}'?" if close else ""
+    close = closest(word, candidates)
+    return f"; did you mean '{close}'?" if close else ""
