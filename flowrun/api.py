@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from flowrun import events as ev
 from flowrun.blueprint import loader, schema
-from flowrun.blueprint.expand import expand
 from flowrun.blueprint.resolve import Target, resolve, search_path
+from flowrun.engine.expand import expand
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
 from flowrun.model import Graph

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowrun.blueprint.expand import expand
+from flowrun.engine.expand import expand
 from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, Graph, NodeSpec
 
 

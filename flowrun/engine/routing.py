@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from flowrun.blueprint.expand import Source, resolve_source
+from flowrun.engine.expand import Source, resolve_source
 from flowrun.engine.scheduler import Scheduler
 from flowrun.model import Graph, GraphNode
 
