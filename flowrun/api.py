@@ -21,7 +21,7 @@ from flowrun.blueprint.resolve import Target, resolve, search_path
 from flowrun.engine.expand import expand
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
-from flowrun.model import Graph
+from flowrun.model import Graph, is_item_id
 from flowrun.node import SharedContext
 from flowrun.report import RunReport
 
@@ -244,7 +244,7 @@ class Run:
         nodes = {
             k: (n.status, n.output, n.action, n.attempts or 1)
             for k, n in self.stored.nodes.items()
-            if n.status in ok and "[" not in k
+            if n.status in ok and not is_item_id(k)
         }
         items = {
             b: {i: n.output for i, n in its.items() if n.status in ok}

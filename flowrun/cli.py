@@ -268,9 +268,8 @@ def _print_results(r: object, report: object) -> None:
     graph = r.prepared.graph  # type: ignore[attr-defined]
     context = report.context  # type: ignore[attr-defined]
     for spec in graph.blueprint.nodes:
-        out = f"{spec.id}_gather" if spec.batch else spec.id
-        key = spec.batch.output_key if spec.batch else spec.id
-        if graph.succs[out] or spec.id in graph.fallbacks or key not in context:
+        key = graph.output_keys[spec.id]
+        if not graph.is_final(spec.id) or key not in context:
             continue
         text = json.dumps(context[key], ensure_ascii=False)
         print(f"{key}: {text if len(text) <= 500 else text[:497] + '...'}")

@@ -40,11 +40,13 @@ _PUBLIC: dict[type[Event], tuple[str, ...]] = {}
 @dataclass(frozen=True, slots=True)
 class RunStarted(Event):
     event: ClassVar[str] = "run_started"
+    private: ClassVar[frozenset[str]] = frozenset({"graph"})
     run_id: str = ""
     blueprint: str = ""
     nodes: int = 0  # task nodes + batches: what the overall bar counts
     node_ids: tuple[str, ...] = ()  # those nodes' ids (batches by batch id), in blueprint order
     resumed: bool = False
+    graph: Any = None  # the `flowrun.model.Graph` being run, for sinks that need its shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,9 @@ class NodeStarted(Event):
 @dataclass(frozen=True, slots=True)
 class NodeSucceeded(Event):
     event: ClassVar[str] = "node_succeeded"
-    private: ClassVar[frozenset[str]] = frozenset({"output", "output_json", "context_updates"})
+    private: ClassVar[frozenset[str]] = frozenset(
+        {"output", "output_json", "context_updates", "status"}
+    )
     node: str = ""
     attempt: int = 1
     duration_ms: float = 0.0
@@ -70,6 +74,7 @@ class NodeSucceeded(Event):
     output_json: str = "null"  # `output` already encoded (the worker checks it is JSON)
     reused: bool = False  # taken from an earlier run's stored state (`--resume`), not called
     context_updates: Mapping[str, Any] = field(default_factory=dict)
+    status: str = "succeeded"  # "recovered" for a reused node that a fallback stood in for
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +95,13 @@ class NodeRetry(Event):
 
 @dataclass(frozen=True, slots=True)
 class NodeFailed(Event):
-    """A node (or batch item) failed for good: its last attempt failed."""
+    """A node (or batch item) failed: its last attempt failed, or it failed without running.
+
+    `final` is False when a fallback is about to stand in for it; when that fallback fails in
+    turn, the fallback's own `NodeFailed` names the node in `fallback_for`, and both failed."""
 
     event: ClassVar[str] = "node_failed"
-    private: ClassVar[frozenset[str]] = frozenset({"traceback"})
+    private: ClassVar[frozenset[str]] = frozenset({"traceback", "final", "fallback_for"})
     node: str = ""
     attempt: int = 1
     duration_ms: float = 0.0
@@ -102,6 +110,8 @@ class NodeFailed(Event):
     traceback: str = ""
     batch: str | None = None
     index: int | None = None
+    final: bool = True
+    fallback_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +155,10 @@ class BatchFinished(Event):
 @dataclass(frozen=True, slots=True)
 class RunFinished(Event):
     event: ClassVar[str] = "run_finished"
+    private: ClassVar[frozenset[str]] = frozenset({"context"})
     status: str = "completed"  # completed | failed | cancelled
     duration_ms: float = 0.0
+    context: Mapping[str, Any] = field(default_factory=dict)  # the run context at the end
 
 
 Sink = Callable[[Event], None]
@@ -167,6 +179,10 @@ class Bus:
             self.add(sink)
 
     def add(self, sink: Sink) -> None:
+        if isinstance(sink, Bus):  # flatten: one call per sink per event, however composed
+            self._sinks += sink._sinks
+            self._idlers += sink._idlers
+            return
         self._sinks.append(sink)
         idle = getattr(sink, "idle", None)
         if callable(idle):

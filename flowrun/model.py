@@ -111,7 +111,32 @@ class Blueprint:
         return self.document.name if self.document is not None else "<blueprint>"
 
 
+# The id rules of expanded nodes, in one place: a batch `B` is `B_scatter` -> `B` -> `B_gather`,
+# and its items run as `B[0]`, `B[1]`, ...
+SCATTER_SUFFIX = "_scatter"
+GATHER_SUFFIX = "_gather"
+
+
+def scatter_id(batch: str) -> str:
+    return batch + SCATTER_SUFFIX
+
+
+def gather_id(batch: str) -> str:
+    return batch + GATHER_SUFFIX
+
+
+def item_id(batch: str, index: int) -> str:
+    return f"{batch}[{index}]"
+
+
+def is_item_id(node: str) -> bool:
+    """Is `node` one item of a group (`B[3]`), rather than a node of the blueprint?"""
+    return node.endswith("]") and "[" in node
+
+
 class Kind(enum.StrEnum):
+    """The role of a graph node: how `graph` draws it and names it in `--format json`."""
+
     TASK = "task"
     SCATTER = "scatter"
     WORKER = "worker"
@@ -120,18 +145,40 @@ class Kind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class GraphNode:
-    """A node of the expanded graph; a batch `B` gives `B_scatter`, `B` (worker), `B_gather`."""
+    """A node of the expanded graph; a batch `B` gives `B_scatter`, `B` (worker), `B_gather`.
+
+    `node_kind` names the node kind (`flowrun.engine.kinds`) that expanded it and runs it."""
 
     id: str
     kind: Kind
     spec: NodeSpec
     batch: str | None = None  # the batch id, for scatter/worker/gather
+    node_kind: str = "task"
+
+    @property
+    def owner(self) -> str:
+        """The blueprint node this graph node belongs to (a batch's id for its three nodes)."""
+        return self.batch or self.id
 
     @property
     def uses(self) -> str | None:
         if self.kind is Kind.WORKER and self.spec.batch is not None:
             return self.spec.batch.uses
         return self.spec.uses if self.kind is Kind.TASK else None
+
+    @property
+    def batch_spec(self) -> BatchSpec:
+        """The `batch` stanza of a batch's node (a `TypeError` for any other node)."""
+        if self.spec.batch is None:
+            raise TypeError(f"graph node {self.id!r} is not part of a batch")
+        return self.spec.batch
+
+    @property
+    def task_uses(self) -> str:
+        """The dotted path a task node calls (a `TypeError` for any other node)."""
+        if self.spec.uses is None:
+            raise TypeError(f"graph node {self.id!r} calls no function of its own")
+        return self.spec.uses
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,3 +202,11 @@ class Graph:
     preds: Mapping[str, tuple[GraphEdge, ...]]
     succs: Mapping[str, tuple[GraphEdge, ...]]
     fallbacks: frozenset[str] = frozenset()  # nodes that run only in place of a failed node
+    #: blueprint node id -> the graph node an edge from it leaves (a batch's gather)
+    exits: Mapping[str, str] = field(default_factory=dict)
+    #: blueprint node id -> the context key its output is stored under (a batch's outputKey)
+    output_keys: Mapping[str, str] = field(default_factory=dict)
+
+    def is_final(self, node: str) -> bool:
+        """Does no edge leave blueprint node `node` (and is it not a fallback)?"""
+        return not self.succs[self.exits.get(node, node)] and node not in self.fallbacks

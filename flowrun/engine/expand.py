@@ -1,7 +1,8 @@
 """Expand a `Blueprint` into the `Graph` that runs, and check what spans nodes.
 
-A batch node `B` becomes `B_scatter` -> `B` (worker template) -> `B_gather`; user edges may
-name `B` as a target (meaning `B_scatter`) or as a source (meaning `B_gather`). All problems
+Each blueprint node becomes the graph nodes its kind (`engine.kinds`) says: a task one, a batch
+`B` three (`B_scatter` -> `B` (worker template) -> `B_gather`); user edges may name `B` as a
+target (meaning its entry, `B_scatter`) or as a source (its exit, `B_gather`). All problems
 are collected, then raised together as one `BlueprintError`: duplicate ids, unknown nodes,
 references (`inputs`, `inputKey`, `fallback`) to nothing known or to nothing upstream,
 cycles, and expressions.
@@ -13,35 +14,17 @@ import dataclasses
 import graphlib
 import itertools
 import re
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
+from flowrun.engine.kinds import kind_for
+from flowrun.engine.routing import resolve_source
 from flowrun.errors import BlueprintError, PathT, Problem
 from flowrun.errors import did_you_mean as suggest
 from flowrun.expr.compiler import ExprError, compile_expr
-from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, Kind, NodeSpec
+from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, NodeSpec
 
 SCOPE_NAMES = ("output", "action", "context")
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a node's `inputs`/`inputKey` reads: a run-context key, then a path inside it."""
-
-    key: str
-    rest: tuple[str, ...] = ()
-
-    def read(self, context: Mapping[str, Any]) -> Any:
-        value = context[self.key]
-        for part in self.rest:
-            if isinstance(value, Mapping):
-                value = value[part]
-            elif isinstance(value, list | tuple) and part.lstrip("-").isdigit():
-                value = value[int(part)]
-            else:
-                raise KeyError(part)
-        return value
 
 
 class _Checker:
@@ -103,6 +86,8 @@ def expand(bp: Blueprint) -> Graph:
         preds=preds,
         succs=succs,
         fallbacks=frozenset(fallbacks),
+        exits={sid: kind_for(s).exit(s) for sid, s in specs.items()},
+        output_keys={sid: kind_for(s).output_key(s) for sid, s in specs.items()},
     )
 
 
@@ -124,39 +109,35 @@ def _unique_nodes(bp: Blueprint, chk: _Checker) -> dict[str, NodeSpec]:
 def _graph_nodes(specs: Mapping[str, NodeSpec]) -> dict[str, GraphNode]:
     nodes: dict[str, GraphNode] = {}
     for spec in specs.values():
-        if spec.batch is None:
-            nodes[spec.id] = GraphNode(spec.id, Kind.TASK, spec)
-            continue
-        nodes[f"{spec.id}_scatter"] = GraphNode(f"{spec.id}_scatter", Kind.SCATTER, spec, spec.id)
-        nodes[spec.id] = GraphNode(spec.id, Kind.WORKER, spec, spec.id)
-        nodes[f"{spec.id}_gather"] = GraphNode(f"{spec.id}_gather", Kind.GATHER, spec, spec.id)
+        for node in kind_for(spec).graph_nodes(spec):
+            nodes[node.id] = node
     return nodes
 
 
 def _producers(specs: Mapping[str, NodeSpec], chk: _Checker) -> dict[str, str]:
     """Run-context keys that nodes write -> the graph node that writes them."""
-    out = {sid: sid for sid, s in specs.items() if s.batch is None}
+    out = {sid: kind_for(s).exit(s) for sid, s in specs.items()}
     for sid, spec in specs.items():
-        if spec.batch is None:
+        kind = kind_for(spec)
+        key, writer = kind.output_key(spec), out[sid]
+        if key == sid:
             continue
-        key = spec.batch.output_key
-        gather = f"{sid}_gather"
-        out[sid] = gather
-        if key != sid and key in out and out[key] != gather:
+        if key in out and out[key] != writer:
             chk.add(
-                (*spec.path, "batch", "outputKey"),
+                (*spec.path, kind.name, "outputKey"),
                 "output-key-clash",
-                f"batch '{sid}' writes outputKey '{key}', which is already the output of "
+                f"{kind.name} '{sid}' writes outputKey '{key}', which is already the output of "
                 f"node '{key}'; choose another outputKey",
             )
-        out.setdefault(key, gather)
+        out.setdefault(key, writer)
     return out
 
 
 def _edge_end(name: str, spec: NodeSpec | None, *, as_source: bool) -> str:
-    if spec is not None and spec.batch is not None and name == spec.id:
-        return f"{name}_gather" if as_source else f"{name}_scatter"
-    return name
+    if spec is None:
+        return name
+    kind = kind_for(spec)
+    return kind.exit(spec) if as_source else kind.entry(spec)
 
 
 def _edges(
@@ -164,9 +145,8 @@ def _edges(
 ) -> list[GraphEdge]:
     edges: list[GraphEdge] = []
     names = [*SCOPE_NAMES, *(n for n in specs if n.isidentifier())]
-    for batch in (s for s in specs.values() if s.batch is not None):
-        scatter, gather = f"{batch.id}_scatter", f"{batch.id}_gather"
-        edges += [GraphEdge(scatter, batch.id), GraphEdge(batch.id, gather)]
+    for spec in specs.values():
+        edges += kind_for(spec).internal_edges(spec)
     for espec in bp.edges:
         src = _endpoint(espec, "source", specs, nodes, chk)
         dst = _endpoint(espec, "target", specs, nodes, chk)
@@ -192,7 +172,6 @@ def _endpoint(
     as_source = field == "source"
     resolved = _edge_end(name, specs.get(name), as_source=as_source)
     node = nodes.get(resolved)
-    wrong = (Kind.SCATTER, Kind.WORKER) if as_source else (Kind.WORKER, Kind.GATHER)
     if node is None:
         chk.add(
             (*espec.path, field),
@@ -200,14 +179,18 @@ def _endpoint(
             f"edge {field} '{name}' is not a node{suggest(name, nodes)}",
         )
         return None
-    if node.kind in wrong and name != node.batch:
-        hint = f"'{node.batch}_gather'" if as_source else f"'{node.batch}_scatter'"
-        chk.add(
-            (*espec.path, field),
-            "batch-internal",
-            f"edge {field} '{name}' is inside batch '{node.batch}'; use '{node.batch}' or {hint}",
-        )
-        return None
+    owner = specs.get(node.owner)
+    if owner is not None and name != owner.id:
+        kind = kind_for(owner)
+        end = kind.exit(owner) if as_source else kind.entry(owner)
+        if resolved != end:
+            chk.add(
+                (*espec.path, field),
+                f"{kind.name}-internal",
+                f"edge {field} '{name}' is inside {kind.name} '{owner.id}'; use '{owner.id}' "
+                f"or '{end}'",
+            )
+            return None
     return resolved
 
 
@@ -238,8 +221,9 @@ def _check_fallbacks(
             chk.add(where, "unknown-fallback", f"fallback '{fb}' is not a node{suggest(fb, specs)}")
         elif fb == spec.id:
             chk.add(where, "self-fallback", f"node '{fb}' cannot be its own fallback")
-        elif target.batch is not None:
-            chk.add(where, "batch-fallback", f"fallback '{fb}' is a batch; use a task node")
+        elif not kind_for(target).can_stand_in:
+            name = kind_for(target).name
+            chk.add(where, f"{name}-fallback", f"fallback '{fb}' is a {name}; use a task node")
         elif fb in wired:
             chk.add(
                 where,
@@ -277,7 +261,7 @@ def _order(
     except graphlib.CycleError as exc:
         cycle: list[str] = exc.args[1]
         # Name batches as the user wrote them: B, not B_scatter -> B -> B_gather.
-        names = [nodes[n].batch or n for n in cycle]
+        names = [nodes[n].owner for n in cycle]
         shown = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
         shown += shown[-1:] if len(shown) == 1 else []  # a batch feeding itself: B -> B
         chk.add(
@@ -300,19 +284,6 @@ def _cycle_location(
     return nodes[cycle[0]].spec.path
 
 
-def resolve_source(text: str, known: Collection[str]) -> Source | None:
-    """Split `fetch.body.items` into the longest known key and the path after it. `known` is
-    used as given (pass a set: this runs once per reference of a 10,000-node blueprint)."""
-    if text in known:
-        return Source(text)
-    parts = text.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        key = ".".join(parts[:cut])
-        if key in known:
-            return Source(key, tuple(parts[cut:]))
-    return None
-
-
 def _check_sources(
     specs: Mapping[str, NodeSpec],
     producers: Mapping[str, str],
@@ -322,8 +293,9 @@ def _check_sources(
 ) -> None:
     known = set(producers) | set(bp.context)
     for spec in specs.values():
-        reader = f"{spec.id}_scatter" if spec.batch else spec.id
-        for path, text in _reads(spec):
+        kind = kind_for(spec)
+        reader = kind.reader(spec)
+        for path, text in kind.reads(spec):
             src = resolve_source(text, known)
             if src is None:
                 chk.add(
@@ -360,13 +332,3 @@ def _upstream(writer: str, reader: str, preds: Mapping[str, tuple[GraphEdge, ...
                 seen.add(edge.source)
                 stack.append(edge.source)
     return False
-
-
-def _reads(spec: NodeSpec) -> list[tuple[PathT, str]]:
-    if spec.batch is not None:
-        return [((*spec.path, "batch", "inputKey"), spec.batch.input_key)]
-    if isinstance(spec.inputs, str):
-        return [((*spec.path, "inputs"), spec.inputs)]
-    if isinstance(spec.inputs, Mapping):
-        return [((*spec.path, "inputs", k), v) for k, v in spec.inputs.items()]
-    return []

@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from flowrun.node import NodeContext, Result, SharedContext
 
@@ -59,35 +59,41 @@ class AttemptTimeout(Exception):
 _local = threading.local()
 
 
-class AttemptCancel:
-    """`ctx.cancelled` for one attempt: set when its timeout expires or the run is cancelled.
+class CancelScope:
+    """`ctx.cancelled` for the attempts of one run in this process.
 
-    Each attempt gets its own event, so a timed-out attempt can see that it was abandoned
-    without the rest of the run being cancelled.
+    An attempt without a timeout sees the run's own event. An attempt with a timeout gets an
+    event of its own, so that it can see it was abandoned without the rest of the run being
+    cancelled; the scope keeps those events while they are live, and `cancel()` sets the run's
+    event and every one of them at once. Each run (each backend) has its own scope: two runs in
+    one process never cancel each other.
     """
 
-    _lock = threading.Lock()
-    _live: ClassVar[set[threading.Event]] = set()
+    __slots__ = ("_live", "_lock", "run_cancelled")
 
-    @classmethod
-    def open(cls, run_cancelled: threading.Event) -> threading.Event:
+    def __init__(self, run_cancelled: threading.Event | None = None) -> None:
+        self.run_cancelled = run_cancelled if run_cancelled is not None else threading.Event()
+        self._lock = threading.Lock()
+        self._live: set[threading.Event] = set()
+
+    def open(self) -> threading.Event:
+        """An event for one timed attempt (already set if the run was cancelled)."""
         event = threading.Event()
-        if run_cancelled.is_set():
-            event.set()
-        with cls._lock:
-            cls._live.add(event)
+        with self._lock:
+            if self.run_cancelled.is_set():
+                event.set()
+            self._live.add(event)
         return event
 
-    @classmethod
-    def close(cls, event: threading.Event) -> None:
-        with cls._lock:
-            cls._live.discard(event)
+    def close(self, event: threading.Event) -> None:
+        with self._lock:
+            self._live.discard(event)
 
-    @classmethod
-    def cancel_all(cls) -> None:
-        """Set every live attempt's event (the run was cancelled)."""
-        with cls._lock:
-            for event in cls._live:
+    def cancel(self) -> None:
+        """The run is cancelled: set its event and every live attempt's."""
+        with self._lock:
+            self.run_cancelled.set()
+            for event in self._live:
                 event.set()
 
 
@@ -169,7 +175,7 @@ def run_attempt(
     is_async: bool,
     run_id: str,
     context: SharedContext,
-    cancelled: threading.Event,
+    cancel: CancelScope,
 ) -> Outcome:
     """Run `call` once and describe what happened; never raises for the node's own errors."""
     started = time.time()
@@ -178,7 +184,7 @@ def run_attempt(
     ctx = None
     attempt_cancel = None
     if wants_ctx:
-        attempt_cancel = AttemptCancel.open(cancelled) if call.timeout else cancelled
+        attempt_cancel = cancel.open() if call.timeout else cancel.run_cancelled
         ctx = NodeContext(
             node_id=call.node,
             run_id=run_id,
@@ -209,8 +215,8 @@ def run_attempt(
             updates=ctx.updates if ctx is not None else {},
         )
     finally:
-        if attempt_cancel is not None and attempt_cancel is not cancelled:
-            AttemptCancel.close(attempt_cancel)
+        if attempt_cancel is not None and attempt_cancel is not cancel.run_cancelled:
+            cancel.close(attempt_cancel)
     return Outcome(
         call.node,
         True,

@@ -6,12 +6,44 @@ taken edges; the driver calls them, and nothing here runs nodes or emits events.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from flowrun.engine.expand import Source, resolve_source
 from flowrun.engine.scheduler import Scheduler
 from flowrun.model import Graph, GraphNode
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a node's `inputs`/`inputKey` reads: a run-context key, then a path inside it."""
+
+    key: str
+    rest: tuple[str, ...] = ()
+
+    def read(self, context: Mapping[str, Any]) -> Any:
+        value = context[self.key]
+        for part in self.rest:
+            if isinstance(value, Mapping):
+                value = value[part]
+            elif isinstance(value, list | tuple) and part.lstrip("-").isdigit():
+                value = value[int(part)]
+            else:
+                raise KeyError(part)
+        return value
+
+
+def resolve_source(text: str, known: Collection[str]) -> Source | None:
+    """Split `fetch.body.items` into the longest known key and the path after it. `known` is
+    used as given (pass a set: this runs once per reference of a 10,000-node blueprint)."""
+    if text in known:
+        return Source(text)
+    parts = text.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        key = ".".join(parts[:cut])
+        if key in known:
+            return Source(key, tuple(parts[cut:]))
+    return None
 
 
 class InputError(Exception):
@@ -51,7 +83,7 @@ class Router:
         self.ctx = ctx
         self.sched = sched
         nodes = graph.blueprint.nodes
-        self._aliases = {n.id: n.batch.output_key for n in nodes if n.batch}
+        self._aliases = {k: v for k, v in graph.output_keys.items() if k != v}
         self._known = set(ctx) | {n.id for n in nodes} | set(self._aliases.values())
         self._sources: dict[str, Source | None] = {}
 
@@ -82,7 +114,7 @@ class Router:
         taken = self.sched.inputs(node.id)
         if len(sources) == 1:
             return (next(iter(taken.values())),), {}
-        return ({self.graph.nodes[k].batch or k: v for k, v in taken.items()},), {}
+        return ({self.graph.nodes[k].owner: v for k, v in taken.items()},), {}
 
     def edges(self, source: str, output: Any, action: str | None) -> dict[str, Any]:
         """`{target: value sent}` for the edges of `source` that are taken (SPEC §1 Edges);

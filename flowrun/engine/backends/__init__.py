@@ -34,6 +34,10 @@ class Backend(Protocol):
 
     def submit(self, calls: list[Call]) -> Future[list[Outcome]]: ...
 
+    def cancel(self) -> None:
+        """The run was cancelled: make every attempt running here see `ctx.cancelled` now."""
+        ...
+
     def close(self, *, cancel: bool = False) -> None: ...
 
 

@@ -132,6 +132,9 @@ class DaskBackend:
             fut.set_exception(exc)
         return fut
 
+    def cancel(self) -> None:
+        """Workers elsewhere never see the run's event: `close(cancel=True)` stops them."""
+
     def close(self, *, cancel: bool = False) -> None:
         # `shutdown(wait=False)` cancels whatever is still outstanding (nothing after a
         # normal run; the running and queued chunks after Ctrl-C).

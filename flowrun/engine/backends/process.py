@@ -83,6 +83,9 @@ class ProcessBackend:
             self._pool = self._new_pool()
             return self._pool.submit(run_job, job)
 
+    def cancel(self) -> None:
+        """Workers elsewhere never see the run's event: `close(cancel=True)` stops them."""
+
     def close(self, *, cancel: bool = False) -> None:
         # Never wait here: a stuck node must not hold up the end of the run.
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun.blueprint.resolve import Target, describe, load_callable, use_search_path
-from flowrun.engine.invoke import Call, Outcome, run_attempt
+from flowrun.engine.invoke import Call, CancelScope, Outcome, run_attempt
 from flowrun.node import SharedContext
 
 
@@ -78,8 +78,8 @@ _paths: set[tuple[str, ...]] = set()
 _lock = threading.Lock()
 # A worker never sees the parent's cancel event: a cancelled run stops its workers from the
 # parent (process workers are terminated, Dask futures cancelled). Per-attempt timeouts still
-# set `ctx.cancelled`, through `AttemptCancel` inside `run_attempt`.
-_never_cancelled = threading.Event()
+# set `ctx.cancelled`, through the worker's own `CancelScope`.
+_scope = CancelScope()
 
 
 def run_job(job: Job) -> list[Outcome]:
@@ -124,7 +124,7 @@ def _run_call(call: Call, run_id: str, context: SharedContext) -> Outcome:
         is_async=target.is_async,
         run_id=run_id,
         context=context,
-        cancelled=_never_cancelled,
+        cancel=_scope,
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from flowrun.blueprint.resolve import Target
-from flowrun.engine.invoke import AttemptCancel, Call, Outcome, run_attempt
+from flowrun.engine.invoke import Call, CancelScope, Outcome, run_attempt
 from flowrun.node import SharedContext
 
 
@@ -28,6 +28,7 @@ class ThreadBackend:
         self._run_id = run_id
         self._context = context
         self._cancelled = cancelled
+        self._scope = CancelScope(cancelled)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowrun")
 
     def submit(self, calls: list[Call]) -> Future[list[Outcome]]:
@@ -47,13 +48,16 @@ class ThreadBackend:
                     is_async=t.is_async,
                     run_id=self._run_id,
                     context=self._context,
-                    cancelled=self._cancelled,
+                    cancel=self._scope,
                 )
             )
         return out
 
+    def cancel(self) -> None:
+        self._scope.cancel()
+
     def close(self, *, cancel: bool = False) -> None:
         # Never wait here: a stuck node must not hold up the end of the run.
         if cancel:
-            AttemptCancel.cancel_all()
+            self._scope.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,201 @@
+"""A batch: `B_scatter` reads a list, the worker `B` runs once per item (`B[i]`), `B_gather`
+writes the results in item order to the batch's `outputKey`.
+
+Items are handed out in chunks sized so one chunk takes about `CHUNK_TARGET_MS` (which amortises
+the hand-off between threads for fast items, as dask.bag does), never more than the concurrency
+and `batch.concurrency` allow, so a million-item batch keeps a few futures alive.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar, cast
+
+from flowrun import events as ev
+from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.kinds.base import NodeKind, Runtime, Work
+from flowrun.engine.routing import InputError
+from flowrun.engine.scheduler import Status
+from flowrun.errors import PathT
+from flowrun.expr.compiler import ExprEvalError
+from flowrun.model import GraphEdge, GraphNode, Kind, NodeSpec, gather_id, item_id, scatter_id
+
+CHUNK_TARGET_MS = 2.0
+MAX_CHUNK = 256
+
+
+class Batch(NodeKind):
+    name: ClassVar[str] = "batch"
+    can_stand_in: ClassVar[bool] = False
+
+    # -- load time ---------------------------------------------------------------------------
+    @classmethod
+    def claims(cls, spec: NodeSpec) -> bool:
+        return spec.batch is not None
+
+    @classmethod
+    def graph_nodes(cls, spec: NodeSpec) -> list[GraphNode]:
+        b = spec.id
+        return [
+            GraphNode(scatter_id(b), Kind.SCATTER, spec, b, cls.name),
+            GraphNode(b, Kind.WORKER, spec, b, cls.name),
+            GraphNode(gather_id(b), Kind.GATHER, spec, b, cls.name),
+        ]
+
+    @classmethod
+    def internal_edges(cls, spec: NodeSpec) -> list[GraphEdge]:
+        b = spec.id
+        return [GraphEdge(scatter_id(b), b), GraphEdge(b, gather_id(b))]
+
+    @classmethod
+    def entry(cls, spec: NodeSpec) -> str:
+        return scatter_id(spec.id)
+
+    @classmethod
+    def exit(cls, spec: NodeSpec) -> str:
+        return gather_id(spec.id)
+
+    @classmethod
+    def output_key(cls, spec: NodeSpec) -> str:
+        return spec.batch.output_key if spec.batch is not None else spec.id
+
+    @classmethod
+    def reads(cls, spec: NodeSpec) -> Sequence[tuple[PathT, str]]:
+        assert spec.batch is not None
+        return [((*spec.path, "batch", "inputKey"), spec.batch.input_key)]
+
+    # -- run time ----------------------------------------------------------------------------
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self.items: dict[str, list[Any]] = {}  # batch -> its list
+        self.inflight: dict[str, int] = {}  # batch -> chunks in flight
+        self.item_ms: dict[str, float] = {}  # batch -> moving average of an item's time
+        self.over: set[str] = set()  # batches that failed past their budget (announced once)
+
+    def start(self, node: GraphNode) -> None:
+        if node.kind is Kind.SCATTER:
+            self._scatter(node)
+        elif node.kind is Kind.GATHER:
+            self._gather(node)
+
+    def _scatter(self, node: GraphNode) -> None:
+        rt, batch = self.rt, node.owner
+        key = node.batch_spec.input_key
+        try:
+            value = rt.router.read(key)
+        except InputError as exc:
+            rt.fail_inline(batch, "InputError", f"batch '{batch}': {exc}", node.id)
+            return
+        if not isinstance(value, list):
+            found = "null" if value is None else type(value).__name__
+            msg = f"batch '{batch}': inputKey '{key}' holds {found}, expected a list"
+            rt.fail_inline(batch, "TypeError", msg, node.id)
+            return
+        self.items[batch] = value
+        done = rt.stored.items.get(batch, {})
+        done = {i: v for i, v in done.items() if i < len(value)}
+        rt.emit(ev.BatchStarted(time.time(), batch, len(value), len(done)))
+        rt.sched.bind(batch, len(value), done)
+
+    def _gather(self, node: GraphNode) -> None:
+        rt, batch = self.rt, node.owner
+        results = list(rt.sched.batches[batch].results)
+        rt.context.set(node.batch_spec.output_key, results)
+        try:
+            taken = rt.router.edges(node.id, results, None)
+        except ExprEvalError as exc:
+            rt.fail_inline(batch, "ExprEvalError", str(exc), node.id)
+            self._finished(batch, "failed")
+            return
+        self._finished(batch, "succeeded", results)
+        rt.sched.finish(node.id, Status.SUCCEEDED, taken)
+
+    def _finished(self, batch: str, status: str, output: Any = None) -> None:
+        state = self.rt.sched.batches[batch]
+        spec = self.rt.graph.nodes[batch].batch_spec
+        self.rt.emit(
+            ev.BatchFinished(
+                time.time(), batch, status, state.total, state.succeeded, state.failed,
+                spec.output_key, output,
+            )
+        )  # fmt: skip
+
+    def fill(self) -> None:
+        rt = self.rt
+        for batch in rt.sched.open_batches():
+            node = rt.graph.nodes[batch]
+            spec = node.batch_spec
+            cap = spec.concurrency or rt.concurrency
+            uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
+            items, emit, inflight = self.items[batch], rt.emit, self.inflight
+            while rt.free() > 0 and inflight.get(batch, 0) < cap:
+                idx = rt.sched.take_items(batch, self._chunk_size(batch))
+                if not idx:
+                    break
+                # The per-item path is the hot one: no lookups or helper calls inside it.
+                works = [
+                    Work(Call(item_id(batch, i), uses, (items[i],), params, 1, i, timeout), batch,
+                         self, i)
+                    for i in idx
+                ]  # fmt: skip
+                inflight[batch] = inflight.get(batch, 0) + 1
+                now = time.time()
+                for w in works:
+                    emit(ev.NodeStarted(now, w.call.node, 1, batch, w.index))
+                rt.submit(works)
+
+    def _chunk_size(self, batch: str) -> int:
+        ms = self.item_ms.get(batch)
+        if ms is None:
+            return 1
+        state = self.rt.sched.batches[batch]
+        per_item = max(ms, 1e-3)
+        dispatch = self.rt.dispatch_ms
+        # Few enough items per chunk to spread the rest over the workers, but never so few
+        # that the round trip to the backend costs more than the items themselves.
+        worth_a_trip = int(dispatch / per_item)
+        spread = max(1, worth_a_trip, (state.remaining - state.handed) // (2 * self.rt.concurrency))
+        return max(1, min(MAX_CHUNK, int(max(CHUNK_TARGET_MS, dispatch) / per_item), spread))
+
+    def queued(self, work: Work) -> None:
+        """A single item (a retry) is about to be submitted on its own."""
+        self.inflight[work.node] = self.inflight.get(work.node, 0) + 1
+
+    def returned(self, works: list[Work], outcomes: list[Outcome]) -> None:
+        batch = works[0].node
+        self.inflight[batch] -= 1
+        if outcomes:
+            ms = sum(o.duration_ms for o in outcomes) / len(outcomes)
+            old = self.item_ms.get(batch)
+            self.item_ms[batch] = ms if old is None else 0.7 * old + 0.3 * ms
+
+    def succeeded(self, work: Work, out: Outcome) -> None:
+        call = work.call
+        self.rt.emit(
+            ev.NodeSucceeded(
+                time.time(), call.node, call.attempt, out.duration_ms, work.node, call.index,
+                out.action, out.output, out.output_json, False, out.updates,
+            )
+        )  # fmt: skip
+        self.rt.sched.item_done(work.node, cast(int, call.index), True, out.output)
+        self._after_item(work.node)
+
+    def failed(self, work: Work, out: Outcome) -> None:
+        self.rt.sched.item_done(work.node, cast(int, work.index), False)
+        self._after_item(work.node)
+
+    def recovered(self, work: Work, out: Outcome, fallback: str) -> None:
+        rt = self.rt
+        rt.emit(ev.NodeRecovered(time.time(), work.call.node, fallback, out.output))
+        rt.sched.item_done(work.node, cast(int, work.index), True, out.output)
+        self._after_item(work.node)
+
+    def _after_item(self, batch: str) -> None:
+        state = self.rt.sched.batches[batch]
+        if state.over_budget and self.rt.sched.status[batch] is Status.FAILED:
+            if batch in self.over:
+                return
+            self.over.add(batch)
+            self.rt.run_failed()
+            self._finished(batch, "failed")
