@@ -26,7 +26,9 @@ from flowrun.node import SharedContext
 from flowrun.report import RunReport
 
 if TYPE_CHECKING:
-    from flowrun.store import StoredRun
+    from flowrun.engine.driver import Driver
+    from flowrun.engine.kinds import Stored
+    from flowrun.store import RunStore, StoredRun
 
 
 def load(path: str | os.PathLike[str]) -> Graph:
@@ -161,7 +163,10 @@ class RunOptions:
 
 
 class Run:
-    """A prepared run; `start()` drives it to the end. `cancel()` is safe from a signal handler.
+    """A prepared run. Lifecycle: building it checks everything and opens (and locks) the run's
+    state; `start()` drives it to the end and closes the state; `close()` (or leaving a
+    `with Run(...) as run:` block) closes the state of a run that was never started.
+    `cancel()` is safe from a signal handler and from another thread.
 
     Everything that can be wrong with the input (blueprint, `--set`, `--context`, the state
     directory, a changed blueprint on `--resume`) raises here, before any node runs.
@@ -199,9 +204,19 @@ class Run:
             ctx = dict(ctx)
         self.run_id: str = self.store.run_id
         self.context = SharedContext(ctx)
-        self._driver: Any = None
+        self._driver: Driver | None = None
 
-    def _reopen(self, state_dir: Path, run_id: str) -> Any:
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the run's state (committing what was recorded); safe to call twice."""
+        self.store.close()
+
+    def _reopen(self, state_dir: Path, run_id: str) -> RunStore:
         from flowrun import store
 
         if self.options.sets or self.options.context_file:
@@ -235,8 +250,8 @@ class Run:
         if self._driver is not None:
             self._driver.wake()
 
-    def _resume_state(self) -> Any:
-        from flowrun.engine.driver import Stored
+    def _resume_state(self) -> Stored | None:
+        from flowrun.engine.kinds import Stored
 
         if self.stored is None:
             return None
@@ -285,7 +300,7 @@ class Run:
             idle=bus.idle,
         )
         try:
-            return self._driver.run()  # type: ignore[no-any-return]
+            return self._driver.run()
         finally:
             backend.close(cancel=self.cancelled.is_set())
             self.store.close()

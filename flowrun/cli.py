@@ -20,7 +20,9 @@ from flowrun import __version__
 from flowrun.errors import BlueprintError, FlowrunError
 
 if TYPE_CHECKING:
-    from flowrun.display.plain import RunRecord
+    from flowrun.api import Run
+    from flowrun.display.plain import Reporter, RunRecord
+    from flowrun.report import RunReport
 
 app = typer.Typer(
     name="flowrun",
@@ -237,8 +239,7 @@ def run(
             state_dir=state_dir,
             sinks=[s for s in (reporter, log) if s is not None],
         )
-        r = api.Run(file, options)
-        with _signals(r, reporter), reporter:
+        with api.Run(file, options) as r, _signals(r, reporter), reporter:
             report = r.start()
     except FlowrunError as exc:
         _fail(exc, debug)
@@ -263,10 +264,9 @@ def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
             print(f"flowrun: {e['node']} failed: {e['type']}: {e['message']}", file=sys.stderr)
 
 
-def _print_results(r: object, report: object) -> None:
+def _print_results(r: Run, report: RunReport) -> None:
     """Without --json: the outputs of the final nodes (those no edge leaves), one per line."""
-    graph = r.prepared.graph  # type: ignore[attr-defined]
-    context = report.context  # type: ignore[attr-defined]
+    graph, context = r.prepared.graph, report.context
     for spec in graph.blueprint.nodes:
         key = graph.output_keys[spec.id]
         if not graph.is_final(spec.id) or key not in context:
@@ -276,18 +276,18 @@ def _print_results(r: object, report: object) -> None:
 
 
 @contextlib.contextmanager
-def _signals(r: object, reporter: object) -> Iterator[None]:
+def _signals(r: Run, reporter: Reporter) -> Iterator[None]:
     """First Ctrl-C (or SIGTERM): stop starting work, let running nodes finish, save, exit 130.
     Second: exit 130 at once (the terminal is restored first)."""
 
     def handler(signum: int, frame: object) -> None:
-        if r.cancelled.is_set():  # type: ignore[attr-defined]
+        if r.cancelled.is_set():
             with contextlib.suppress(Exception):
-                reporter.stop()  # type: ignore[attr-defined]
+                reporter.stop()
             os._exit(130)
         print("flowrun: interrupted; finishing running nodes (Ctrl-C again to quit now)",
               file=sys.stderr)  # fmt: skip
-        r.cancel()  # type: ignore[attr-defined]
+        r.cancel()
 
     if threading.current_thread() is not threading.main_thread():
         yield

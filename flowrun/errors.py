@@ -6,8 +6,7 @@ Tree (each class carries the process exit code the CLI uses for it)::
     ├── BlueprintError           exit 2  the blueprint is wrong: load, schema, reference,
     │                                    cycle, expression or resolve problems (a list)
     ├── UsageError               exit 2  bad command-line input (a --set, a --context file)
-    ├── StateError               exit 2  a run directory that is missing, corrupt or foreign
-    └── RunError                 exit 1  a run could not finish (raised by the API, not the CLI)
+    └── StateError               exit 2  a run directory that is missing, corrupt or foreign
 
 "Your blueprint is wrong" (exit 2, one line per problem, no traceback) is kept apart from
 "your function raised" (the node fails, the run reports it, exit 1).
@@ -105,9 +104,3 @@ class StateError(FlowrunError):
     """A run's state directory is missing, corrupt, foreign, or does not match the blueprint."""
 
     exit_code = 2
-
-
-class RunError(FlowrunError):
-    """A run could not complete."""
-
-    exit_code = 1

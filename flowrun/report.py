@@ -1,6 +1,6 @@
 """The result of a run, as the `--json` document of SPEC §2 describes it, built from events.
 
-`Reporter` is a sink of the event stream like the display, the store and the `--events` file:
+`ReportBuilder` is a sink of the event stream like the display, the store and the `--events` file:
 the driver holds no report state. It knows no node kind: a node that reports item counts is one
 that emitted `BatchStarted`.
 """
@@ -63,7 +63,7 @@ def _error(e: ev.NodeFailed) -> dict[str, str]:
     return {"node": e.node, "type": e.error_type, "message": e.message}
 
 
-class Reporter:
+class ReportBuilder:
     """Builds the `RunReport` from the events of one run; `report` is set by `RunFinished`.
 
     Failures are listed in `errors` in the order they became final. A failure that a fallback

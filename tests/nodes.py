@@ -110,3 +110,26 @@ def unstorable(x: Any = None) -> object:
 def counted(item: Any) -> Any:
     _count(f"item-{item}")
     return item
+
+
+started: dict[str, threading.Event] = {}  # run id -> set when its node started
+gate = threading.Event()
+
+
+def _started(run_id: str) -> None:
+    with _lock:
+        event = started.setdefault(run_id, threading.Event())
+    event.set()
+
+
+def until_cancelled(x: Any = None, *, ctx: NodeContext) -> str:
+    """Wait for `ctx.cancelled` (a long while at most) and say whether it came."""
+    _started(ctx.run_id)
+    return "cancelled" if ctx.cancelled.wait(20) else "not cancelled"
+
+
+def gated(x: Any = None, *, ctx: NodeContext) -> bool:
+    """Wait for the test to open `gate`; then tell whether this attempt was cancelled."""
+    _started(ctx.run_id)
+    gate.wait(20)
+    return ctx.cancelled.is_set()

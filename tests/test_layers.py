@@ -105,3 +105,49 @@ def test_python_api_runs_a_blueprint(tmp_path: Path) -> None:
     assert flowrun.validate(["blueprints/batch-workflow.yaml"]) == []
     graph = flowrun.load("blueprints/batch-workflow.yaml")
     assert "double-items_scatter" in graph.nodes
+
+
+def test_hot_path_events_keep_their_field_order() -> None:
+    """The driver and the batch kind build these positionally on the per-item path."""
+    from dataclasses import fields
+
+    from flowrun import events as ev
+
+    def names(cls: type) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    assert names(ev.NodeStarted) == ["ts", "node", "attempt", "batch", "index"]
+    assert names(ev.NodeSucceeded) == [
+        "ts", "node", "attempt", "duration_ms", "batch", "index", "action", "output",
+        "output_json", "reused", "context_updates", "status",
+    ]  # fmt: skip
+    assert names(ev.NodeFailed) == [
+        "ts", "node", "attempt", "duration_ms", "error_type", "message", "traceback", "batch",
+        "index", "final", "fallback_for",
+    ]  # fmt: skip
+    assert names(ev.NodeRetry) == [
+        "ts", "node", "attempt", "delay_s", "error_type", "message", "traceback", "batch",
+        "index",
+    ]  # fmt: skip
+
+
+def test_the_dask_worker_preload_names_the_setup_hook() -> None:
+    """A wrong preload string fails only on a worker, far from here."""
+    import importlib
+    import re
+
+    source = (PKG / "engine" / "backends" / "dask.py").read_text()
+    preload = re.search(r'^WORKER_PRELOAD = "([\w.]+)"$', source, re.M)
+    assert preload is not None
+    assert "preload=[WORKER_PRELOAD]" in source
+    module = importlib.import_module(preload.group(1))
+    assert callable(module.dask_setup)
+
+
+def test_every_blueprint_node_has_a_kind() -> None:
+    from flowrun.engine.kinds import KINDS, kind_for
+
+    graph = flowrun.load("blueprints/batch-workflow.yaml")
+    assert {kind_for(s).name for s in graph.blueprint.nodes} == {k.name for k in KINDS}
+    for node in graph.nodes.values():
+        assert node.node_kind == kind_for(node.spec).name

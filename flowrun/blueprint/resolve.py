@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 from flowrun.errors import BlueprintError, Problem, closest
@@ -154,7 +154,7 @@ def describe(uses: str, fn: Callable[..., Any]) -> Target:
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # builtins without a signature take no ctx
-        params = {}  # type: ignore[assignment]
+        params = MappingProxyType({})
     is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - an async __call__ on an instance
     )

@@ -10,6 +10,7 @@ outcome becomes events; the report, display, store and `--events` file are sinks
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 import queue
@@ -30,7 +31,7 @@ from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.expr.compiler import ExprEvalError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
-from flowrun.report import Reporter, RunReport
+from flowrun.report import ReportBuilder, RunReport
 
 CANCEL_GRACE_S = 3.0
 Done = tuple[list[Work], Future[list[Outcome]]]
@@ -46,7 +47,7 @@ class Options:
 
 
 class Driver:
-    """One run of a graph on a backend; `run()` returns the report its `Reporter` sink built.
+    """One run of a graph on a backend; `run()` returns the report its `ReportBuilder` sink built.
     It is the `engine.kinds.Runtime` its node kinds run against."""
 
     def __init__(
@@ -64,7 +65,7 @@ class Driver:
         idle: Callable[[], None] | None = None,
     ) -> None:
         self.graph, self.backend, self.run_id, self.context = graph, backend, run_id, context
-        self.reporter = Reporter()
+        self.reporter = ReportBuilder()
         self.emit: ev.Sink = ev.Bus([self.reporter, emit])
         self.opts, self.concurrency = options, options.concurrency
         self.dispatch_ms = backend.dispatch_ms
@@ -183,7 +184,10 @@ class Driver:
     def submit(self, works: list[Work]) -> None:
         fut = self.backend.submit([w.call for w in works])
         self.inflight += 1
-        fut.add_done_callback(lambda f, w=works: self.done_q.put((w, f)))  # type: ignore[misc]
+        fut.add_done_callback(functools.partial(self._returned, works))
+
+    def _returned(self, works: list[Work], fut: Future[list[Outcome]]) -> None:
+        self.done_q.put((works, fut))  # on the thread that completed the future
 
     def taken_or_fail(
         self, node: str, output: Any, action: str | None, attempt: int

@@ -35,6 +35,10 @@ from flowrun.engine.invoke import Call, Outcome
 from flowrun.errors import UsageError
 from flowrun.node import SharedContext
 
+# Imported by name on each worker (a wrong string fails only there): tests/test_layers.py checks
+# that it names a module with the `dask_setup` hook.
+WORKER_PRELOAD = "flowrun.engine.backends.remote"
+
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 0.5
@@ -87,7 +91,7 @@ def _local_cluster(distributed: Any, workers: int) -> Any:
         threads_per_worker=math.ceil(workers / n_workers),
         processes=True,
         dashboard_address=":0",
-        preload=["flowrun.engine.backends.remote"],
+        preload=[WORKER_PRELOAD],
         silence_logs=logging.ERROR,
     )
 
