@@ -1,4 +1,4 @@
-"""File -> Graph: load (yaml/json), check against the schema, expand batches, resolve `uses`.
+"""File -> checked Blueprint: load (yaml/json), check against the schema, resolve `uses`.
 
 The only package that imports yaml and jsonschema; everything downstream sees frozen specs.
 """

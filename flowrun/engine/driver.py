@@ -9,7 +9,6 @@ outcome becomes events; the report, display, store and `--events` file are sinks
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import heapq
 import itertools
@@ -26,6 +25,7 @@ from flowrun import events as ev
 from flowrun.engine.backends import Backend
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work
+from flowrun.engine.kinds.base import group
 from flowrun.engine.routing import Router
 from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.expr.compiler import ExprEvalError
@@ -163,7 +163,7 @@ class Driver:
             work = self.queued.popleft()
             work.owner.queued(work)
             c = work.call
-            self.emit(ev.NodeStarted(time.time(), c.node, c.attempt, _group(work), c.index))
+            self.emit(ev.NodeStarted(time.time(), c.node, c.attempt, group(work), c.index))
             self.submit([work])
         for kind in self.kinds.values():
             kind.fill()
@@ -210,6 +210,9 @@ class Driver:
         if self.sched.status[graph_node] is Status.RUNNING:
             self.sched.finish(graph_node, Status.FAILED)
 
+    def retry_later(self, work: Work, delay: float) -> None:
+        heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), work))
+
     def run_failed(self) -> None:
         self.failed = True
         if self.opts.fail_fast:
@@ -229,69 +232,10 @@ class Driver:
             if out.updates and not self.backend.shared_context:
                 for k, v in out.updates.items():
                     self.context.set(k, v)
-            if not out.ok:
-                self._failed_attempt(work, out)
-            elif work.fallback_for is None:
+            if out.ok and work.fallback_for is None:
                 work.owner.succeeded(work, out)
             else:
-                self._fallback_succeeded(work, out)
-
-    def _failed_attempt(self, work: Work, out: Outcome) -> None:
-        call = work.call
-        cfg = self.graph.nodes[work.node].spec.config
-        if call.attempt <= cfg.max_retries and not self.stopping:
-            delay = cfg.delay_before(call.attempt + 1)
-            self.emit(
-                ev.NodeRetry(
-                    time.time(), call.node, call.attempt, delay, out.error_type, out.message,
-                    out.traceback, _group(work), call.index,
-                )
-            )  # fmt: skip
-            retry = dataclasses.replace(
-                work, call=dataclasses.replace(call, attempt=call.attempt + 1)
-            )
-            heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), retry))
-            return
-        failed = work.fallback_for
-        fb = cfg.fallback if failed is None and not self.stopping else None
-        self.emit(
-            ev.NodeFailed(
-                time.time(), call.node, call.attempt, out.duration_ms, out.error_type,
-                out.message, out.traceback, _group(work), call.index, fb is None,
-                None if failed is None else failed.call.node,
-            )
-        )  # fmt: skip
-        if fb is not None:
-            self._start_fallback(work, fb, out)
-        elif failed is not None:
-            failed.owner.failed(failed, work.first_error or out)
-        else:
-            work.owner.failed(work, out)
-
-    def _start_fallback(self, work: Work, fb: str, out: Outcome) -> None:
-        node = self.graph.nodes[fb]
-        # The fallback receives the failed node's input, never its params.
-        kwargs = {**(work.input_kwargs or {}), **node.spec.params}
-        call = Call(fb, node.task_uses, work.call.args, kwargs, 1, work.call.index,
-                    node.spec.config.timeout)  # fmt: skip
-        self.queued.append(Work(call, fb, self.kinds[node.node_kind], None, work, out))
-
-    def _fallback_succeeded(self, work: Work, out: Outcome) -> None:
-        failed, call = work.fallback_for, work.call
-        assert failed is not None
-        self.emit(
-            ev.NodeSucceeded(
-                time.time(), call.node, call.attempt, out.duration_ms, None, call.index,
-                out.action, out.output, out.output_json, False, out.updates,
-            )
-        )  # fmt: skip
-        self.context.set(work.node, out.output)
-        failed.owner.recovered(failed, out, work.node)
-
-
-def _group(work: Work) -> str | None:
-    """The group (batch) an item call belongs to, for its events; None for a node's own call."""
-    return work.node if work.index is not None else None
+                work.owner.settle(work, out)
 
 
 def _crashed(call: Call, exc: BaseException) -> Outcome:

@@ -16,6 +16,8 @@ The driver builds one instance of each kind per run, passing itself as the `Runt
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -63,6 +65,12 @@ class Runtime(Protocol):
     stored: Stored
     concurrency: int
     dispatch_ms: float
+    stopping: bool  # cancelled, or --fail-fast after a failure: start no new work
+
+    @property
+    def kinds(self) -> Mapping[str, NodeKind]:
+        """This run's instance of each kind, by name."""
+        ...
 
     def free(self) -> int:
         """How many more chunks may be in flight now."""
@@ -85,6 +93,10 @@ class Runtime(Protocol):
 
     def fail_inline(self, node: str, etype: str, message: str, graph_node: str) -> None:
         """Fail blueprint node `node` without having called anything (bad input, expression)."""
+        ...
+
+    def retry_later(self, work: Work, delay: float) -> None:
+        """Queue `work` (the next attempt) after `delay` seconds, unless the run is stopping."""
         ...
 
     def run_failed(self) -> None:
@@ -164,3 +176,64 @@ class NodeKind:
 
     def returned(self, works: list[Work], outcomes: list[Outcome]) -> None:
         """A chunk of this kind's work came back (before its outcomes are settled)."""
+
+    # -- what every kind shares: retries and fallbacks (`config`) ----------------------------
+    def settle(self, work: Work, out: Outcome) -> None:
+        """An outcome that is not a plain success: a failed attempt, or a fallback's result."""
+        if not out.ok:
+            self.attempt_failed(work, out)
+            return
+        failed, call = work.fallback_for, work.call
+        assert failed is not None
+        self.rt.emit(
+            ev.NodeSucceeded(
+                time.time(), call.node, call.attempt, out.duration_ms, None, call.index,
+                out.action, out.output, out.output_json, False, out.updates,
+            )
+        )  # fmt: skip
+        self.rt.context.set(work.node, out.output)
+        failed.owner.recovered(failed, out, work.node)
+
+    def attempt_failed(self, work: Work, out: Outcome) -> None:
+        """Retry after `config.retryDelay`, else fail for good, or start `config.fallback`."""
+        rt, call = self.rt, work.call
+        cfg = rt.graph.nodes[work.node].spec.config
+        if call.attempt <= cfg.max_retries and not rt.stopping:
+            delay = cfg.delay_before(call.attempt + 1)
+            rt.emit(
+                ev.NodeRetry(
+                    time.time(), call.node, call.attempt, delay, out.error_type, out.message,
+                    out.traceback, group(work), call.index,
+                )
+            )  # fmt: skip
+            again = dataclasses.replace(call, attempt=call.attempt + 1)
+            rt.retry_later(dataclasses.replace(work, call=again), delay)
+            return
+        failed = work.fallback_for
+        fb = cfg.fallback if failed is None and not rt.stopping else None
+        rt.emit(
+            ev.NodeFailed(
+                time.time(), call.node, call.attempt, out.duration_ms, out.error_type,
+                out.message, out.traceback, group(work), call.index, fb is None,
+                None if failed is None else failed.call.node,
+            )
+        )  # fmt: skip
+        if fb is not None:
+            self._start_fallback(work, fb, out)
+        elif failed is not None:
+            failed.owner.failed(failed, work.first_error or out)
+        else:
+            self.failed(work, out)
+
+    def _start_fallback(self, work: Work, fb: str, out: Outcome) -> None:
+        node = self.rt.graph.nodes[fb]
+        # The fallback receives the failed node's input, never its params.
+        kwargs = {**(work.input_kwargs or {}), **node.spec.params}
+        call = Call(fb, node.task_uses, work.call.args, kwargs, 1, work.call.index,
+                    node.spec.config.timeout)  # fmt: skip
+        self.rt.queue(Work(call, fb, self.rt.kinds[node.node_kind], None, work, out))
+
+
+def group(work: Work) -> str | None:
+    """The group (batch) an item call belongs to, for its events; None for a node's own call."""
+    return work.node if work.index is not None else None
