@@ -246,6 +246,52 @@ def test_unmatched_action_takes_only_unlabelled_edges() -> None:
     assert report.nodes["plain"].status == "succeeded"
 
 
+def test_a_default_edge_is_not_taken_when_an_action_edge_is() -> None:
+    """flowcraft's rule (SPEC §1): unlabelled edges are the router's default branch."""
+    g = graph(
+        [
+            task("r", N + "route", params={"to": "left"}),
+            task("a", N + "ident"),
+            task("plain", N + "ident"),
+        ],
+        [edge("r", "a", action="left"), edge("r", "plain")],
+    )
+    report, _ = run(g)
+    assert report.nodes["a"].status == "succeeded"
+    assert report.nodes["plain"].status == "skipped"
+
+
+def test_a_default_edge_is_taken_when_the_action_edges_conditions_are_false() -> None:
+    g = graph(
+        [
+            task("r", N + "route", params={"to": "left"}),
+            task("a", N + "ident"),
+            task("plain", N + "ident"),
+        ],
+        [edge("r", "a", action="left", condition="output.score > 0.9"), edge("r", "plain")],
+    )
+    report, _ = run(g)
+    assert report.nodes["a"].status == "skipped"
+    assert report.nodes["plain"].status == "succeeded"
+
+
+def test_flowcraft_expression_names() -> None:
+    g = graph(
+        [task("r", N + "route", params={"to": "left"}), task("a", N + "ident")],
+        [
+            edge(
+                "r",
+                "a",
+                condition="result.action == 'left' and limit > 0",
+                transform="input.score * limit",
+            )
+        ],  # fmt: skip
+        context={"limit": 10},
+    )
+    report, _ = run(g)
+    assert report.context["a"] == 7.0
+
+
 def test_several_predecessors_give_a_mapping() -> None:
     g = graph(
         [task("x", N + "numbers"), batch("B", "x", N + "double"), task("m", N + "ident")],

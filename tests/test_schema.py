@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 
-from flowrun.blueprint.loader import Document, load_text
+from flowrun.blueprint.loader import Document, load, load_text
 from flowrun.blueprint.schema import check, parse_duration, schema, schema_text
 from flowrun.errors import BlueprintError, Problem
 from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, NodeSpec
@@ -286,7 +286,6 @@ def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
 def test_required_keys() -> None:
     found = problems_of("description: nothing\n")
     assert [(p.line, p.column, p.code, p.path, p.message) for p in found] == [
-        (1, 1, "schema.required", "$.id", "blueprint: missing required key 'id'"),
         (1, 1, "schema.required", "$.nodes", "blueprint: missing required key 'nodes'"),
     ]
     problem = only(node("    batch: {uses: a.b}\n"))
@@ -609,3 +608,12 @@ def test_problems_point_into_the_text_they_came_from(data: dict[str, Any]) -> No
         check(Document("gen.json", Path("gen.json"), text, "json", data))
     except BlueprintError as exc:
         assert all(1 <= p.line <= lines for p in exc.problems)
+
+
+def test_a_blueprint_without_id_takes_its_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "job application.yaml"
+    path.write_text("nodes:\n  - id: n\n    uses: a.b\n")
+    assert check(load(path)).id == "job-application"
+    named = tmp_path / "other.json"
+    named.write_text('{"id": "given", "nodes": [{"id": "n", "uses": "a.b"}]}')
+    assert check(load(named)).id == "given"

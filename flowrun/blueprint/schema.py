@@ -15,6 +15,7 @@ import json
 import math
 import re
 from importlib import resources
+from pathlib import PurePath
 from typing import Any
 
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
@@ -115,6 +116,13 @@ def _schema_problems(doc: Document) -> list[Problem]:
 # -- building the model -------------------------------------------------------------------------
 
 
+def default_id(doc: Document) -> str:
+    """A blueprint without `id` takes its file name (flowcraft's example files have none), with
+    characters an id cannot hold replaced by '-'."""
+    stem = PurePath(doc.name).stem
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", stem).strip("-") or "blueprint"
+
+
 class _Builder:
     """Builds the frozen model from schema-valid data, collecting any value that cannot convert."""
 
@@ -125,7 +133,7 @@ class _Builder:
     def blueprint(self) -> Blueprint:
         data = self.doc.data
         return Blueprint(
-            id=data["id"],
+            id=data.get("id") or default_id(self.doc),
             nodes=tuple(self._node(index, raw) for index, raw in enumerate(data["nodes"])),
             edges=tuple(_edge(index, raw) for index, raw in enumerate(data.get("edges", []))),
             description=data.get("description"),
@@ -215,7 +223,7 @@ def salvage(doc: Document) -> Blueprint | None:
     edges = [e for i, raw in enumerate(raw_edges) if (e := _salvage_edge(i, raw)) is not None]
     context = data.get("context")
     return Blueprint(
-        id=str(data.get("id", "")),
+        id=str(data.get("id") or default_id(doc)),
         nodes=tuple(nodes),
         edges=tuple(edges),
         context=context if isinstance(context, dict) else {},

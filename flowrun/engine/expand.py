@@ -24,7 +24,9 @@ from flowrun.errors import did_you_mean as suggest
 from flowrun.expr.compiler import ExprError, compile_expr
 from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, NodeSpec
 
-SCOPE_NAMES = ("output", "action", "context")
+# What an edge expression sees besides node ids; `input` and `result` are flowcraft's names
+# (`input` is the output in a transform; `result.output`, `result.action`).
+SCOPE_NAMES = ("output", "action", "context", "input", "result")
 
 
 class _Checker:
@@ -144,7 +146,7 @@ def _edges(
     bp: Blueprint, specs: Mapping[str, NodeSpec], nodes: Mapping[str, GraphNode], chk: _Checker
 ) -> list[GraphEdge]:
     edges: list[GraphEdge] = []
-    names = [*SCOPE_NAMES, *(n for n in specs if n.isidentifier())]
+    names = [*SCOPE_NAMES, *(n for n in [*specs, *bp.context] if n.isidentifier())]
     for spec in specs.values():
         edges += kind_for(spec).internal_edges(spec)
     for espec in bp.edges:

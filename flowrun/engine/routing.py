@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun.engine.scheduler import Scheduler
-from flowrun.model import Graph, GraphNode
+from flowrun.model import Graph, GraphEdge, GraphNode
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,18 +117,32 @@ class Router:
         return ({self.graph.nodes[k].owner: v for k, v in taken.items()},), {}
 
     def edges(self, source: str, output: Any, action: str | None) -> dict[str, Any]:
-        """`{target: value sent}` for the edges of `source` that are taken (SPEC §1 Edges);
-        raises `ExprEvalError` when a condition or transform fails."""
+        """`{target: value sent}` for the edges of `source` that are taken (SPEC §1 Edges): the
+        edges of the action returned, and only when none of those was taken, the default edges
+        (those without `action`). Raises `ExprEvalError` when a condition or transform fails."""
+        succs = self.graph.succs[source]
+        taken = self._take([e for e in succs if e.action is not None and e.action == action],
+                           source, output, action)  # fmt: skip
+        if not taken:
+            taken = self._take([e for e in succs if e.action is None], source, output, action)
+        return taken
+
+    def _take(
+        self, edges: list[GraphEdge], source: str, output: Any, action: str | None
+    ) -> dict[str, Any]:
         taken: dict[str, Any] = {}
         scope = None
-        for edge in self.graph.succs[source]:
-            if edge.target in taken or (edge.action is not None and edge.action != action):
+        for edge in edges:
+            if edge.target in taken:
                 continue
             if edge.condition is None and edge.transform is None:
                 taken[edge.target] = output
                 continue
-            local = {"output": output, "action": action, "context": self.ctx}
-            scope = scope or Scope(local, self.ctx, self._aliases)
+            if scope is None:
+                local = {"output": output, "action": action, "context": self.ctx}
+                local["input"] = output  # flowcraft's name for it in a transform
+                local["result"] = {"output": output, "action": action}
+                scope = Scope(local, self.ctx, self._aliases)
             if edge.condition is not None and not edge.condition.evaluate(scope):
                 continue
             taken[edge.target] = edge.transform.evaluate(scope) if edge.transform else output
