@@ -58,6 +58,7 @@ class Config:
     timeout: float | None = None
     fallback: str | None = None
     join: str = "all"  # "all" | "any"
+    run_if: str = "success"  # "success" | "failure" | "always"
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (2 is the first retry)."""

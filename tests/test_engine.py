@@ -11,6 +11,7 @@ from flowrun import events as ev
 from flowrun.blueprint.resolve import resolve
 from flowrun.engine.backends.thread import ThreadBackend
 from flowrun.engine.driver import Driver, Options
+from flowrun.errors import BlueprintError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
 from flowrun.report import RunReport
@@ -285,7 +286,7 @@ def test_flowcraft_expression_names() -> None:
                 condition="result.action == 'left' and limit > 0",
                 transform="input.score * limit",
             )
-        ],  # fmt: skip
+        ],
         context={"limit": 10},
     )
     report, _ = run(g)
@@ -498,3 +499,59 @@ def test_an_expression_reads_a_batch_by_its_id() -> None:
     )
     report, _ = run(g)
     assert report.context["t"] == 6
+
+
+# -- runIf (SPEC §6) ---------------------------------------------------------------------------
+
+
+def test_run_if_failure_runs_after_a_failure_with_what_succeeded() -> None:
+    g = graph(
+        [
+            task("ok", N + "numbers"),
+            task("bad", N + "always_fails"),
+            task("notify", N + "ident", config={"run_if": "failure"}),
+            task("cleanup", N + "ident", config={"run_if": "always"}),
+            task("after", N + "ident"),
+        ],
+        [edge("ok", "notify"), edge("bad", "notify"), edge("bad", "cleanup"),
+         edge("ok", "after"), edge("bad", "after")],
+    )  # fmt: skip
+    report, _ = run(g)
+    assert report.status == "failed"  # the teardown running does not hide the failure
+    assert report.nodes["notify"].status == "succeeded"
+    assert report.context["notify"] == {"ok": [10, 20, 30]}
+    assert report.nodes["cleanup"].status == "succeeded"
+    assert report.nodes["after"].status == "pending"
+
+
+def test_run_if_failure_is_skipped_when_nothing_failed() -> None:
+    g = graph(
+        [task("ok", N + "numbers"), task("notify", N + "ident", config={"run_if": "failure"})],
+        [edge("ok", "notify")],
+    )
+    report, _ = run(g)
+    assert report.status == "completed"
+    assert report.nodes["notify"].status == "skipped"
+
+
+def test_run_if_without_predecessors_runs_at_the_end() -> None:
+    g = graph(
+        [
+            task("teardown", N + "kwargs", config={"run_if": "always"}),
+            task("alert", N + "kwargs", config={"run_if": "failure"}),
+            task("a", N + "sleepy", params={"seconds": 0.05}),
+            task("b", N + "always_fails"),
+        ],
+        [edge("a", "b")],
+    )
+    report, seen = run(g)
+    started = [e.node for e in seen if isinstance(e, ev.NodeStarted)]
+    assert started == ["a", "b", "teardown", "alert"] or started == ["a", "b", "alert", "teardown"]
+    assert report.nodes["teardown"].status == report.nodes["alert"].status == "succeeded"
+    assert report.status == "failed"
+
+
+def test_run_if_on_a_batch_is_a_validation_error() -> None:
+    with pytest.raises(BlueprintError, match=r"config\.runIf applies to task nodes"):
+        graph([task("x", N + "numbers"), batch("B", "x", config={"run_if": "always"})],
+              [edge("x", "B")])  # fmt: skip

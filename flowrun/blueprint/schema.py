@@ -163,6 +163,7 @@ class _Builder:
             timeout=None if timeout is None else self._seconds((*path, "timeout"), timeout),
             fallback=raw.get("fallback"),
             join=raw.get("joinStrategy", "all"),
+            run_if=raw.get("runIf", "success"),
         )
 
     def _seconds(self, path: PathT, value: Any) -> float:

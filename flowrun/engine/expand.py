@@ -74,6 +74,7 @@ def expand(bp: Blueprint) -> Graph:
     producers = _producers(specs, chk)
     edges = _edges(bp, specs, nodes, chk)
     fallbacks = _check_fallbacks(specs, edges, chk)
+    _check_run_if(specs, chk)
     preds, succs = _index(nodes, edges)
     order = _order(nodes, preds, bp, chk)
     if order:
@@ -236,6 +237,18 @@ def _check_fallbacks(
         else:
             fallbacks.add(fb)
     return fallbacks
+
+
+def _check_run_if(specs: Mapping[str, NodeSpec], chk: _Checker) -> None:
+    for spec in specs.values():
+        kind = kind_for(spec)
+        if spec.config.run_if != "success" and kind.name != "task":
+            chk.add(
+                (*spec.path, "config", "runIf"),
+                "run-if-kind",
+                f"config.runIf applies to task nodes; '{spec.id}' is a {kind.name} (put a task "
+                "with runIf after it instead)",
+            )
 
 
 def _index(

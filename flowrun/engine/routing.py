@@ -112,6 +112,8 @@ class Router:
         if not sources:
             return (), {}
         taken = self.sched.inputs(node.id)
+        if not taken:  # a `runIf: failure|always` node whose predecessors gave nothing
+            return (), {}
         if len(sources) == 1:
             return (next(iter(taken.values())),), {}
         return ({self.graph.nodes[k].owner: v for k, v in taken.items()},), {}

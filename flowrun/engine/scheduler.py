@@ -65,6 +65,9 @@ class Scheduler:
         self._taken: dict[str, dict[str, Any]] = {}
         self._failed_pred: set[str] = set()
         self._ready: deque[str] = deque()
+        #: `runIf: failure|always` nodes with no predecessors: they run when all else settled
+        self._at_end: list[str] = []
+        self._any_failed = False
         self._running = 0
         self.batches: dict[str, BatchState] = {}
         self.skipped: list[str] = []
@@ -76,12 +79,16 @@ class Scheduler:
             self.status[name] = Status.PENDING
             self._waiting[name] = len(sources)
             self._taken[name] = {}
-            if not sources:
+            if not sources and self._run_if(name):
+                self._at_end.append(name)
+            elif not sources:
                 self._make_ready(name)
 
     # -- hand out ---------------------------------------------------------------------------
     def ready(self) -> list[str]:
         """Nodes that may start now; each is marked running."""
+        if not self._ready and not self._running and self._at_end:
+            self._release_at_end()
         out = list(self._ready)
         self._ready.clear()
         for name in out:
@@ -95,7 +102,7 @@ class Scheduler:
 
     def is_active(self) -> bool:
         """Is anything ready, running, or a batch still unsettled?"""
-        return bool(self._ready) or self._running > 0
+        return bool(self._ready) or self._running > 0 or bool(self._at_end)
 
     # -- settle -----------------------------------------------------------------------------
     def finish(self, name: str, status: Status, taken: Mapping[str, Any] | None = None) -> None:
@@ -105,6 +112,7 @@ class Scheduler:
         assert status in SETTLED
         self.status[name] = status
         self._running -= 1
+        self._any_failed = self._any_failed or status is Status.FAILED
         self._settle_out(name, status, taken or {})
 
     def bind(self, batch: str, total: int, done: Mapping[int, Any] | None = None) -> None:
@@ -193,10 +201,33 @@ class Scheduler:
 
     def _join_any(self, name: str) -> bool:
         node = self.graph.nodes[name]
-        return node.kind is Kind.TASK and node.spec.config.join == "any"
+        return node.kind is Kind.TASK and node.spec.config.join == "any" and not self._run_if(name)
+
+    def _run_if(self, name: str) -> str:
+        """A task's `config.runIf` when it is not the default `success`, else ''."""
+        node = self.graph.nodes[name]
+        run_if = node.spec.config.run_if if node.kind is Kind.TASK else "success"
+        return "" if run_if == "success" else run_if
+
+    def _release_at_end(self) -> None:
+        for name in self._at_end:
+            if self._run_if(name) == "always" or self._any_failed:
+                self._make_ready(name)
+            else:
+                self.status[name] = Status.SKIPPED
+                self.skipped.append(name)
+                self._settle_out(name, Status.SKIPPED, {})
+        self._at_end.clear()
 
     def _decide(self, name: str) -> None:
-        if name in self._failed_pred:
+        run_if = self._run_if(name)
+        if run_if == "always" or (run_if == "failure" and name in self._failed_pred):
+            self._make_ready(name)
+        elif run_if == "failure":
+            self.status[name] = Status.SKIPPED
+            self.skipped.append(name)
+            self._settle_out(name, Status.SKIPPED, {})
+        elif name in self._failed_pred:
             self.status[name] = Status.BLOCKED
             self._settle_out(name, Status.BLOCKED, {})
         elif self._taken[name]:
