@@ -26,7 +26,12 @@ FORMATS = ("ascii", "mermaid", "dot", "json")
 _WIDTH = 80
 _ID_COLUMN_MAX = 28  # ids longer than this push their description right instead of widening all
 
-_ASCII_MARKERS = {Kind.SCATTER: ">> scatter", Kind.WORKER: "[worker xN]", Kind.GATHER: "<< gather"}
+_ASCII_MARKERS = {
+    Kind.SCATTER: ">> scatter",
+    Kind.WORKER: "[worker xN]",
+    Kind.GATHER: "<< gather",
+    Kind.LOOP: "(loop)",
+}
 
 # Mermaid resolves `#name;` / `#123;` entity codes before it parses, so every character that
 # means something to its lexer inside a quoted label (or could start an entity) is encoded.
@@ -58,6 +63,7 @@ _MERMAID_SHAPES = {
     Kind.SCATTER: ('[/"', '"\\]'),  # trapezoid: fans out
     Kind.WORKER: ('[["', '"]]'),  # subroutine: one call per item
     Kind.GATHER: ('[\\"', '"/]'),  # inverted trapezoid: fans in
+    Kind.LOOP: ('(["', '"])'),  # stadium: runs again
 }
 
 _DOT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n"}
@@ -66,6 +72,7 @@ _DOT_SHAPES = {
     Kind.SCATTER: "trapezium",
     Kind.WORKER: "box3d",
     Kind.GATHER: "invtrapezium",
+    Kind.LOOP: "doubleoctagon",
 }
 
 
@@ -143,7 +150,7 @@ def _node_label(node: GraphNode) -> str:
 def _fallback(node: GraphNode) -> str | None:
     """The node standing in for this one when it fails; a batch's is drawn from its worker,
     since a batch's `config` applies to each worker."""
-    if node.kind in (Kind.TASK, Kind.WORKER):
+    if node.kind in (Kind.TASK, Kind.WORKER, Kind.LOOP):
         return node.spec.config.fallback
     return None
 

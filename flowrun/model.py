@@ -76,6 +76,17 @@ class BatchSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class LoopSpec:
+    """A `loop` stanza: call `uses` again while `while_` (an expression's text) is true."""
+
+    uses: str
+    while_: str
+    max_iterations: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     """One entry of `nodes`. `path` locates it in the document, e.g. ``("nodes", 2)``."""
 
@@ -86,6 +97,16 @@ class NodeSpec:
     config: Config = field(default_factory=Config)
     batch: BatchSpec | None = None
     path: PathT = ()
+    loop: LoopSpec | None = None
+
+    @property
+    def calls(self) -> tuple[tuple[str, PathT], ...]:
+        """(dotted path, where it is written) of every function this node calls itself."""
+        if self.batch is not None:
+            return ((self.batch.uses, ("batch", "uses")),)
+        if self.loop is not None:
+            return ((self.loop.uses, ("loop", "uses")),)
+        return () if self.uses is None else ((self.uses, ("uses",)),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +163,7 @@ class Kind(enum.StrEnum):
     SCATTER = "scatter"
     WORKER = "worker"
     GATHER = "gather"
+    LOOP = "loop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +185,10 @@ class GraphNode:
 
     @property
     def uses(self) -> str | None:
-        if self.kind is Kind.WORKER and self.spec.batch is not None:
-            return self.spec.batch.uses
-        return self.spec.uses if self.kind is Kind.TASK else None
+        """What this graph node calls (a batch's worker calls the batch's `uses`)."""
+        if self.kind in (Kind.SCATTER, Kind.GATHER) or not self.spec.calls:
+            return None
+        return self.spec.calls[0][0]
 
     @property
     def batch_spec(self) -> BatchSpec:
@@ -205,6 +228,8 @@ class Graph:
     fallbacks: frozenset[str] = frozenset()  # nodes that run only in place of a failed node
     #: blueprint node id -> the graph node an edge from it leaves (a batch's gather)
     exits: Mapping[str, str] = field(default_factory=dict)
+    #: (blueprint node id, field) -> a compiled expression of a node stanza (a loop's `while`)
+    expressions: Mapping[tuple[str, str], Expression] = field(default_factory=dict)
     #: blueprint node id -> the context key its output is stored under (a batch's outputKey)
     output_keys: Mapping[str, str] = field(default_factory=dict)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flowrun.engine.expand import expand
-from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, Graph, NodeSpec
+from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, Graph, LoopSpec, NodeSpec
 
 
 def task(id: str, uses: str = "builtins.len", **kw: Any) -> NodeSpec:
@@ -17,6 +17,12 @@ def batch(id: str, input_key: str, uses: str = "builtins.abs", **kw: Any) -> Nod
     config = Config(**kw.pop("config", {}))
     spec = BatchSpec(uses, input_key, kw.pop("output_key", id), **kw)
     return NodeSpec(id, None, batch=spec, config=config, path=("nodes", 0))
+
+
+def loop(id: str, uses: str, while_: str, max_iterations: int, **kw: Any) -> NodeSpec:
+    config = Config(**kw.pop("config", {}))
+    spec = LoopSpec(uses, while_, max_iterations, kw.pop("params", {}), kw.pop("delay", 0.0))
+    return NodeSpec(id, None, config=config, path=("nodes", 0), loop=spec, **kw)
 
 
 def edge(source: str, target: str, **kw: Any) -> EdgeSpec:

@@ -133,3 +133,19 @@ def gated(x: Any = None, *, ctx: NodeContext) -> bool:
     _started(ctx.run_id)
     gate.wait(20)
     return ctx.cancelled.is_set()
+
+
+def poll(state: Any = None, *, ready_at: int = 3, ctx: NodeContext) -> dict[str, Any]:
+    """One look at a job: done from iteration `ready_at` on."""
+    _count(ctx.node_id)
+    checks = (state or {}).get("checks", 0) + 1
+    return {"checks": checks, "state": "done" if ctx.index >= ready_at else "running"}
+
+
+def poll_or_stop(state: Any = None, *, stop_file: str, ctx: NodeContext) -> dict[str, Any]:
+    """`poll`, but iteration 3 fails while `stop_file` exists (to interrupt a loop)."""
+    import os
+
+    if ctx.index == 3 and os.path.exists(stop_file):
+        raise RuntimeError("stopped at iteration 3")
+    return poll(state, ready_at=4, ctx=ctx)

@@ -78,3 +78,23 @@ def test_a_scope_sets_live_attempts_and_later_ones() -> None:
     assert live.is_set() and scope.run_cancelled.is_set()
     assert not closed.is_set()  # a finished attempt is forgotten
     assert scope.open().is_set()  # one that opens after the cancel starts cancelled
+
+
+def test_a_resumed_loop_continues_after_its_last_finished_iteration(tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    stop.write_text("")
+    path = tmp_path / "loop.yaml"
+    path.write_text(
+        "nodes:\n  - id: poll\n    loop:\n      uses: tests.nodes.poll_or_stop\n"
+        f"      params: {{stop_file: '{stop}'}}\n"
+        "      while: \"output.state != 'done'\"\n      maxIterations: 9\n"
+    )
+    nodes.reset()
+    first = api.run(path, state_dir=tmp_path / "state")
+    assert first.status == "failed" and first.errors[0]["node"] == "poll#3"
+    assert nodes.calls == {"poll#1": 1, "poll#2": 1}
+    stop.unlink()
+    again = api.run(path, state_dir=tmp_path / "state", resume="latest")
+    assert again.status == "completed"
+    assert again.context["poll"] == {"checks": 4, "state": "done"}
+    assert nodes.calls == {"poll#1": 1, "poll#2": 1, "poll#3": 1, "poll#4": 1}  # none twice

@@ -17,7 +17,7 @@ from flowrun.node import SharedContext
 from flowrun.report import RunReport
 
 from . import nodes
-from .graphs import batch, edge, graph, task
+from .graphs import batch, edge, graph, loop, task
 
 N = "tests.nodes."
 
@@ -555,3 +555,44 @@ def test_run_if_on_a_batch_is_a_validation_error() -> None:
     with pytest.raises(BlueprintError, match=r"config\.runIf applies to task nodes"):
         graph([task("x", N + "numbers"), batch("B", "x", config={"run_if": "always"})],
               [edge("x", "B")])  # fmt: skip
+
+
+# -- loops (SPEC §6) ---------------------------------------------------------------------------
+
+
+def test_a_loop_feeds_each_iteration_the_last_output_until_while_is_false() -> None:
+    g = graph(
+        [loop("poll", N + "poll", "output.state != 'done'", 10), task("after", N + "ident")],
+        [edge("poll", "after")],
+    )
+    report, seen = run(g)
+    assert report.status == "completed"
+    assert report.context["poll"] == {"checks": 3, "state": "done"}
+    assert report.context["after"] == {"checks": 3, "state": "done"}
+    started = [(e.node, e.index) for e in seen if isinstance(e, ev.NodeStarted)]
+    assert started[:3] == [("poll#1", 1), ("poll#2", 2), ("poll#3", 3)]
+    assert report.nodes["poll"].status == "succeeded"
+    assert report.nodes["poll"].items == {"total": 3, "succeeded": 3, "failed": 0}
+
+
+def test_a_loop_that_reaches_max_iterations_fails_saying_so() -> None:
+    g = graph([loop("poll", N + "poll", "output.state != 'done'", 2, params={"ready_at": 5})])
+    report, _ = run(g)
+    assert report.status == "failed"
+    (err,) = report.errors
+    assert err["node"] == "poll" and err["type"] == "LoopLimitError"
+    assert "reached maxIterations (2)" in err["message"]
+    assert report.nodes["poll"].status == "failed"
+
+
+def test_loop_config_retries_each_iteration() -> None:
+    g = graph([loop("l", N + "flaky", "False", 3, params={"fails": 1}, config={"max_retries": 1})])
+    report, seen = run(g)
+    assert report.status == "completed"
+    assert report.context["l"] == {"attempt": 2}
+    assert [e.node for e in seen if isinstance(e, ev.NodeRetry)] == ["l#1"]
+
+
+def test_a_bad_while_is_a_validation_error() -> None:
+    with pytest.raises(BlueprintError, match="nope"):
+        graph([loop("l", N + "poll", "nope > 1", 3)])

@@ -75,24 +75,33 @@ def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> 
     key = path[-1]
     if "else" in error.schema_path:  # the node-kind rule: a node without `batch` needs `uses`
         message = (
-            f"{label}: a node needs 'uses' (the Python callable to run) "
-            "or 'batch' (a worker run for each item of a list)"
+            f"{label}: a node needs 'uses' (the Python callable to run), "
+            "'batch' (a worker run for each item of a list) or 'loop' (a body run again "
+            "while a condition holds)"
         )
         return doc.problem(path, "schema.node-kind", message)
     return doc.problem(path, "schema.required", f"{label}: missing required key '{key}'")
 
 
 def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int, Problem]]:
+    """Keys a `batch` or `loop` node may not have beside its stanza (a `false` schema)."""
     node = _get(doc.data, path)
-    if isinstance(node, dict) and "uses" in node:
+    if not isinstance(node, dict):
+        return
+    kind = "batch" if "batch" in node else "loop"
+    called = "worker" if kind == "batch" else "body"
+    if "uses" in node:
         message = (
-            f"{label}: has both 'uses' and 'batch'; a batch node names its worker in "
-            "'batch.uses', so remove 'uses'"
+            f"{label}: has both 'uses' and '{kind}'; a {kind} node names its {called} in "
+            f"'{kind}.uses', so remove 'uses'"
         )
         yield 1, doc.problem((*path, "uses"), "schema.node-kind", message, key=True)
-    if isinstance(node, dict) and "params" in node:
-        message = f"{label}: a batch node has no 'params' of its own; move them to 'batch.params'"
+    if "params" in node:
+        message = f"{label}: a {kind} node has no 'params' of its own; move them to '{kind}.params'"
         yield 1, doc.problem((*path, "params"), "schema.node-kind", message, key=True)
+    if kind == "batch" and "loop" in node:
+        message = f"{label}: has both 'batch' and 'loop'; a node is one or the other"
+        yield 1, doc.problem((*path, "loop"), "schema.node-kind", message, key=True)
 
 
 # -- message parts ------------------------------------------------------------------------------

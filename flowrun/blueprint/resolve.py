@@ -168,8 +168,10 @@ def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
     targets: dict[str, Target] = {}
     problems: list[Problem] = []
     for spec in bp.nodes:
-        uses, field = (spec.batch.uses, ("batch", "uses")) if spec.batch else (spec.uses, ("uses",))
-        if uses is None or uses in targets:
+        if not spec.calls:
+            continue
+        ((uses, field),) = spec.calls
+        if uses in targets:
             continue
         try:
             targets[uses] = describe(uses, load_callable(uses, dirs=dirs))

@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from flowrun.blueprint.loader import Document
 from flowrun.blueprint.messages import DURATION_HELP, path_label, translate, value_text
 from flowrun.errors import BlueprintError, PathT, Problem
-from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, NodeSpec
+from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, LoopSpec, NodeSpec
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -152,6 +152,16 @@ class _Builder:
             config=self._config((*path, "config"), raw.get("config", {})),
             batch=None if batch is None else _batch(raw["id"], batch),
             path=path,
+            loop=None if raw.get("loop") is None else self._loop(path, raw["loop"]),
+        )
+
+    def _loop(self, path: PathT, raw: dict[str, Any]) -> LoopSpec:
+        return LoopSpec(
+            uses=raw["uses"],
+            while_=raw["while"],
+            max_iterations=int(raw["maxIterations"]),
+            params=raw.get("params", {}),
+            delay=self._seconds((*path, "loop", "delay"), raw.get("delay", 0)),
         )
 
     def _config(self, path: PathT, raw: dict[str, Any]) -> Config:

@@ -75,6 +75,7 @@ def expand(bp: Blueprint) -> Graph:
     edges = _edges(bp, specs, nodes, chk)
     fallbacks = _check_fallbacks(specs, edges, chk)
     _check_run_if(specs, chk)
+    expressions = _node_expressions(specs, bp, chk)
     preds, succs = _index(nodes, edges)
     order = _order(nodes, preds, bp, chk)
     if order:
@@ -90,6 +91,7 @@ def expand(bp: Blueprint) -> Graph:
         succs=succs,
         fallbacks=frozenset(fallbacks),
         exits={sid: kind_for(s).exit(s) for sid, s in specs.items()},
+        expressions=expressions,
         output_keys={sid: kind_for(s).output_key(s) for sid, s in specs.items()},
     )
 
@@ -207,6 +209,22 @@ def _compile(espec: EdgeSpec, field: str, names: list[str], chk: _Checker) -> An
         message = f"{field} {text!r}: {exc.message}"
         chk.add((*espec.path, field), f"expr-{field}", message, at=(text, exc.column))
         return None
+
+
+def _node_expressions(
+    specs: Mapping[str, NodeSpec], bp: Blueprint, chk: _Checker
+) -> dict[tuple[str, str], Any]:
+    """Compile the expressions node stanzas hold (a loop's `while`), keyed (node id, field)."""
+    ids = [n for n in [*specs, *bp.context] if n.isidentifier()]
+    out: dict[tuple[str, str], Any] = {}
+    for spec in specs.values():
+        for field, path, text, names in kind_for(spec).expressions(spec):
+            try:
+                out[(spec.id, field)] = compile_expr(text, [*names, *ids], kind=field)
+            except ExprError as exc:
+                message = f"{field} {text!r}: {exc.message}"
+                chk.add((*spec.path, *path), f"expr-{field}", message, at=(text, exc.column))
+    return out
 
 
 def _check_fallbacks(

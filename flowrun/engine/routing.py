@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun.engine.scheduler import Scheduler
-from flowrun.model import Graph, GraphEdge, GraphNode
+from flowrun.model import Expression, Graph, GraphEdge, GraphNode
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +117,10 @@ class Router:
         if len(sources) == 1:
             return (next(iter(taken.values())),), {}
         return ({self.graph.nodes[k].owner: v for k, v in taken.items()},), {}
+
+    def evaluate(self, expr: Expression, local: dict[str, Any]) -> Any:
+        """Evaluate a node stanza's expression with `local` names over the run context."""
+        return expr.evaluate(Scope(local, self.ctx, self._aliases))
 
     def edges(self, source: str, output: Any, action: str | None) -> dict[str, Any]:
         """`{target: value sent}` for the edges of `source` that are taken (SPEC §1 Edges): the

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Work
 from flowrun.engine.kinds.batch import Batch
+from flowrun.engine.kinds.loop import Loop
 from flowrun.engine.kinds.task import Task
 from flowrun.model import NodeSpec
 
 # Most specific first: the first kind that claims a node is its kind.
-KINDS: tuple[type[NodeKind], ...] = (Batch, Task)
+KINDS: tuple[type[NodeKind], ...] = (Batch, Loop, Task)
 BY_NAME: dict[str, type[NodeKind]] = {k.name: k for k in KINDS}
 
 

@@ -148,6 +148,13 @@ class NodeKind:
         return []
 
     @classmethod
+    def expressions(cls, spec: NodeSpec) -> Sequence[tuple[str, PathT, str, Sequence[str]]]:
+        """(field, path inside the node, text, names in scope besides node ids and context
+        keys) of each expression the node's stanza holds; `graph.expressions` has them
+        compiled under (node id, field)."""
+        return []
+
+    @classmethod
     def reader(cls, spec: NodeSpec) -> str:
         """The graph node that reads those sources when it starts."""
         return cls.entry(spec)
