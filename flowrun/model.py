@@ -198,6 +198,13 @@ class GraphNode:
         return self.spec.batch
 
     @property
+    def loop_spec(self) -> LoopSpec:
+        """The `loop` stanza of a loop node (a `TypeError` for any other node)."""
+        if self.spec.loop is None:
+            raise TypeError(f"graph node {self.id!r} is not a loop")
+        return self.spec.loop
+
+    @property
     def task_uses(self) -> str:
         """The dotted path a task node calls (a `TypeError` for any other node)."""
         if self.spec.uses is None:

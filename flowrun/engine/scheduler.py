@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowrun.model import Graph, Kind
+from flowrun.model import Graph, Kind, gather_id, scatter_id
 
 
 class Status(enum.StrEnum):
@@ -118,8 +118,7 @@ class Scheduler:
     def bind(self, batch: str, total: int, done: Mapping[int, Any] | None = None) -> None:
         """The scatter of `batch` read a list of `total` items; `done` holds items that already
         succeeded in an earlier run (index -> output) and are not run again."""
-        spec = self.graph.nodes[batch].spec.batch
-        assert spec is not None
+        spec = self.graph.nodes[batch].batch_spec
         done = done or {}
         results: list[Any] = [None] * total
         for i, value in done.items():
@@ -128,7 +127,7 @@ class Scheduler:
         state = BatchState(total, spec.max_failures, pending, results, total - len(done))
         state.succeeded = len(done)
         self.batches[batch] = state
-        self.finish(f"{batch}_scatter", Status.SUCCEEDED, {batch: None})
+        self.finish(scatter_id(batch), Status.SUCCEEDED, {batch: None})
         # finish() made the worker template ready; it "runs" until every item settles
         self._ready.remove(batch)
         self.status[batch] = Status.RUNNING
@@ -176,7 +175,7 @@ class Scheduler:
         if state.over_budget and state.handed == 0:
             self.finish(batch, Status.FAILED)
         elif state.remaining == 0:
-            self.finish(batch, Status.SUCCEEDED, {f"{batch}_gather": None})
+            self.finish(batch, Status.SUCCEEDED, {gather_id(batch): None})
 
     # -- propagation ------------------------------------------------------------------------
     def _settle_out(self, name: str, status: Status, taken: Mapping[str, Any]) -> None:

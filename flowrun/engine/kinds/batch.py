@@ -62,8 +62,8 @@ class Batch(NodeKind):
 
     @classmethod
     def reads(cls, spec: NodeSpec) -> Sequence[tuple[PathT, str]]:
-        assert spec.batch is not None
-        return [((*spec.path, "batch", "inputKey"), spec.batch.input_key)]
+        key = spec.batch.input_key if spec.batch is not None else spec.id
+        return [((*spec.path, "batch", "inputKey"), key)]
 
     # -- run time ----------------------------------------------------------------------------
     def __init__(self, rt: Runtime) -> None:

@@ -51,8 +51,8 @@ class Loop(NodeKind):
 
     @classmethod
     def expressions(cls, spec: NodeSpec) -> Sequence[tuple[str, PathT, str, Sequence[str]]]:
-        assert spec.loop is not None
-        return [("while", ("loop", "while"), spec.loop.while_, WHILE_NAMES)]
+        while_ = spec.loop.while_ if spec.loop is not None else ""
+        return [("while", ("loop", "while"), while_, WHILE_NAMES)]
 
     # -- run time ----------------------------------------------------------------------------
     def __init__(self, rt: Runtime) -> None:
@@ -61,8 +61,7 @@ class Loop(NodeKind):
 
     @staticmethod
     def _spec(node: GraphNode) -> LoopSpec:
-        assert node.spec.loop is not None
-        return node.spec.loop
+        return node.loop_spec
 
     def start(self, node: GraphNode) -> None:
         rt = self.rt
