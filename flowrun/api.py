@@ -56,12 +56,41 @@ def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
             return problems
         bp = salvaged
     seen = {p.path for p in problems}
-    for stage in (expand, lambda b: resolve(b, search_path(doc.path))):
+    graph = None
+    try:
+        graph = expand(bp)
+    except BlueprintError as exc:
+        problems += [p for p in exc.problems if not _covered(p.path, seen)]
+    try:
+        resolve(bp, search_path(doc.path))
+    except BlueprintError as exc:
+        problems += [p for p in exc.problems if not _covered(p.path, seen)]
+    if graph is not None:
+        problems += _resolve_children(graph, {}, [])[1]
+    return _in_order(problems, doc.name)
+
+
+def _in_order(problems: list[Problem], file: str) -> list[Problem]:
+    """The blueprint's own problems by position, then each child file's."""
+    return sorted(problems, key=lambda p: (p.file != file, p.file, p.line, p.column))
+
+
+def _resolve_children(
+    graph: Graph, targets: dict[str, Target], dirs: list[str]
+) -> tuple[dict[str, Target], list[Problem]]:
+    """Import the `uses` of every subflow's blueprint, at any depth, into `targets`."""
+    problems: list[Problem] = []
+    for child in graph.children.values():
+        child_dirs = search_path(
+            child.blueprint.document.path if child.blueprint.document else None
+        )
+        dirs += [d for d in child_dirs if d not in dirs]
         try:
-            stage(bp)
+            targets.update(resolve(child.blueprint, child_dirs))
         except BlueprintError as exc:
-            problems += [p for p in exc.problems if not _covered(p.path, seen)]
-    return sorted(problems, key=lambda p: (p.line, p.column))
+            problems += exc.problems
+        problems += _resolve_children(child, targets, dirs)[1]
+    return targets, problems
 
 
 def _covered(path: str, seen: set[str]) -> bool:
@@ -93,14 +122,18 @@ def prepare(path: str | os.PathLike[str]) -> Prepared:
         graph = expand(bp)
     except BlueprintError as exc:
         problems += exc.problems
+    targets: dict[str, Target] = {}
     try:
         targets = resolve(bp, dirs)
     except BlueprintError as exc:
         problems += exc.problems
+    all_dirs = list(dirs)
+    if graph is not None:
+        problems += _resolve_children(graph, targets, all_dirs)[1]
     if problems or graph is None:
-        raise BlueprintError(sorted(problems, key=lambda p: (p.line, p.column)))
+        raise BlueprintError(_in_order(problems, doc.name))
     sha = hashlib.sha256(doc.text.encode()).hexdigest()
-    return Prepared(graph, targets, dirs, sha)
+    return Prepared(graph, targets, tuple(all_dirs), sha)
 
 
 def parse_set(items: Sequence[str], declared: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ _ASCII_MARKERS = {
     Kind.WORKER: "[worker xN]",
     Kind.GATHER: "<< gather",
     Kind.LOOP: "(loop)",
+    Kind.SUBFLOW: "[subflow]",
 }
 
 # Mermaid resolves `#name;` / `#123;` entity codes before it parses, so every character that
@@ -64,6 +65,7 @@ _MERMAID_SHAPES = {
     Kind.WORKER: ('[["', '"]]'),  # subroutine: one call per item
     Kind.GATHER: ('[\\"', '"/]'),  # inverted trapezoid: fans in
     Kind.LOOP: ('(["', '"])'),  # stadium: runs again
+    Kind.SUBFLOW: ('[["', '"]]'),  # subroutine: a blueprint of its own
 }
 
 _DOT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n"}
@@ -73,6 +75,7 @@ _DOT_SHAPES = {
     Kind.WORKER: "box3d",
     Kind.GATHER: "invtrapezium",
     Kind.LOOP: "doubleoctagon",
+    Kind.SUBFLOW: "component",
 }
 
 
@@ -144,6 +147,8 @@ def _edge_text(edge: GraphEdge) -> str:
 
 def _node_label(node: GraphNode) -> str:
     """The raw text of a node's box in a diagram: its id, then what it calls."""
+    if node.spec.subflow is not None and node.kind is Kind.SUBFLOW:
+        return f"{node.id}\n{node.spec.subflow.blueprint}"
     return node.id if node.uses is None else f"{node.id}\n{node.uses}"
 
 

@@ -87,6 +87,15 @@ class LoopSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SubflowSpec:
+    """A `subflow` stanza: run another blueprint as this node."""
+
+    blueprint: str  # path relative to this blueprint's file
+    inputs: Mapping[str, str] = field(default_factory=dict)  # child context key <- source
+    outputs: Mapping[str, str] | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     """One entry of `nodes`. `path` locates it in the document, e.g. ``("nodes", 2)``."""
 
@@ -98,6 +107,7 @@ class NodeSpec:
     batch: BatchSpec | None = None
     path: PathT = ()
     loop: LoopSpec | None = None
+    subflow: SubflowSpec | None = None
 
     @property
     def calls(self) -> tuple[tuple[str, PathT], ...]:
@@ -164,6 +174,7 @@ class Kind(enum.StrEnum):
     WORKER = "worker"
     GATHER = "gather"
     LOOP = "loop"
+    SUBFLOW = "subflow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +248,8 @@ class Graph:
     exits: Mapping[str, str] = field(default_factory=dict)
     #: (blueprint node id, field) -> a compiled expression of a node stanza (a loop's `while`)
     expressions: Mapping[tuple[str, str], Expression] = field(default_factory=dict)
+    #: subflow node id -> the child blueprint's expanded graph
+    children: Mapping[str, Graph] = field(default_factory=dict)
     #: blueprint node id -> the context key its output is stored under (a batch's outputKey)
     output_keys: Mapping[str, str] = field(default_factory=dict)
 

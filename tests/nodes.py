@@ -149,3 +149,19 @@ def poll_or_stop(state: Any = None, *, stop_file: str, ctx: NodeContext) -> dict
     if ctx.index == 3 and os.path.exists(stop_file):
         raise RuntimeError("stopped at iteration 3")
     return poll(state, ready_at=4, ctx=ctx)
+
+
+def tally(x: Any = None, *, ctx: NodeContext) -> Any:
+    """Count calls by node id, and pass the input on."""
+    _count(ctx.node_id)
+    return x
+
+
+def stop_if(x: Any = None, *, stop_file: str, ctx: NodeContext) -> Any:
+    """Fail while `stop_file` exists (to interrupt a run), else pass the input on."""
+    import os
+
+    _count(ctx.node_id)
+    if os.path.exists(stop_file):
+        raise RuntimeError("stopped")
+    return x

@@ -76,8 +76,8 @@ def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> 
     if "else" in error.schema_path:  # the node-kind rule: a node without `batch` needs `uses`
         message = (
             f"{label}: a node needs 'uses' (the Python callable to run), "
-            "'batch' (a worker run for each item of a list) or 'loop' (a body run again "
-            "while a condition holds)"
+            "'batch' (a worker run for each item of a list), 'loop' (a body run again "
+            "while a condition holds) or 'subflow' (another blueprint)"
         )
         return doc.problem(path, "schema.node-kind", message)
     return doc.problem(path, "schema.required", f"{label}: missing required key '{key}'")
@@ -88,9 +88,12 @@ def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int,
     node = _get(doc.data, path)
     if not isinstance(node, dict):
         return
-    kind = "batch" if "batch" in node else "loop"
-    called = "worker" if kind == "batch" else "body"
-    if "uses" in node:
+    kind = next((k for k in ("batch", "loop", "subflow") if k in node), "batch")
+    called = {"batch": "worker", "loop": "body", "subflow": "blueprint"}[kind]
+    if "uses" in node and kind == "subflow":
+        message = f"{label}: has both 'uses' and 'subflow'; a node is one or the other"
+        yield 1, doc.problem((*path, "uses"), "schema.node-kind", message, key=True)
+    elif "uses" in node:
         message = (
             f"{label}: has both 'uses' and '{kind}'; a {kind} node names its {called} in "
             f"'{kind}.uses', so remove 'uses'"
@@ -99,9 +102,10 @@ def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int,
     if "params" in node:
         message = f"{label}: a {kind} node has no 'params' of its own; move them to '{kind}.params'"
         yield 1, doc.problem((*path, "params"), "schema.node-kind", message, key=True)
-    if kind == "batch" and "loop" in node:
-        message = f"{label}: has both 'batch' and 'loop'; a node is one or the other"
-        yield 1, doc.problem((*path, "loop"), "schema.node-kind", message, key=True)
+    for other in ("loop", "subflow"):
+        if other != kind and other in node:
+            message = f"{label}: has both '{kind}' and '{other}'; a node is one or the other"
+            yield 1, doc.problem((*path, other), "schema.node-kind", message, key=True)
 
 
 # -- message parts ------------------------------------------------------------------------------

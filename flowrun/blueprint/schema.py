@@ -23,7 +23,15 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from flowrun.blueprint.loader import Document
 from flowrun.blueprint.messages import DURATION_HELP, path_label, translate, value_text
 from flowrun.errors import BlueprintError, PathT, Problem
-from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, LoopSpec, NodeSpec
+from flowrun.model import (
+    BatchSpec,
+    Blueprint,
+    Config,
+    EdgeSpec,
+    LoopSpec,
+    NodeSpec,
+    SubflowSpec,
+)
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -153,6 +161,7 @@ class _Builder:
             batch=None if batch is None else _batch(raw["id"], batch),
             path=path,
             loop=None if raw.get("loop") is None else self._loop(path, raw["loop"]),
+            subflow=None if raw.get("subflow") is None else _subflow(raw["subflow"]),
         )
 
     def _loop(self, path: PathT, raw: dict[str, Any]) -> LoopSpec:
@@ -194,6 +203,10 @@ class _Builder:
             message = f"{label}: expected a finite number, found {value_text(value)}"
             self.problems.append(self.doc.problem(path, "schema.number", message))
         return number
+
+
+def _subflow(raw: dict[str, Any]) -> SubflowSpec:
+    return SubflowSpec(raw["blueprint"], raw.get("inputs", {}), raw.get("outputs"))
 
 
 def _batch(node_id: str, raw: dict[str, Any]) -> BatchSpec:

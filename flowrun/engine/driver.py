@@ -16,19 +16,17 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
 
 from flowrun import events as ev
 from flowrun.engine.backends import Backend
 from flowrun.engine.invoke import Call, Outcome
-from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work
-from flowrun.engine.kinds.base import group
+from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work, entries_of
+from flowrun.engine.kinds.base import Verbs, group
 from flowrun.engine.routing import Router
-from flowrun.engine.scheduler import Scheduler, Status
-from flowrun.expr.compiler import ExprEvalError
+from flowrun.engine.scheduler import Scheduler
 from flowrun.model import Graph
 from flowrun.node import SharedContext
 from flowrun.report import ReportBuilder, RunReport
@@ -46,7 +44,7 @@ class Options:
     cancel_grace: float = CANCEL_GRACE_S
 
 
-class Driver:
+class Driver(Verbs):
     """One run of a graph on a backend; `run()` returns the report its `ReportBuilder` sink built.
     It is the `engine.kinds.Runtime` its node kinds run against."""
 
@@ -74,16 +72,15 @@ class Driver:
         self.clock, self.idle = clock, idle
         self.sched = Scheduler(graph)
         self.router = Router(graph, context.data, self.sched)
-        self.kinds: dict[str, NodeKind] = {name: k(self) for name, k in BY_NAME.items()}
-        self._entries = {
-            s.id: BY_NAME[graph.nodes[s.id].node_kind].entry(s) for s in graph.blueprint.nodes
-        }
+        self._kinds: dict[str, NodeKind] = {name: k(self) for name, k in BY_NAME.items()}
+        self.entries = entries_of(graph)
         self.done_q: queue.SimpleQueue[Done | None] = queue.SimpleQueue()
         self.inflight = 0
         self.queued: deque[Work] = deque()
         self.timers: list[tuple[float, int, Work]] = []
         self._seq = itertools.count()
         self.stopping = self.failed = False
+        self.prefix = ""  # what a run's ids start with (a subflow's child runs add theirs)
 
     # -- public ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -152,29 +149,27 @@ class Driver:
         if self.stopping:
             return
         while True:
-            ready = self.sched.ready()
-            for name in ready:
-                node = self.graph.nodes[name]
-                self.kinds[node.node_kind].start(node)
-            self._emit_skips()
-            if not ready:
-                break
+            self.start_ready()
+            self._submit_queued()
+            for kind in self._kinds.values():
+                kind.fill()
+            # A kind may have settled nodes or queued work while filling (a subflow that ended)
+            if not (self.sched.has_ready() or (self.queued and self.free() > 0)):
+                return
+
+    def _submit_queued(self) -> None:
         while self.queued and self.free() > 0:
             work = self.queued.popleft()
             work.owner.queued(work)
             c = work.call
             self.emit(ev.NodeStarted(time.time(), c.node, c.attempt, group(work), c.index))
             self.submit([work])
-        for kind in self.kinds.values():
-            kind.fill()
-
-    def _emit_skips(self) -> None:
-        for name in self.sched.drain_skipped():
-            owner = self.graph.nodes[name].owner
-            if self._entries[owner] == name:  # one event per blueprint node, at its entry
-                self.emit(ev.NodeSkipped(time.time(), owner))
 
     # -- the Runtime the kinds use -----------------------------------------------------------
+    @property
+    def kinds(self) -> Mapping[str, NodeKind]:
+        return self._kinds
+
     def free(self) -> int:
         return self.concurrency - self.inflight
 
@@ -188,27 +183,6 @@ class Driver:
 
     def _returned(self, works: list[Work], fut: Future[list[Outcome]]) -> None:
         self.done_q.put((works, fut))  # on the thread that completed the future
-
-    def taken_or_fail(
-        self, node: str, output: Any, action: str | None, attempt: int
-    ) -> dict[str, Any] | None:
-        self.context.set(node, output)
-        try:
-            return self.router.edges(node, output, action)
-        except ExprEvalError as exc:
-            self.context.data.pop(node, None)
-            self.emit(ev.NodeFailed(time.time(), node, attempt, 0.0, "ExprEvalError", str(exc)))
-            self.run_failed()
-            self.sched.finish(node, Status.FAILED)
-            return None
-
-    def fail_inline(self, node: str, etype: str, message: str, graph_node: str) -> None:
-        # No attempt was made when the failing graph node is not the node's own call.
-        attempt = 1 if graph_node == node else 0
-        self.emit(ev.NodeFailed(time.time(), node, attempt, 0.0, etype, message, ""))
-        self.run_failed()
-        if self.sched.status[graph_node] is Status.RUNNING:
-            self.sched.finish(graph_node, Status.FAILED)
 
     def retry_later(self, work: Work, delay: float) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), work))

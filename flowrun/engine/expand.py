@@ -66,8 +66,9 @@ def _column_in_value(source: str, line: int, column: int, text: str, offset: int
     return start + offset if raw.startswith(text, start) else None
 
 
-def expand(bp: Blueprint) -> Graph:
-    """Build the expanded graph; raise `BlueprintError` listing every problem found."""
+def expand(bp: Blueprint, *, chain: tuple[str, ...] = ()) -> Graph:
+    """Build the expanded graph; raise `BlueprintError` listing every problem found. `chain`
+    holds the files of the blueprints whose subflows led here (to refuse a cycle)."""
     chk = _Checker(bp)
     specs = _unique_nodes(bp, chk)
     nodes = _graph_nodes(specs)
@@ -76,6 +77,7 @@ def expand(bp: Blueprint) -> Graph:
     fallbacks = _check_fallbacks(specs, edges, chk)
     _check_run_if(specs, chk)
     expressions = _node_expressions(specs, bp, chk)
+    children = _children(specs, bp, chain, chk)
     preds, succs = _index(nodes, edges)
     order = _order(nodes, preds, bp, chk)
     if order:
@@ -92,6 +94,7 @@ def expand(bp: Blueprint) -> Graph:
         fallbacks=frozenset(fallbacks),
         exits={sid: kind_for(s).exit(s) for sid, s in specs.items()},
         expressions=expressions,
+        children=children,
         output_keys={sid: kind_for(s).output_key(s) for sid, s in specs.items()},
     )
 
@@ -224,6 +227,19 @@ def _node_expressions(
             except ExprError as exc:
                 message = f"{field} {text!r}: {exc.message}"
                 chk.add((*spec.path, *path), f"expr-{field}", message, at=(text, exc.column))
+    return out
+
+
+def _children(
+    specs: Mapping[str, NodeSpec], bp: Blueprint, chain: tuple[str, ...], chk: _Checker
+) -> dict[str, Graph]:
+    """Expand the blueprints that nodes run as subflows; a child's problems name its file."""
+    out: dict[str, Graph] = {}
+    for spec in specs.values():
+        child, problems = kind_for(spec).child(spec, bp, chain)
+        chk.problems += problems
+        if child is not None:
+            out[spec.id] = child
     return out
 
 

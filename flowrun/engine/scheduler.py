@@ -100,6 +100,10 @@ class Scheduler:
         """`{predecessor: value sent over its taken edge}` for a node about to run."""
         return self._taken.get(name, {})
 
+    def has_ready(self) -> bool:
+        """Is a node waiting to be handed out by `ready()`?"""
+        return bool(self._ready) or (not self._running and bool(self._at_end))
+
     def is_active(self) -> bool:
         """Is anything ready, running, or a batch still unsettled?"""
         return bool(self._ready) or self._running > 0 or bool(self._at_end)

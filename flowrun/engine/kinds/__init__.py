@@ -9,12 +9,18 @@ from __future__ import annotations
 from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Work
 from flowrun.engine.kinds.batch import Batch
 from flowrun.engine.kinds.loop import Loop
+from flowrun.engine.kinds.subflow import Subflow
 from flowrun.engine.kinds.task import Task
-from flowrun.model import NodeSpec
+from flowrun.model import Graph, NodeSpec
 
 # Most specific first: the first kind that claims a node is its kind.
-KINDS: tuple[type[NodeKind], ...] = (Batch, Loop, Task)
+KINDS: tuple[type[NodeKind], ...] = (Batch, Loop, Subflow, Task)
 BY_NAME: dict[str, type[NodeKind]] = {k.name: k for k in KINDS}
+
+
+def entries_of(graph: Graph) -> dict[str, str]:
+    """Blueprint node id -> the graph node an edge to it enters."""
+    return {s.id: kind_for(s).entry(s) for s in graph.blueprint.nodes}
 
 
 def kind_for(spec: NodeSpec) -> type[NodeKind]:
@@ -25,4 +31,4 @@ def kind_for(spec: NodeSpec) -> type[NodeKind]:
     raise TypeError(f"no node kind claims node {spec.id!r}")
 
 
-__all__ = ["BY_NAME", "KINDS", "NodeKind", "Runtime", "Stored", "Work", "kind_for"]
+__all__ = ["BY_NAME", "KINDS", "NodeKind", "Runtime", "Stored", "Work", "entries_of", "kind_for"]

@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from flowrun import events as ev
 from flowrun.engine.invoke import Call, Outcome
-from flowrun.errors import PathT
-from flowrun.model import Graph, GraphEdge, GraphNode, NodeSpec
+from flowrun.engine.scheduler import Scheduler, Status
+from flowrun.errors import PathT, Problem
+from flowrun.expr.compiler import ExprEvalError
+from flowrun.model import Blueprint, Graph, GraphEdge, GraphNode, NodeSpec
 from flowrun.node import SharedContext
 
 if TYPE_CHECKING:
     from flowrun.engine.routing import Router
-    from flowrun.engine.scheduler import Scheduler
 
 
 @dataclass(slots=True)
@@ -61,15 +62,22 @@ class Runtime(Protocol):
     sched: Scheduler
     router: Router
     context: SharedContext
-    emit: ev.Sink
     stored: Stored
     concurrency: int
     dispatch_ms: float
-    stopping: bool  # cancelled, or --fail-fast after a failure: start no new work
+
+    @property
+    def stopping(self) -> bool:
+        """Cancelled, or --fail-fast after a failure: start no new work."""
+        ...
 
     @property
     def kinds(self) -> Mapping[str, NodeKind]:
         """This run's instance of each kind, by name."""
+        ...
+
+    def emit(self, event: ev.Event) -> None:
+        """Hand `event` to every sink."""
         ...
 
     def free(self) -> int:
@@ -153,6 +161,14 @@ class NodeKind:
         keys) of each expression the node's stanza holds; `graph.expressions` has them
         compiled under (node id, field)."""
         return []
+
+    @classmethod
+    def child(
+        cls, spec: NodeSpec, bp: Blueprint, chain: tuple[str, ...]
+    ) -> tuple[Graph | None, list[Problem]]:
+        """The expanded blueprint this node runs as a subflow (None for most kinds), and the
+        problems found loading it."""
+        return None, []
 
     @classmethod
     def reader(cls, spec: NodeSpec) -> str:
@@ -244,3 +260,58 @@ class NodeKind:
 def group(work: Work) -> str | None:
     """The group (batch) an item call belongs to, for its events; None for a node's own call."""
     return work.node if work.index is not None else None
+
+
+class Verbs:
+    """The Runtime verbs that only need the run's graph state; the driver and a subflow's
+    child run (`kinds.subflow`) share them."""
+
+    context: SharedContext
+    router: Router
+    sched: Scheduler
+    emit: ev.Sink
+
+    graph: Graph
+    entries: dict[str, str]  # blueprint node id -> its entry graph node
+
+    def run_failed(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def kinds(self) -> Mapping[str, NodeKind]:
+        raise NotImplementedError
+
+    def start_ready(self) -> None:
+        """Start every graph node the scheduler has ready, and announce what it skipped."""
+        while True:
+            ready = self.sched.ready()
+            for name in ready:
+                node = self.graph.nodes[name]
+                self.kinds[node.node_kind].start(node)
+            for name in self.sched.drain_skipped():
+                owner = self.graph.nodes[name].owner
+                if self.entries[owner] == name:  # one event per blueprint node, at its entry
+                    self.emit(ev.NodeSkipped(time.time(), owner))
+            if not ready:
+                return
+
+    def taken_or_fail(
+        self, node: str, output: Any, action: str | None, attempt: int
+    ) -> dict[str, Any] | None:
+        self.context.set(node, output)
+        try:
+            return self.router.edges(node, output, action)
+        except ExprEvalError as exc:
+            self.context.data.pop(node, None)
+            self.emit(ev.NodeFailed(time.time(), node, attempt, 0.0, "ExprEvalError", str(exc)))
+            self.run_failed()
+            self.sched.finish(node, Status.FAILED)
+            return None
+
+    def fail_inline(self, node: str, etype: str, message: str, graph_node: str) -> None:
+        # No attempt was made when the failing graph node is not the node's own call.
+        attempt = 1 if graph_node == node else 0
+        self.emit(ev.NodeFailed(time.time(), node, attempt, 0.0, etype, message, ""))
+        self.run_failed()
+        if self.sched.status[graph_node] is Status.RUNNING:
+            self.sched.finish(graph_node, Status.FAILED)

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 from flowrun import events as ev
 from flowrun.engine.invoke import Call, Outcome
-from flowrun.engine.kinds.base import NodeKind, Work
+from flowrun.engine.kinds.base import NodeKind, Runtime, Work
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
 from flowrun.errors import PathT
@@ -38,7 +38,7 @@ class Task(NodeKind):
         rt = self.rt
         stored = rt.stored.nodes.get(node.id)
         if stored is not None and stored[0] in ("succeeded", "recovered"):
-            self._reuse(node, *stored)
+            reuse(rt, node, *stored)
             return
         try:
             args, kwargs = rt.router.input(node)
@@ -49,18 +49,6 @@ class Task(NodeKind):
         params = {**kwargs, **spec.params}
         call = Call(node.id, node.task_uses, args, params, 1, None, spec.config.timeout)
         rt.queue(Work(call, node.id, self, input_kwargs=kwargs))
-
-    def _reuse(self, node: GraphNode, status: str, output: object, action: str | None,
-               attempts: int) -> None:  # fmt: skip
-        """Settle a node from what an earlier run stored, without calling it again."""
-        taken = self.rt.taken_or_fail(node.id, output, action, attempts)
-        if taken is not None:
-            self.rt.emit(
-                ev.NodeSucceeded(
-                    time.time(), node.id, attempts, output=output, reused=True, status=status
-                )
-            )
-            self.rt.sched.finish(node.id, Status(status), taken)
 
     def succeeded(self, work: Work, out: Outcome) -> None:
         rt, call = self.rt, work.call
@@ -88,3 +76,15 @@ class Task(NodeKind):
             return
         rt.emit(ev.NodeRecovered(time.time(), work.call.node, fallback, out.output))
         rt.sched.finish(work.node, Status.RECOVERED, taken)
+
+
+def reuse(rt: Runtime, node: GraphNode, status: str, output: object, action: str | None,
+          attempts: int) -> None:  # fmt: skip
+    """Settle a node from what an earlier run stored, without calling it again."""
+    taken = rt.taken_or_fail(node.id, output, action, attempts)
+    if taken is not None:
+        rt.emit(
+            ev.NodeSucceeded(time.time(), node.id, attempts, output=output, reused=True,
+                             status=status)
+        )  # fmt: skip
+        rt.sched.finish(node.id, Status(status), taken)

@@ -1,0 +1,278 @@
+"""A subflow: the node runs another blueprint (SPEC §6).
+
+At load time the child file is read, checked and expanded with the parent (its problems name
+its own `file:line:column`; a missing file names the parent's line; a blueprint that reaches
+itself through subflows is a cycle). At run time a `ChildRun` drives the child's own scheduler
+and context inside the parent's loop: its calls go to the same backend under the same
+`--concurrency`, its events carry ids `parent/child`, and its nodes are recorded like any node,
+so `--resume` re-runs only the unfinished nodes of an unfinished child.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from flowrun import events as ev
+from flowrun.engine.invoke import Outcome
+from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Verbs, Work
+from flowrun.engine.kinds.task import Task, reuse
+from flowrun.engine.routing import InputError, Router, resolve_source
+from flowrun.engine.scheduler import Scheduler, Status
+from flowrun.errors import BlueprintError, PathT, Problem
+from flowrun.model import Blueprint, Graph, GraphNode, Kind, NodeSpec, SubflowSpec
+from flowrun.node import SharedContext
+
+
+class Subflow(NodeKind):
+    name: ClassVar[str] = "subflow"
+    can_stand_in: ClassVar[bool] = False
+
+    # -- load time ---------------------------------------------------------------------------
+    @classmethod
+    def claims(cls, spec: NodeSpec) -> bool:
+        return spec.subflow is not None
+
+    @classmethod
+    def graph_nodes(cls, spec: NodeSpec) -> list[GraphNode]:
+        return [GraphNode(spec.id, Kind.SUBFLOW, spec, None, cls.name)]
+
+    @classmethod
+    def reads(cls, spec: NodeSpec) -> Sequence[tuple[PathT, str]]:
+        sub = _spec(spec)
+        extra = [((*spec.path, "subflow", "inputs", k), v) for k, v in sub.inputs.items()]
+        return [*Task.reads(spec), *extra]
+
+    @classmethod
+    def child(
+        cls, spec: NodeSpec, bp: Blueprint, chain: tuple[str, ...]
+    ) -> tuple[Graph | None, list[Problem]]:
+        from flowrun.blueprint import loader, schema
+        from flowrun.engine.expand import expand
+
+        doc, sub = bp.document, _spec(spec)
+        if doc is None:
+            return None, []
+        here = str(Path(doc.path).resolve())
+        target = (Path(doc.path).parent / sub.blueprint).resolve()
+        where = (*spec.path, "subflow", "blueprint")
+
+        def problem(code: str, message: str) -> tuple[None, list[Problem]]:
+            return None, [doc.problem(where, code, message)]
+
+        files = (*chain, here)
+        if str(target) in files:
+            shown = " -> ".join(
+                Path(f).name for f in (*files[files.index(str(target)) :], str(target))
+            )
+            return problem("subflow-cycle", f"subflow '{spec.id}' reaches itself: {shown}")
+        if not target.is_file():
+            return problem(
+                "subflow-missing",
+                f"subflow '{spec.id}': no blueprint file {sub.blueprint!r} (looked for {target})",
+            )
+        try:
+            child = expand(schema.check(loader.load(target)), chain=files)
+        except BlueprintError as exc:
+            return None, list(exc.problems)
+        return child, _check_ends(spec, sub, child, doc)
+
+    # -- run time ----------------------------------------------------------------------------
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
+        self.children: dict[str, ChildRun] = {}
+
+    def start(self, node: GraphNode) -> None:
+        rt = self.rt
+        stored = rt.stored.nodes.get(node.id)
+        if stored is not None and stored[0] in ("succeeded", "recovered"):
+            reuse(rt, node, *stored)
+            return
+        sub = _spec(node.spec)
+        try:
+            args, kwargs = rt.router.input(node)
+            values = {k: rt.router.read(v) for k, v in sub.inputs.items()}
+        except InputError as exc:
+            rt.fail_inline(node.id, "InputError", str(exc), node.id)
+            return
+        graph = rt.graph.children[node.id]
+        context = dict(graph.blueprint.context)
+        context["input"] = args[0] if args else (kwargs or None)
+        context.update(values)
+        rt.emit(ev.NodeStarted(time.time(), node.id, 1))
+        self.children[node.id] = ChildRun(rt, node.id, graph, context)
+
+    def fill(self) -> None:
+        for name, child in list(self.children.items()):
+            child.pump()
+            if not child.sched.is_active() and not child.rt_stopping():
+                del self.children[name]
+                self._settle(self.rt.graph.nodes[name], child)
+
+    def _settle(self, node: GraphNode, child: ChildRun) -> None:
+        rt = self.rt
+        ms = (time.monotonic() - child.t0) * 1000
+        if child.failed:
+            message = f"subflow '{node.id}' ({_spec(node.spec).blueprint}) failed"
+            message += f": {child.first_error}" if child.first_error else ""
+            rt.emit(ev.NodeFailed(time.time(), node.id, 1, ms, "SubflowError", message, ""))
+            rt.run_failed()
+            rt.sched.finish(node.id, Status.FAILED)
+            return
+        output = _output(_spec(node.spec), child)
+        taken = rt.taken_or_fail(node.id, output, None, 1)
+        if taken is None:
+            return
+        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+        rt.emit(ev.NodeSucceeded(time.time(), node.id, 1, ms, None, None, None, output, text))
+        rt.sched.finish(node.id, Status.SUCCEEDED, taken)
+
+    def succeeded(self, work: Work, out: Outcome) -> None:  # a subflow node makes no calls
+        raise AssertionError(work.call.node)
+
+    def failed(self, work: Work, out: Outcome) -> None:
+        raise AssertionError(work.call.node)
+
+
+class ChildRun(Verbs):
+    """One run of a child blueprint inside its parent's loop: the `Runtime` of its kinds."""
+
+    def __init__(self, parent: Runtime, node: str, graph: Graph, context: dict[str, Any]) -> None:
+        from flowrun.engine.kinds import BY_NAME, entries_of
+
+        # Ids are named in full where they start (`outer/inner/node`); parents pass them on.
+        self.parent, self.graph = parent, graph
+        self.prefix: str = getattr(parent, "prefix", "") + node + "/"
+        self.context = SharedContext(context)
+        self.sched = Scheduler(graph)
+        self.router = Router(graph, self.context.data, self.sched)
+        self.stored = _strip(parent.stored, self.prefix)
+        self.concurrency, self.dispatch_ms = parent.concurrency, parent.dispatch_ms
+        self.entries = entries_of(graph)
+        self.failed, self.first_error = False, ""
+        self.t0 = time.monotonic()
+        self._kinds = {name: k(self) for name, k in BY_NAME.items()}
+
+    @property
+    def kinds(self) -> Mapping[str, NodeKind]:
+        return self._kinds
+
+    @property
+    def stopping(self) -> bool:
+        return self.parent.stopping
+
+    def rt_stopping(self) -> bool:
+        return self.parent.stopping
+
+    def pump(self) -> None:
+        """Start what the child has ready and let its kinds hand out work."""
+        if self.parent.stopping:
+            return
+        self.start_ready()
+        for kind in self._kinds.values():
+            kind.fill()
+
+    def emit(self, event: ev.Event) -> None:
+        """Forward `event` to the parent with the child's ids as `parent/child`."""
+        p = self.prefix
+        changes: dict[str, Any] = {}
+        for name in ("node", "batch", "fallback", "fallback_for"):
+            value = getattr(event, name, None)
+            if isinstance(value, str) and not value.startswith(p):
+                changes[name] = p + value
+        if isinstance(event, ev.NodeFailed) and event.final and not self.first_error:
+            name = event.node if event.node.startswith(p) else p + event.node
+            self.first_error = f"{name}: {event.error_type}: {event.message}"
+        self.parent.emit(dataclasses.replace(event, **changes))
+
+    def free(self) -> int:
+        return self.parent.free()
+
+    def _own(self, work: Work) -> Work:
+        """Name the call `parent/child` (ids hold no '/', so a named call is never renamed)."""
+        if not work.call.node.startswith(self.prefix):
+            work.call.node = self.prefix + work.call.node
+        return work
+
+    def queue(self, work: Work) -> None:
+        self.parent.queue(self._own(work))
+
+    def submit(self, works: list[Work]) -> None:
+        self.parent.submit([self._own(w) for w in works])
+
+    def retry_later(self, work: Work, delay: float) -> None:
+        self.parent.retry_later(work, delay)
+
+    def run_failed(self) -> None:
+        self.failed = True
+        self.parent.run_failed()
+
+
+def _spec(spec: NodeSpec) -> SubflowSpec:
+    if spec.subflow is None:
+        raise TypeError(f"node {spec.id!r} is not a subflow")
+    return spec.subflow
+
+
+def _strip(stored: Stored, prefix: str) -> Stored:
+    """What an earlier run recorded inside this child, under the child's own ids."""
+    n = len(prefix)
+    nodes = {k[n:]: v for k, v in stored.nodes.items() if k.startswith(prefix)}
+    items = {k[n:]: v for k, v in stored.items.items() if k.startswith(prefix)}
+    return Stored(nodes, items)
+
+
+def _output(sub: SubflowSpec, child: ChildRun) -> Any:
+    """SPEC §6: a mapping of `outputs`, the one source `outputs` names, or the final node(s)."""
+    if isinstance(sub.outputs, Mapping):
+        return {name: _read(child, src) for name, src in sub.outputs.items()}
+    if isinstance(sub.outputs, str):
+        return _read(child, sub.outputs)
+    graph = child.graph
+    finals = [s.id for s in graph.blueprint.nodes if graph.is_final(s.id)]
+    if len(finals) == 1:
+        return _read(child, graph.output_keys[finals[0]])
+    return {f: _read(child, graph.output_keys[f]) for f in finals}
+
+
+def _read(child: ChildRun, source: str) -> Any:
+    try:
+        return child.router.read(source)
+    except InputError:
+        return None  # a skipped node gave nothing
+
+
+def _check_ends(spec: NodeSpec, sub: SubflowSpec, child: Graph, doc: Any) -> list[Problem]:
+    """`inputs` must set keys the child declares; `outputs` must name something in it."""
+    problems = []
+    declared = child.blueprint.context
+    for key in sub.inputs:
+        if key not in declared:
+            problems.append(
+                doc.problem(
+                    (*spec.path, "subflow", "inputs", key),
+                    "subflow-input",
+                    f"subflow '{spec.id}' sets '{key}', which {child.blueprint.file} does not "
+                    "declare under `context:` (null is fine)",
+                    key=True,
+                )
+            )
+    known = {*child.output_keys, *child.output_keys.values(), *declared}
+    outs = sub.outputs
+    named = outs.items() if isinstance(outs, Mapping) else [(None, outs)] if outs else []
+    for name, source in named:
+        if resolve_source(source, known) is None:
+            where = (*spec.path, "subflow", "outputs", *([name] if name else []))
+            problems.append(
+                doc.problem(
+                    where,
+                    "subflow-output",
+                    f"subflow '{spec.id}' outputs '{source}', which is not a node or context "
+                    f"key of {child.blueprint.file}",
+                )
+            )
+    return problems

@@ -1,0 +1,141 @@
+"""Subflows (SPEC §6): a node that runs another blueprint, inside the parent's run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowrun import api
+from flowrun.errors import BlueprintError
+from tests import nodes
+
+CHILD = """\
+context: {input: null, who: null}
+nodes:
+  - id: total
+    uses: builtins.sum
+    inputs: input
+  - id: greet
+    uses: tests.nodes.kwargs
+    inputs: {who: who, total: total}
+edges:
+  - {source: total, target: greet}
+"""
+
+
+def parent(outputs: str = "", child: str = "child.yaml") -> str:
+    return f"""\
+id: parent
+context: {{name: ada}}
+nodes:
+  - id: start
+    uses: tests.nodes.numbers
+  - id: sub
+    subflow:
+      blueprint: {child}
+      inputs: {{who: name}}{outputs}
+  - id: after
+    uses: tests.nodes.ident
+edges:
+  - {{source: start, target: sub}}
+  - {{source: sub, target: after}}
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    (tmp_path / "child.yaml").write_text(CHILD)
+    (tmp_path / "parent.yaml").write_text(parent())
+    return tmp_path
+
+
+def test_the_child_gets_input_and_inputs_and_gives_its_final_output(files: Path) -> None:
+    report = api.run(files / "parent.yaml", state_dir=files / "state")
+    assert report.status == "completed"
+    assert report.context["sub"] == {"who": "ada", "total": 60}
+    assert report.context["after"] == {"who": "ada", "total": 60}
+    assert report.nodes["sub/total"].status == "succeeded"
+    assert report.nodes["sub/greet"].status == "succeeded"
+    assert "total" not in report.context  # the child's context is its own
+
+
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        ("\n      outputs: total", 60),
+        ("\n      outputs: {sum: total, name: who}", {"sum": 60, "name": "ada"}),
+    ],
+)
+def test_outputs_as_a_string_or_a_mapping(files: Path, outputs: str, expected: object) -> None:
+    (files / "parent.yaml").write_text(parent(outputs))
+    report = api.run(files / "parent.yaml", state_dir=files / "state")
+    assert report.context["sub"] == expected
+
+
+def test_subflows_nest_and_ids_name_the_path(files: Path) -> None:
+    (files / "middle.yaml").write_text(
+        "context: {input: null, who: null}\nnodes:\n  - id: inner\n    inputs: input\n"
+        "    subflow:\n      blueprint: child.yaml\n      inputs: {who: who}\n"
+    )
+    (files / "parent.yaml").write_text(parent(child="middle.yaml"))
+    report = api.run(files / "parent.yaml", state_dir=files / "state")
+    assert report.status == "completed"
+    assert report.context["sub"] == {"who": "ada", "total": 60}
+    assert report.nodes["sub/inner/greet"].status == "succeeded"
+
+
+def test_a_failing_child_fails_the_node_and_resume_reruns_only_its_unfinished_nodes(
+    files: Path,
+) -> None:
+    stop = files / "stop"
+    stop.write_text("")
+    (files / "child.yaml").write_text(
+        "context: {input: null}\nnodes:\n  - id: one\n    uses: tests.nodes.tally\n"
+        "    inputs: input\n  - id: two\n    uses: tests.nodes.stop_if\n"
+        f"    params: {{stop_file: '{stop}'}}\n"
+        "edges:\n  - {source: one, target: two}\n"
+    )
+    (files / "parent.yaml").write_text(
+        "nodes:\n  - id: start\n    uses: tests.nodes.numbers\n  - id: sub\n"
+        "    subflow: {blueprint: child.yaml}\nedges:\n  - {source: start, target: sub}\n"
+    )
+    nodes.reset()
+    first = api.run(files / "parent.yaml", state_dir=files / "state")
+    assert first.status == "failed"
+    assert [e["node"] for e in first.errors] == ["sub/two", "sub"]
+    assert first.errors[1]["type"] == "SubflowError"
+    assert "sub/two: RuntimeError: stopped" in first.errors[1]["message"]
+    stop.unlink()
+    again = api.run(files / "parent.yaml", state_dir=files / "state", resume="latest")
+    assert again.status == "completed"
+    assert again.context["sub"] == [10, 20, 30]
+    assert nodes.calls == {"sub/one": 1, "sub/two": 2}  # sub/one was not run again
+
+
+def test_validate_follows_subflows(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        "nodes:\n  - id: a\n    subflow: {blueprint: nothere.yaml}\n"
+        "  - id: b\n    subflow: {blueprint: child.yaml}\n"
+        "  - id: c\n    subflow: {blueprint: bad.yaml}\n"
+    )
+    (tmp_path / "child.yaml").write_text("nodes:\n  - id: y\n    usse: 3\n")
+    found = api.validate_file(tmp_path / "bad.yaml")
+    where = [(Path(p.file).name, p.line, p.code) for p in found]
+    assert where == [
+        ("bad.yaml", 3, "subflow-missing"),
+        ("bad.yaml", 7, "subflow-cycle"),
+        ("child.yaml", 2, "schema.node-kind"),
+        ("child.yaml", 3, "schema.unknown-key"),
+    ]
+    assert "reaches itself: bad.yaml -> bad.yaml" in found[1].message
+    with pytest.raises(BlueprintError):
+        api.prepare(tmp_path / "bad.yaml")
+
+
+def test_a_cycle_through_two_files_names_the_chain(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("nodes:\n  - id: x\n    subflow: {blueprint: b.yaml}\n")
+    (tmp_path / "b.yaml").write_text("nodes:\n  - id: y\n    subflow: {blueprint: a.yaml}\n")
+    (problem,) = api.validate_file(tmp_path / "a.yaml")
+    assert problem.code == "subflow-cycle"
+    assert "a.yaml -> b.yaml -> a.yaml" in problem.message
