@@ -66,6 +66,15 @@ class Config:
 
 
 @dataclass(frozen=True, slots=True)
+class SubflowSpec:
+    """A `subflow` stanza: run another blueprint as this node."""
+
+    blueprint: str  # path relative to this blueprint's file
+    inputs: Mapping[str, str] = field(default_factory=dict)  # child context key <- source
+    outputs: Mapping[str, str] | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BatchSpec:
     uses: str
     input_key: str
@@ -73,6 +82,7 @@ class BatchSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
     concurrency: int | None = None
     max_failures: int = 0
+    subflow: SubflowSpec | None = None  # instead of `uses`: a child run per item
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +94,6 @@ class LoopSpec:
     max_iterations: int
     params: Mapping[str, Any] = field(default_factory=dict)
     delay: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class SubflowSpec:
-    """A `subflow` stanza: run another blueprint as this node."""
-
-    blueprint: str  # path relative to this blueprint's file
-    inputs: Mapping[str, str] = field(default_factory=dict)  # child context key <- source
-    outputs: Mapping[str, str] | str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ class NodeSpec:
     def calls(self) -> tuple[tuple[str, PathT], ...]:
         """(dotted path, where it is written) of every function this node calls itself."""
         if self.batch is not None:
-            return ((self.batch.uses, ("batch", "uses")),)
+            return () if self.batch.subflow else ((self.batch.uses, ("batch", "uses")),)
         if self.loop is not None:
             return ((self.loop.uses, ("loop", "uses")),)
         return () if self.uses is None else ((self.uses, ("uses",)),)

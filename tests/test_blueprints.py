@@ -73,6 +73,14 @@ def test_every_example_has_its_expected_result_checked_here() -> None:
         "batch-workflow.json",
         "etl.yaml",
         "resilience.yaml",
+        # composition (tests/test_composition_examples.py)
+        "job-application.yaml",
+        "interview.yaml",
+        "rejection.yaml",
+        "moderation.yaml",
+        "customer-reviews.yaml",
+        "customer-review.yaml",
+        "polling.yaml",
         "review.yaml",
     }
     assert {p.name for p in BLUEPRINTS} == checked

@@ -139,3 +139,35 @@ def test_a_cycle_through_two_files_names_the_chain(tmp_path: Path) -> None:
     (problem,) = api.validate_file(tmp_path / "a.yaml")
     assert problem.code == "subflow-cycle"
     assert "a.yaml -> b.yaml -> a.yaml" in problem.message
+
+
+def test_a_batch_maps_a_subflow_over_a_list_in_item_order(tmp_path: Path) -> None:
+    (tmp_path / "one.yaml").write_text(
+        "context: {input: null, bad: null}\nnodes:\n  - id: check\n    uses: tests.nodes.fail_on\n"
+        "    inputs: {item: input, bad: bad}\n  - id: twice\n    uses: tests.nodes.jitter_double\n"
+        "    inputs: check\nedges:\n  - {source: check, target: twice}\n"
+    )
+    (tmp_path / "map.yaml").write_text(
+        "context: {bad: [30]}\nnodes:\n  - id: start\n    uses: tests.nodes.numbers\n"
+        "    params: {n: 6}\n  - id: each\n    batch:\n      inputKey: start\n"
+        "      subflow: {blueprint: one.yaml, inputs: {bad: bad}}\n      maxFailures: 1\n"
+        "edges:\n  - {source: start, target: each}\n"
+    )
+    report = api.run(tmp_path / "map.yaml", state_dir=tmp_path / "state", concurrency=3)
+    assert report.status == "completed"
+    assert report.context["each"] == [20, 40, None, 80, 100, 120]
+    assert report.nodes["each"].items == {"total": 6, "succeeded": 5, "failed": 1}
+    assert [e["node"] for e in report.errors] == ["each[2]/check", "each[2]"]
+    assert report.nodes["each[4]/twice"].status == "succeeded"
+
+
+def test_executors_give_the_same_result_for_subflows(files: Path) -> None:
+    docs = [
+        api.run(files / "parent.yaml", state_dir=files / kind, executor=kind).as_dict()
+        for kind in ("thread", "process")
+    ]
+    for doc in docs:
+        doc.pop("runId")
+        for node in doc["nodes"].values():
+            node.pop("durationMs", None)
+    assert docs[0] == docs[1]

@@ -211,13 +211,15 @@ def _subflow(raw: dict[str, Any]) -> SubflowSpec:
 
 def _batch(node_id: str, raw: dict[str, Any]) -> BatchSpec:
     concurrency = raw.get("concurrency")
+    sub = raw.get("subflow")
     return BatchSpec(
-        uses=raw["uses"],
+        uses=raw.get("uses", ""),
         input_key=raw["inputKey"],
         output_key=raw.get("outputKey", node_id),
         params=raw.get("params", {}),
         concurrency=None if concurrency is None else int(concurrency),
         max_failures=int(raw.get("maxFailures", 0)),
+        subflow=None if sub is None else _subflow(sub),
     )
 
 

@@ -15,6 +15,7 @@ consoles or rendering: plain Python over the events, testable without rich.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -140,12 +141,14 @@ class RunRecord:
 
     def on_started(self, e: NodeStarted) -> None:
         self.running[e.node] = (e.batch, self.now())
-        if e.batch is None:
+        if e.batch is None and not is_child(e.node):
             rec = self.node(e.node)
             rec.status, rec.attempts = "running", e.attempt
 
     def on_succeeded(self, e: NodeSucceeded) -> None:
         self.running.pop(e.node, None)
+        if is_child(e.node) and e.batch is None:
+            return  # a subflow's child node: its subflow's row says how it went
         if e.batch is not None:
             (self.batches.get(e.batch) or self.batch(e.batch)).succeeded += 1
             return
@@ -159,8 +162,9 @@ class RunRecord:
         rec = NodeRecord(e.node, "failed", e.attempt, e.duration_ms)
         rec.error, rec.traceback = error_line(e.error_type, e.message), e.traceback
         if e.batch is None:
-            self.nodes[e.node] = rec
-            self.settled.add(e.node)
+            if not is_child(e.node):
+                self.nodes[e.node] = rec
+                self.settled.add(e.node)
             self.failures.append(rec)
             return
         batch = self.batch(e.batch)
@@ -176,11 +180,13 @@ class RunRecord:
         self.running.pop(e.node, None)
         if e.batch is not None:
             self.batch(e.batch).retries += 1
-        else:
+        elif not is_child(e.node):
             rec = self.node(e.node)
             rec.status, rec.attempts = "retrying", e.attempt
 
     def on_skipped(self, e: NodeSkipped) -> None:
+        if is_child(e.node):
+            return
         self.node(e.node).status = "skipped"
         self.settled.add(e.node)
 
@@ -269,6 +275,14 @@ class RunRecord:
 
 _STATUSES = ("succeeded", "failed", "skipped", "recovered", "pending", "unfinished")
 _ALWAYS = frozenset({"succeeded", "failed", "skipped"})
+
+
+_CHILD = re.compile(r"[A-Za-z0-9_.-]+(\[\d+\])?/")
+
+
+def is_child(node: str) -> bool:
+    """Is `node` a node of a subflow's child run (`parent/child`, `batch[3]/child`)?"""
+    return "/" in node and _CHILD.match(node) is not None
 
 
 def error_line(error_type: str, message: str) -> str:

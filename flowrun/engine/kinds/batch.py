@@ -8,6 +8,7 @@ and `batch.concurrency` allow, so a million-item batch keeps a few futures alive
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar, cast
@@ -15,11 +16,22 @@ from typing import Any, ClassVar, cast
 from flowrun import events as ev
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
+from flowrun.engine.kinds.subflow import ChildRun, load_child
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
-from flowrun.errors import PathT
+from flowrun.errors import PathT, Problem
 from flowrun.expr.compiler import ExprEvalError
-from flowrun.model import GraphEdge, GraphNode, Kind, NodeSpec, gather_id, item_id, scatter_id
+from flowrun.model import (
+    Blueprint,
+    Graph,
+    GraphEdge,
+    GraphNode,
+    Kind,
+    NodeSpec,
+    gather_id,
+    item_id,
+    scatter_id,
+)
 
 CHUNK_TARGET_MS = 2.0
 MAX_CHUNK = 256
@@ -62,8 +74,23 @@ class Batch(NodeKind):
 
     @classmethod
     def reads(cls, spec: NodeSpec) -> Sequence[tuple[PathT, str]]:
-        key = spec.batch.input_key if spec.batch is not None else spec.id
-        return [((*spec.path, "batch", "inputKey"), key)]
+        batch = spec.batch
+        if batch is None:
+            return []
+        out = [((*spec.path, "batch", "inputKey"), batch.input_key)]
+        if batch.subflow is not None:
+            at = (*spec.path, "batch", "subflow", "inputs")
+            out += [((*at, k), v) for k, v in batch.subflow.inputs.items()]
+        return out
+
+    @classmethod
+    def child(
+        cls, spec: NodeSpec, bp: Blueprint, chain: tuple[str, ...]
+    ) -> tuple[Graph | None, list[Problem]]:
+        if spec.batch is None or spec.batch.subflow is None:
+            return None, []
+        at = (*spec.path, "batch", "subflow")
+        return load_child(spec, spec.batch.subflow, bp, chain, at)
 
     # -- run time ----------------------------------------------------------------------------
     def __init__(self, rt: Runtime) -> None:
@@ -72,6 +99,8 @@ class Batch(NodeKind):
         self.inflight: dict[str, int] = {}  # batch -> chunks in flight
         self.item_ms: dict[str, float] = {}  # batch -> moving average of an item's time
         self.over: set[str] = set()  # batches that failed past their budget (announced once)
+        #: batch -> item index -> its open child run (a batch over a subflow)
+        self.kids: dict[str, dict[int, ChildRun]] = {}
 
     def start(self, node: GraphNode) -> None:
         if node.kind is Kind.SCATTER:
@@ -127,6 +156,8 @@ class Batch(NodeKind):
             node = rt.graph.nodes[batch]
             spec = node.batch_spec
             cap = spec.concurrency or rt.concurrency
+            if spec.subflow is not None:
+                continue  # opened below, with the children already running
             uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
             items, emit, inflight = self.items[batch], rt.emit, self.inflight
             while rt.free() > 0 and inflight.get(batch, 0) < cap:
@@ -144,6 +175,65 @@ class Batch(NodeKind):
                 for w in works:
                     emit(ev.NodeStarted(now, w.call.node, 1, batch, w.index))
                 rt.submit(works)
+        while self._fill_children():
+            pass  # children that ended made room for more
+
+    # -- a batch over a subflow: one child run per item ------------------------------------------
+    def _open_children(self, node: GraphNode, cap: int) -> None:
+        """Start child runs for the next items, at most `cap` open at once (memory stays
+        bounded by the concurrency, not the number of items)."""
+        rt, batch, sub = self.rt, node.owner, node.batch_spec.subflow
+        assert sub is not None
+        kids = self.kids.setdefault(batch, {})
+        graph = rt.graph.children[batch]
+        try:
+            values = {k: rt.router.read(v) for k, v in sub.inputs.items()}
+        except InputError as exc:
+            rt.fail_inline(batch, "InputError", f"batch '{batch}': {exc}", batch)
+            return
+        while len(kids) < cap:
+            idx = rt.sched.take_items(batch, 1)
+            if not idx:
+                break
+            i = idx[0]
+            context = {**graph.blueprint.context, "input": self.items[batch][i], **values}
+            kids[i] = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+            rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), 1, batch, i))
+
+    def _fill_children(self) -> int:
+        """Open child runs where there is room, pump every open one; how many ended."""
+        rt = self.rt
+        for batch in rt.sched.open_batches():
+            spec = rt.graph.nodes[batch].batch_spec
+            if spec.subflow is not None:
+                self._open_children(rt.graph.nodes[batch], spec.concurrency or rt.concurrency)
+        return self._pump_children() if self.kids else 0
+
+    def _pump_children(self) -> int:
+        ended = 0
+        for batch, kids in list(self.kids.items()):
+            sub = self.rt.graph.nodes[batch].batch_spec.subflow
+            assert sub is not None
+            for i, kid in list(kids.items()):
+                kid.pump()
+                if kid.done():
+                    del kids[i]
+                    ended += 1
+                    self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)
+        return ended
+
+    def _child_done(self, batch: str, i: int, kid: ChildRun, output: Any) -> None:
+        rt, name = self.rt, item_id(batch, i)
+        ms = (time.monotonic() - kid.t0) * 1000
+        if kid.failed:
+            msg = f"subflow for {name} failed: {kid.first_error}"
+            rt.emit(ev.NodeFailed(time.time(), name, 1, ms, "SubflowError", msg, "", batch, i))
+            rt.sched.item_done(batch, i, False)
+        else:
+            text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+            rt.emit(ev.NodeSucceeded(time.time(), name, 1, ms, batch, i, None, output, text))
+            rt.sched.item_done(batch, i, True, output)
+        self._after_item(batch)
 
     def _chunk_size(self, batch: str) -> int:
         ms = self.item_ms.get(batch)

@@ -51,35 +51,7 @@ class Subflow(NodeKind):
     def child(
         cls, spec: NodeSpec, bp: Blueprint, chain: tuple[str, ...]
     ) -> tuple[Graph | None, list[Problem]]:
-        from flowrun.blueprint import loader, schema
-        from flowrun.engine.expand import expand
-
-        doc, sub = bp.document, _spec(spec)
-        if doc is None:
-            return None, []
-        here = str(Path(doc.path).resolve())
-        target = (Path(doc.path).parent / sub.blueprint).resolve()
-        where = (*spec.path, "subflow", "blueprint")
-
-        def problem(code: str, message: str) -> tuple[None, list[Problem]]:
-            return None, [doc.problem(where, code, message)]
-
-        files = (*chain, here)
-        if str(target) in files:
-            shown = " -> ".join(
-                Path(f).name for f in (*files[files.index(str(target)) :], str(target))
-            )
-            return problem("subflow-cycle", f"subflow '{spec.id}' reaches itself: {shown}")
-        if not target.is_file():
-            return problem(
-                "subflow-missing",
-                f"subflow '{spec.id}': no blueprint file {sub.blueprint!r} (looked for {target})",
-            )
-        try:
-            child = expand(schema.check(loader.load(target)), chain=files)
-        except BlueprintError as exc:
-            return None, list(exc.problems)
-        return child, _check_ends(spec, sub, child, doc)
+        return load_child(spec, _spec(spec), bp, chain, (*spec.path, "subflow"))
 
     # -- run time ----------------------------------------------------------------------------
     def __init__(self, rt: Runtime) -> None:
@@ -109,7 +81,7 @@ class Subflow(NodeKind):
     def fill(self) -> None:
         for name, child in list(self.children.items()):
             child.pump()
-            if not child.sched.is_active() and not child.rt_stopping():
+            if child.done():
                 del self.children[name]
                 self._settle(self.rt.graph.nodes[name], child)
 
@@ -123,7 +95,7 @@ class Subflow(NodeKind):
             rt.run_failed()
             rt.sched.finish(node.id, Status.FAILED)
             return
-        output = _output(_spec(node.spec), child)
+        output = child.output(_spec(node.spec))
         taken = rt.taken_or_fail(node.id, output, None, 1)
         if taken is None:
             return
@@ -141,7 +113,15 @@ class Subflow(NodeKind):
 class ChildRun(Verbs):
     """One run of a child blueprint inside its parent's loop: the `Runtime` of its kinds."""
 
-    def __init__(self, parent: Runtime, node: str, graph: Graph, context: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        parent: Runtime,
+        node: str,
+        graph: Graph,
+        context: dict[str, Any],
+        *,
+        fails_run: bool = True,
+    ) -> None:
         from flowrun.engine.kinds import BY_NAME, entries_of
 
         # Ids are named in full where they start (`outer/inner/node`); parents pass them on.
@@ -153,7 +133,7 @@ class ChildRun(Verbs):
         self.stored = _strip(parent.stored, self.prefix)
         self.concurrency, self.dispatch_ms = parent.concurrency, parent.dispatch_ms
         self.entries = entries_of(graph)
-        self.failed, self.first_error = False, ""
+        self.failed, self.first_error, self.fails_run = False, "", fails_run
         self.t0 = time.monotonic()
         self._kinds = {name: k(self) for name, k in BY_NAME.items()}
 
@@ -163,9 +143,6 @@ class ChildRun(Verbs):
 
     @property
     def stopping(self) -> bool:
-        return self.parent.stopping
-
-    def rt_stopping(self) -> bool:
         return self.parent.stopping
 
     def pump(self) -> None:
@@ -209,7 +186,48 @@ class ChildRun(Verbs):
 
     def run_failed(self) -> None:
         self.failed = True
-        self.parent.run_failed()
+        if self.fails_run:  # a batch item's child fails only its item (maxFailures decides)
+            self.parent.run_failed()
+
+    def done(self) -> bool:
+        return not self.sched.is_active() and not self.parent.stopping
+
+    def output(self, sub: SubflowSpec) -> Any:
+        return _output(sub, self)
+
+
+def load_child(
+    spec: NodeSpec, sub: SubflowSpec, bp: Blueprint, chain: tuple[str, ...], at: PathT
+) -> tuple[Graph | None, list[Problem]]:
+    """Read, check and expand the blueprint `sub` names (its problems name its own file);
+    problems of the reference itself are located at `at` (the `subflow` stanza) in `bp`."""
+    from flowrun.blueprint import loader, schema
+    from flowrun.engine.expand import expand
+
+    doc = bp.document
+    if doc is None:
+        return None, []
+    here = str(Path(doc.path).resolve())
+    target = (Path(doc.path).parent / sub.blueprint).resolve()
+
+    def problem(code: str, message: str) -> tuple[None, list[Problem]]:
+        return None, [doc.problem((*at, "blueprint"), code, message)]
+
+    files = (*chain, here)
+    if str(target) in files:
+        loop = (*files[files.index(str(target)) :], str(target))
+        shown = " -> ".join(Path(f).name for f in loop)
+        return problem("subflow-cycle", f"subflow '{spec.id}' reaches itself: {shown}")
+    if not target.is_file():
+        return problem(
+            "subflow-missing",
+            f"subflow '{spec.id}': no blueprint file {sub.blueprint!r} (looked for {target})",
+        )
+    try:
+        child = expand(schema.check(loader.load(target)), chain=files)
+    except BlueprintError as exc:
+        return None, list(exc.problems)
+    return child, _check_ends(spec, sub, child, doc, at)
 
 
 def _spec(spec: NodeSpec) -> SubflowSpec:
@@ -246,7 +264,9 @@ def _read(child: ChildRun, source: str) -> Any:
         return None  # a skipped node gave nothing
 
 
-def _check_ends(spec: NodeSpec, sub: SubflowSpec, child: Graph, doc: Any) -> list[Problem]:
+def _check_ends(
+    spec: NodeSpec, sub: SubflowSpec, child: Graph, doc: Any, at: PathT
+) -> list[Problem]:
     """`inputs` must set keys the child declares; `outputs` must name something in it."""
     problems = []
     declared = child.blueprint.context
@@ -254,7 +274,7 @@ def _check_ends(spec: NodeSpec, sub: SubflowSpec, child: Graph, doc: Any) -> lis
         if key not in declared:
             problems.append(
                 doc.problem(
-                    (*spec.path, "subflow", "inputs", key),
+                    (*at, "inputs", key),
                     "subflow-input",
                     f"subflow '{spec.id}' sets '{key}', which {child.blueprint.file} does not "
                     "declare under `context:` (null is fine)",
@@ -266,7 +286,7 @@ def _check_ends(spec: NodeSpec, sub: SubflowSpec, child: Graph, doc: Any) -> lis
     named = outs.items() if isinstance(outs, Mapping) else [(None, outs)] if outs else []
     for name, source in named:
         if resolve_source(source, known) is None:
-            where = (*spec.path, "subflow", "outputs", *([name] if name else []))
+            where = (*at, "outputs", *([name] if name else []))
             problems.append(
                 doc.problem(
                     where,
