@@ -16,6 +16,8 @@ Workloads (keys for --only):
   events    W1 at 100k items with `--events FILE` against the same run without it
   store     W1 at 100k items with the durable store against a store that records nothing
   live      W1 at 50k items on a real pseudo-terminal: live display against --no-progress
+  composition  a batch of 10,000 one-node subflows against the function as the worker; a
+            loop of 10,000 no-op iterations against one of 10
 
 Every flowrun run is `python -m flowrun run FILE --no-progress --state-dir <fresh dir>`: the
 defaults a user gets otherwise (the durable store is always on), display off. Variants
@@ -63,10 +65,11 @@ class Plan:
     validate_nodes: int
     events_items: int
     live_items: int = 50_000
+    subflow_items: int = 10_000
 
 
 FULL = Plan(5, (1_000, 10_000, 100_000, 1_000_000), 2, 1_000, (10, 50), 10_000, 10, 10_000, 100_000)
-QUICK = Plan(2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000, 5_000)
+QUICK = Plan(2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000, 5_000, 2_000)
 
 W2_SLEEP_S = 0.02
 W2_TARGET = 1.05  # makespan / ideal
@@ -392,11 +395,40 @@ def live_display(ctx: Context) -> list[Row]:
     return [_done(row)]
 
 
+def composition(ctx: Context) -> list[Row]:
+    """A batch whose worker is a one-node subflow against the same batch with the function as
+    the worker; and a loop's cost per iteration (10,000 against 10 iterations)."""
+    n = ctx.plan.subflow_items
+    fn = workloads.write_w1(ctx.workdir, n)
+    sub = workloads.write_subflow_batch(ctx.workdir, n)
+    big, small = workloads.write_loop(ctx.workdir, 10_000), workloads.write_loop(ctx.workdir, 10)
+    cmds = {
+        "subflow": flowrun_run(sub, 8, inspect=expect_line(f"count: {n}")),
+        "function": flowrun_run(fn, 8, inspect=expect_line(f"count: {n}")),
+        "loop 10000": flowrun_run(big, 8, inspect=expect_line('count: "10000"')),
+        "loop 10": flowrun_run(small, 8, inspect=expect_line('count: "10"')),
+    }
+    res = alternate(cmds, ctx.plan.reps)
+    label = f"subflow: a batch of {n:,} one-node subflows vs the function as the worker"
+    ctx.keep(label, res)
+    s, f = res["subflow"], res["function"]
+    row = Row(label, s.wall, f.wall)
+    row.notes.append(f"{(s.wall - f.wall) / n * 1e6:+.1f} µs per child (target ≤ 50)")
+    row.notes.append(f"peak RSS {_mb(s.rss_kb)} vs {_mb(f.rss_kb)}")
+    row.notes.append(_spread(res, "subflow", "function"))
+    big_r, small_r = res["loop 10000"], res["loop 10"]
+    loop = Row("loop: 10,000 iterations of a no-op body vs 10", big_r.wall, small_r.wall)
+    loop.notes.append(f"{(big_r.wall - small_r.wall) / 9990 * 1e6:.1f} µs per iteration")
+    loop.notes.append(f"peak RSS {_mb(big_r.rss_kb)} vs {_mb(small_r.rss_kb)}")
+    return [_done(row), _done(loop)]
+
+
 WORKLOADS: dict[str, Callable[[Context], list[Row]]] = {
     "W1": w1,
     "W2": w2,
     "W3": w3,
     "startup": startup,
+    "composition": composition,
     "validate": validate,
     "events": events,
     "store": store_cost,

@@ -27,6 +27,10 @@ def noop(x):
     return x
 
 
+def count_up(x=None):
+    return (x or 0) + 1
+
+
 def nap(x, seconds=0.02):
     time.sleep(seconds)
     return x
@@ -190,4 +194,33 @@ def write_fan(workdir: Path, n: int) -> Path:
     lines += [f"  - {{ source: {s}, target: {t} }}" for s, t in edges]
     path = workdir / f"fan-{n}.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_subflow_batch(workdir: Path, n: int) -> Path:
+    """W1 with a one-node subflow (`noop`) as the batch's worker instead of the function."""
+    (workdir / "one-noop.yaml").write_text(
+        "context: {input: null}\nnodes:\n"
+        f"  - id: noop\n    uses: {NODE_MODULE}.noop\n    inputs: input\n",
+        encoding="utf-8",
+    )
+    text = _pipeline(f"sub-{n}", n, [("work", "noop")])
+    text = text.replace(
+        f"      uses: {NODE_MODULE}.noop\n", "      subflow: {blueprint: one-noop.yaml}\n"
+    )
+    path = workdir / f"subflow-batch-{n}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_loop(workdir: Path, n: int) -> Path:
+    """A loop of `n` iterations of a no-op body, then builtins.len of its output."""
+    path = workdir / f"loop-{n}.yaml"
+    path.write_text(
+        f"id: loop-{n}\nnodes:\n  - id: spin\n    loop:\n      uses: {NODE_MODULE}.count_up\n"
+        f'      while: "output < {n}"\n      maxIterations: {n}\n'
+        "  - id: count\n    uses: builtins.str\n    inputs: spin\n"
+        "edges:\n  - {source: spin, target: count}\n",
+        encoding="utf-8",
+    )
     return path
