@@ -253,10 +253,21 @@ class Run:
 
     def start(self) -> RunReport:
         """Drive the run to its end; the store is closed (everything committed) on return."""
+        from flowrun.engine import capture
         from flowrun.engine.backends import make_backend
         from flowrun.engine.driver import Driver, Options
 
         opts = self.options
+        token = capture.install()
+        try:
+            return self._drive(opts)
+        finally:
+            capture.uninstall(token)
+
+    def _drive(self, opts: RunOptions) -> RunReport:
+        from flowrun.engine.backends import make_backend
+        from flowrun.engine.driver import Driver, Options
+
         try:
             backend = make_backend(
                 opts.executor,

@@ -59,7 +59,9 @@ class NodeStarted(Event):
 @dataclass(frozen=True, slots=True)
 class NodeSucceeded(Event):
     event: ClassVar[str] = "node_succeeded"
-    private: ClassVar[frozenset[str]] = frozenset({"output", "output_json", "context_updates"})
+    private: ClassVar[frozenset[str]] = frozenset(
+        {"output", "output_json", "context_updates", "logs"}
+    )
     node: str = ""
     attempt: int = 1
     duration_ms: float = 0.0
@@ -70,6 +72,7 @@ class NodeSucceeded(Event):
     output_json: str = "null"  # `output` already encoded (the worker checks it is JSON)
     reused: bool = False  # taken from an earlier run's stored state (`--resume`), not called
     context_updates: Mapping[str, Any] = field(default_factory=dict)
+    logs: str = ""  # what the attempt printed (captured stdout/stderr, the tail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,7 @@ class NodeRetry(Event):
     """An attempt failed and another will follow after `delay_s` seconds."""
 
     event: ClassVar[str] = "node_retry"
-    private: ClassVar[frozenset[str]] = frozenset({"traceback"})
+    private: ClassVar[frozenset[str]] = frozenset({"traceback", "logs"})
     node: str = ""
     attempt: int = 1  # the attempt that failed
     delay_s: float = 0.0
@@ -86,6 +89,8 @@ class NodeRetry(Event):
     traceback: str = ""
     batch: str | None = None
     index: int | None = None
+    logs: str = ""
+    attempts: int = 0  # attempts allowed in all (1 + maxRetries); 0 when unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,7 @@ class NodeFailed(Event):
     """A node (or batch item) failed for good: its last attempt failed."""
 
     event: ClassVar[str] = "node_failed"
-    private: ClassVar[frozenset[str]] = frozenset({"traceback"})
+    private: ClassVar[frozenset[str]] = frozenset({"traceback", "logs"})
     node: str = ""
     attempt: int = 1
     duration_ms: float = 0.0
@@ -102,6 +107,7 @@ class NodeFailed(Event):
     traceback: str = ""
     batch: str | None = None
     index: int | None = None
+    logs: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,15 @@ class BatchFinished(Event):
     failed: int = 0
     output_key: str = ""
     output: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelling(Event):
+    """The run is stopping (Ctrl-C): no new work; running nodes get `grace_s` to finish."""
+
+    event: ClassVar[str] = "run_cancelling"
+    grace_s: float = 0.0
+    running: int = 0  # calls in flight
 
 
 @dataclass(frozen=True, slots=True)

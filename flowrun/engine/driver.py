@@ -147,6 +147,7 @@ class Driver:
             if self.cancelled.is_set() and not self.stopping:
                 self.stopping = True
                 deadline = self.clock() + self.opts.cancel_grace
+                self.emit(ev.RunCancelling(time.time(), self.opts.cancel_grace, self.inflight))
             if self.stopping and (not self.inflight or self._past(deadline)):
                 break
             item = self._next(deadline)
@@ -379,7 +380,7 @@ class Driver:
         self.emit(
             ev.NodeSucceeded(
                 time.time(), call.node, call.attempt, out.duration_ms, _batch(work), call.index,
-                out.action, out.output, out.output_json, False, out.updates,
+                out.action, out.output, out.output_json, False, out.updates, out.logs,
             )
         )  # fmt: skip
         if work.fallback_for is not None:
@@ -410,12 +411,14 @@ class Driver:
     def _failed_attempt(self, work: Work, out: Outcome) -> None:
         call = work.call
         cfg = self.graph.nodes[work.node].spec.config
-        if call.attempt <= cfg.max_retries and not self.stopping:
+        if call.attempt <= cfg.max_retries and out.retryable and self.stopping:
+            return  # stopped before its retry: it never finished, so it stays pending
+        if call.attempt <= cfg.max_retries and out.retryable and not self.stopping:
             delay = cfg.delay_before(call.attempt + 1)
             self.emit(
                 ev.NodeRetry(
                     time.time(), call.node, call.attempt, delay, out.error_type, out.message,
-                    out.traceback, _batch(work), call.index,
+                    out.traceback, _batch(work), call.index, out.logs, cfg.max_retries + 1,
                 )
             )  # fmt: skip
             retry = dataclasses.replace(
@@ -426,7 +429,7 @@ class Driver:
         self.emit(
             ev.NodeFailed(
                 time.time(), call.node, call.attempt, out.duration_ms, out.error_type,
-                out.message, out.traceback, _batch(work), call.index,
+                out.message, out.traceback, _batch(work), call.index, out.logs,
             )
         )  # fmt: skip
         fb = cfg.fallback if work.fallback_for is None else None
