@@ -254,8 +254,6 @@ class Run:
     def start(self) -> RunReport:
         """Drive the run to its end; the store is closed (everything committed) on return."""
         from flowrun.engine import capture
-        from flowrun.engine.backends import make_backend
-        from flowrun.engine.driver import Driver, Options
 
         opts = self.options
         token = capture.install()

@@ -176,6 +176,6 @@ def check_schema(conn: sqlite3.Connection, db: Path) -> int:
         )
     if version >= 2 and "item_chunks" not in tables:
         raise StateError(f"{db}: the run is damaged (schema version {version}, no item_chunks)")
-    if version >= 3 and not V3_TABLES <= tables:
+    if version >= 3 and not tables >= V3_TABLES:
         raise StateError(f"{db}: the run is damaged (schema version {version}, no logs/spans)")
     return version

@@ -16,8 +16,9 @@ What a ``kill -9`` can lose: per batch, the successes not yet handed over (fewer
 (``MAX_BACKLOG`` items at most, counting a chunk as its items), plus what was running.
 
 This module records; its neighbours hold the rest, and every public name is importable from
-in the package: ``store.db`` the run directory, database file, schema and lock, ``store.records`` the
-records and their SQL, ``store.read`` reading runs back.
+the package: ``store.db`` the run directory, database file, schema and lock, ``store.records``
+the records and their SQL, ``store.timeline`` spans and batch concurrency, ``store.read``
+reading runs back.
 """
 
 from __future__ import annotations
@@ -234,9 +235,8 @@ class RunStore:
         """Record `event`. Runs in the caller's thread: an item's success joins its batch's
         group; any other record is a small tuple and one queue.put, after the groups."""
         # The hot path of a large batch: kept inline, one helper call per item.
-        cls = type(event)
         if (
-            cls is NodeSucceeded
+            type(event) is NodeSucceeded
             and event.batch is not None
             and not event.context_updates
             and not event.logs
@@ -253,13 +253,13 @@ class RunStore:
             if len(group) >= GROUP_MAX:
                 self._hand_over(event.batch)
             return
-        if cls is NodeStarted:
+        if type(event) is NodeStarted:
             self._timeline.started(event.node, event.batch, event.ts)
             return
-        encode = ENCODERS.get(cls)
+        encode = ENCODERS.get(type(event))
         record = None if encode is None else encode(event)
         records = [] if record is None else [record]
-        if cls in (NodeSucceeded, NodeFailed, NodeRetry) and event.logs:
+        if isinstance(event, NodeSucceeded | NodeFailed | NodeRetry) and event.logs:
             records.append(logs_record(event))
         records += self._timeline.records(event)
         if records:
