@@ -19,6 +19,7 @@ from flowrun import events as ev
 from flowrun.blueprint import loader, schema
 from flowrun.blueprint.expand import expand, suggest
 from flowrun.blueprint.resolve import Target, resolve, search_path
+from flowrun.blueprint.signature import check_calls
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
@@ -34,7 +35,20 @@ def load(path: str | os.PathLike[str]) -> Graph:
 
 
 def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem in one blueprint file (empty when it is valid).
+    """Every problem in one blueprint file (empty when it is valid)."""
+    return _check(path).problems
+
+
+@dataclass(slots=True)
+class _Checked:
+    problems: list[Problem]
+    doc: loader.Document | None = None
+    graph: Graph | None = None
+    targets: dict[str, Target] | None = None
+
+
+def _check(path: str | os.PathLike[str]) -> _Checked:
+    """Every stage that can run: load, schema, expansion, import, call signatures.
 
     Schema problems do not stop the check: what can be salvaged of the blueprint still goes
     through expansion and import, and later problems at a location that already has one are
@@ -42,7 +56,7 @@ def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
     try:
         doc = loader.load(path)
     except BlueprintError as exc:
-        return list(exc.problems)
+        return _Checked(list(exc.problems))
     try:
         bp = schema.check(doc)
         problems: list[Problem] = []
@@ -50,15 +64,26 @@ def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
         problems = list(exc.problems)
         salvaged = schema.salvage(doc)
         if salvaged is None:
-            return problems
+            return _Checked(problems, doc)
         bp = salvaged
     seen = {p.path for p in problems}
-    for stage in (expand, lambda b: resolve(b, search_path(doc.path))):
-        try:
-            stage(bp)
-        except BlueprintError as exc:
-            problems += [p for p in exc.problems if not _covered(p.path, seen)]
-    return sorted(problems, key=lambda p: (p.line, p.column))
+    out = _Checked(problems, doc)
+
+    def keep(found: Sequence[Problem]) -> None:
+        out.problems += [p for p in found if not _covered(p.path, seen)]
+
+    try:
+        out.graph = expand(bp)
+    except BlueprintError as exc:
+        keep(exc.problems)
+    try:
+        out.targets = resolve(bp, search_path(doc.path))
+    except BlueprintError as exc:
+        keep(exc.problems)
+    if out.graph is not None and out.targets is not None:
+        keep(check_calls(out.graph, out.targets))
+    out.problems.sort(key=lambda p: (p.line, p.column))
+    return out
 
 
 def _covered(path: str, seen: set[str]) -> bool:
@@ -80,24 +105,15 @@ class Prepared:
 
 
 def prepare(path: str | os.PathLike[str]) -> Prepared:
-    """Everything `run` needs before it starts: the graph and the imported callables."""
-    doc = loader.load(path)
-    bp = schema.check(doc)
-    dirs = search_path(doc.path)
-    problems: list[Problem] = []
-    graph = None
-    try:
-        graph = expand(bp)
-    except BlueprintError as exc:
-        problems += exc.problems
-    try:
-        targets = resolve(bp, dirs)
-    except BlueprintError as exc:
-        problems += exc.problems
-    if problems or graph is None:
-        raise BlueprintError(sorted(problems, key=lambda p: (p.line, p.column)))
+    """Everything `run` needs before it starts: the graph and the imported callables. Any
+    problem raises, with every problem `validate` reports."""
+    checked = _check(path)
+    errors = [p for p in checked.problems if p.severity == "error"]
+    doc, graph, targets = checked.doc, checked.graph, checked.targets
+    if errors or doc is None or graph is None or targets is None:
+        raise BlueprintError(errors or checked.problems)
     sha = hashlib.sha256(doc.text.encode()).hexdigest()
-    return Prepared(graph, targets, dirs, sha)
+    return Prepared(graph, targets, search_path(doc.path), sha)
 
 
 def parse_set(items: Sequence[str], declared: Mapping[str, Any]) -> dict[str, Any]:

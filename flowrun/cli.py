@@ -102,10 +102,13 @@ def validate(
 ) -> None:
     """Check blueprints without running them; print every problem at once (exit 2 if any)."""
     from flowrun import api
+    from flowrun.display.streams import reserve_stdout
 
+    # Importing node modules may print: stdout carries the report alone.
+    with reserve_stdout(True):
+        per_file = [(f, api.validate_file(f)) for f in files]
     problems = []
-    for f in files:
-        found = api.validate_file(f)
+    for f, found in per_file:
         problems += found
         if fmt is ValidateFormat.text:
             for p in found:
