@@ -122,7 +122,9 @@ def _timeline(details: RunDetails, doc: dict[str, Any]) -> str:
         t = t0 + span_s * i / 4
         out.append(f"<line x1='{x(t):.1f}' y1='14' x2='{x(t):.1f}' y2='{height - 10}' "
                    "stroke='#e3e3e3'/>")  # fmt: skip
-        out.append(f"<text x='{x(t):.1f}' y='11' text-anchor='middle'>{t - t0:.2f} s</text>")
+        digits = 3 if span_s < 0.1 else 2 if span_s < 10 else 1
+        label = f"{t - t0:.{digits}f} s"
+        out.append(f"<text x='{x(t):.1f}' y='11' text-anchor='middle'>{label}</text>")
     y = 24
     for s in spans:
         status = _status(doc, s.node) or s.status or "pending"
