@@ -3,8 +3,9 @@
 `install()` puts one proxy in front of each stream (once per run, or once per worker
 process); `run_attempt` opens a buffer for the calling thread around each call (`begin` /
 `end`). A write from a thread inside an attempt goes to that attempt's buffer; any other write
-(flowrun itself, rich, a thread a node started) goes to the stream the proxy replaced. A node
-that prints nothing costs two attribute writes and an empty list per attempt.
+(flowrun itself, rich, a thread a node started) goes to the stream the proxy replaced. The
+buffer is made at the first write, so a node that prints nothing costs two thread-local
+attribute writes per attempt.
 
 A buffer keeps at most `MAX_LOG_BYTES` (the tail), so a node printing in a loop holds a bounded
 amount of memory and the store a bounded row.
@@ -20,6 +21,8 @@ MAX_LOG_BYTES = 1 << 20  # per node or batch item (SPEC §7)
 
 _local = threading.local()
 _lock = threading.Lock()
+#: this thread is running an attempt that has not written anything yet
+_OPEN: Any = object()
 
 
 class Buffer:
@@ -67,6 +70,8 @@ class _Proxy:
         buf: Buffer | None = getattr(_local, "buf", None)
         if buf is None:
             return self._target.write(text)
+        if buf is _OPEN:
+            buf = _local.buf = Buffer()
         buf.write(text)
         return len(text)
 
@@ -108,16 +113,17 @@ def uninstall(token: Any) -> None:
             sys.stderr = err
 
 
-def begin() -> Buffer:
-    """Open a buffer for this thread's attempt."""
-    buf = Buffer()
-    _local.buf = buf
-    return buf
+def begin() -> None:
+    """Start capturing this thread's writes (its attempt begins)."""
+    _local.buf = _OPEN
 
 
 def current() -> Buffer | None:
-    """This thread's open buffer, if it is running an attempt."""
+    """This thread's buffer, made now if its attempt has written nothing yet (to share it with
+    another thread: a timed attempt runs the function on its own thread)."""
     buf: Buffer | None = getattr(_local, "buf", None)
+    if buf is _OPEN:
+        buf = _local.buf = Buffer()
     return buf
 
 
@@ -126,7 +132,8 @@ def attach(buf: Buffer | None) -> None:
     _local.buf = buf
 
 
-def end(buf: Buffer) -> str:
-    """Close this thread's buffer and return what it captured."""
+def end() -> str:
+    """Stop capturing this thread's writes; what its attempt wrote."""
+    buf = _local.buf
     _local.buf = None
-    return buf.text() if buf.chunks else ""
+    return "" if buf is _OPEN or buf is None else buf.text()

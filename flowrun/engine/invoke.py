@@ -232,7 +232,7 @@ def run_attempt(
     """Run `call` once and describe what happened; never raises for the node's own errors."""
     started = time.time()
     t0 = time.perf_counter()
-    buf = capture.begin()
+    capture.begin()
     kwargs: Any = call.kwargs
     ctx = None
     attempt_cancel = None
@@ -256,6 +256,7 @@ def run_attempt(
         if isinstance(value, Result):
             value, action = value.output, value.action
         text = _encode(value)
+        logs = capture.end()
     except Exception as exc:
         message, retryable = str(exc), True
         if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
@@ -270,7 +271,7 @@ def run_attempt(
             traceback=_user_traceback(exc),
             updates=ctx.updates if ctx is not None else {},
             retryable=retryable,
-            logs=capture.end(buf),
+            logs=capture.end(),
         )
     finally:
         if attempt_cancel is not None and attempt_cancel is not cancelled:
@@ -285,5 +286,5 @@ def run_attempt(
         output_json=text,
         action=action,
         updates=ctx.updates if ctx is not None else {},
-        logs=buf.text() if buf.chunks else "",
+        logs=logs,
     )
