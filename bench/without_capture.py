@@ -7,6 +7,7 @@ captures node output. Everything else is the real code path.
 from __future__ import annotations
 
 import sys
+
 from flowrun.cli import main
 from flowrun.engine import capture
 
