@@ -20,6 +20,7 @@ from flowrun.blueprint import loader, schema
 from flowrun.blueprint.expand import expand, suggest
 from flowrun.blueprint.resolve import Target, resolve, search_path
 from flowrun.blueprint.signature import check_calls
+from flowrun.engine import capture
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
@@ -183,12 +184,23 @@ class Run:
     """
 
     def __init__(self, path: str | os.PathLike[str], options: RunOptions) -> None:
-        from flowrun import store
 
         if options.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         self.options = options
         self.path = str(path)
+        # Before the node modules are imported: a logging handler made at import time then
+        # writes through the proxy, so what a node logs is captured with its output.
+        self._capture = capture.install()
+        try:
+            self._setup(path, options)
+        except BaseException:
+            capture.uninstall(self._capture)
+            raise
+
+    def _setup(self, path: str | os.PathLike[str], options: RunOptions) -> None:
+        from flowrun import store
+
         self.prepared = prepare(path)
         self.cancelled = options.cancelled or threading.Event()
         self.stored: StoredRun | None = None
@@ -269,14 +281,10 @@ class Run:
 
     def start(self) -> RunReport:
         """Drive the run to its end; the store is closed (everything committed) on return."""
-        from flowrun.engine import capture
-
-        opts = self.options
-        token = capture.install()
         try:
-            return self._drive(opts)
+            return self._drive(self.options)
         finally:
-            capture.uninstall(token)
+            capture.uninstall(self._capture)
 
     def _drive(self, opts: RunOptions) -> RunReport:
         from flowrun.engine.backends import make_backend

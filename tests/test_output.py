@@ -275,3 +275,13 @@ def test_runs_clean_keeps_the_newest_and_never_a_held_run(tmp_path: Path) -> Non
     assert cli("runs", "clean", "--older-than", "soon", "--state-dir", state).code == 2
     assert cli("runs", "clean", "--older-than", "0s", "--state-dir", state).code == 0
     assert run_dirs(state) == []
+
+
+def test_a_logging_handler_made_at_import_time_is_captured_too(tmp_path: Path) -> None:
+    # before: a handler bound to sys.stderr when the module was imported bypassed everything
+    text = "id: lg\nnodes:\n  - {id: n, uses: tests.logging_nodes.logs_and_fails}\n"
+    out = cli("run", write(tmp_path, "lg.yaml", text), "--state-dir", tmp_path / "s",
+              "--no-progress", traceback=True)  # fmt: skip
+    assert out.code == 1
+    assert "--- output of n ---\nlogged by the node" in out.stderr
+    assert out.stderr.count("logged by the node") == 1
