@@ -15,6 +15,7 @@ Workloads (keys for --only):
             against parsing the same YAML with PyYAML
   events    W1 at 100k items with `--events FILE` against the same run without it
   store     W1 at 100k items with the durable store against a store that records nothing
+  capture   W1 at 100k items with node output capture against capture switched off
   live      W1 at 50k items on a real pseudo-terminal: live display against --no-progress
   composition  a batch of 10,000 one-node subflows against the function as the worker; a
             loop of 10,000 no-op iterations against one of 10
@@ -380,6 +381,23 @@ def store_cost(ctx: Context) -> list[Row]:
     return [_done(row)]
 
 
+def capture_cost(ctx: Context) -> list[Row]:
+    """Node output capture on (what every run does) against capture switched off, for nodes
+    that print nothing."""
+    n = ctx.plan.events_items
+    bp = workloads.write_w1(ctx.workdir, n)
+    off = flowrun_run(bp, 8, inspect=expect_line(f"count: {n}"))
+    off = Command([PY, str(BENCH / "without_capture.py"), *off.argv[3:]], off.cwd, off.inspect)
+    cmds = {"on": flowrun_run(bp, 8, inspect=expect_line(f"count: {n}")), "off": off}
+    res = alternate(cmds, ctx.plan.reps)
+    label = f"capture: W1 {n:,} items, output capture on vs off"
+    ctx.keep(label, res)
+    row = Row(label, res["on"].wall, res["off"].wall)
+    row.notes.append("baseline: the same run without the stream proxies; target ≤ 1.05×")
+    row.notes.append(_spread(res, "on", "off"))
+    return [_done(row)]
+
+
 def live_display(ctx: Context) -> list[Row]:
     """A batch on a real pseudo-terminal: the live display against --no-progress."""
     import live
@@ -432,6 +450,7 @@ WORKLOADS: dict[str, Callable[[Context], list[Row]]] = {
     "validate": validate,
     "events": events,
     "store": store_cost,
+    "capture": capture_cost,
     "live": live_display,
 }
 

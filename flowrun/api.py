@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from flowrun import events as ev
 from flowrun.blueprint import loader, schema
 from flowrun.blueprint.resolve import Target, resolve, search_path
+from flowrun.blueprint.signature import check_calls
+from flowrun.engine import capture
 from flowrun.engine.expand import expand
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
@@ -37,7 +39,21 @@ def load(path: str | os.PathLike[str]) -> Graph:
 
 
 def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem in one blueprint file (empty when it is valid).
+    """Every problem in one blueprint file (empty when it is valid)."""
+    return _check(path).problems
+
+
+@dataclass(slots=True)
+class _Checked:
+    problems: list[Problem]
+    doc: loader.Document | None = None
+    graph: Graph | None = None
+    targets: dict[str, Target] | None = None
+    dirs: list[str] = field(default_factory=list)
+
+
+def _check(path: str | os.PathLike[str]) -> _Checked:
+    """Every stage that can run: load, schema, expansion, import, call signatures.
 
     Schema problems do not stop the check: what can be salvaged of the blueprint still goes
     through expansion and import, and later problems at a location that already has one are
@@ -45,7 +61,7 @@ def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
     try:
         doc = loader.load(path)
     except BlueprintError as exc:
-        return list(exc.problems)
+        return _Checked(list(exc.problems))
     try:
         bp = schema.check(doc)
         problems: list[Problem] = []
@@ -53,21 +69,30 @@ def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
         problems = list(exc.problems)
         salvaged = schema.salvage(doc)
         if salvaged is None:
-            return problems
+            return _Checked(problems, doc)
         bp = salvaged
     seen = {p.path for p in problems}
-    graph = None
+    out = _Checked(problems, doc)
+
+    def keep(found: Sequence[Problem]) -> None:
+        out.problems += [p for p in found if not _covered(p.path, seen)]
+
     try:
-        graph = expand(bp)
+        out.graph = expand(bp)
     except BlueprintError as exc:
-        problems += [p for p in exc.problems if not _covered(p.path, seen)]
+        keep(exc.problems)
+    out.dirs = list(search_path(doc.path))
     try:
-        resolve(bp, search_path(doc.path))
+        out.targets = resolve(bp, out.dirs)
     except BlueprintError as exc:
-        problems += [p for p in exc.problems if not _covered(p.path, seen)]
-    if graph is not None:
-        problems += _resolve_children(graph, {}, [])[1]
-    return _in_order(problems, doc.name)
+        keep(exc.problems)
+    if out.graph is not None and out.targets is not None:
+        keep(check_calls(out.graph, out.targets))
+        children, found = _resolve_children(out.graph, dict(out.targets), out.dirs)
+        out.problems += found
+        out.targets = children
+    out.problems = _in_order(out.problems, doc.name)
+    return out
 
 
 def _in_order(problems: list[Problem], file: str) -> list[Problem]:
@@ -78,15 +103,17 @@ def _in_order(problems: list[Problem], file: str) -> list[Problem]:
 def _resolve_children(
     graph: Graph, targets: dict[str, Target], dirs: list[str]
 ) -> tuple[dict[str, Target], list[Problem]]:
-    """Import the `uses` of every subflow's blueprint, at any depth, into `targets`."""
+    """Import and check the `uses` of every subflow's blueprint, at any depth, into
+    `targets`; the directories they import from are added to `dirs`."""
     problems: list[Problem] = []
     for child in graph.children.values():
-        child_dirs = search_path(
-            child.blueprint.document.path if child.blueprint.document else None
-        )
+        doc = child.blueprint.document
+        child_dirs = search_path(doc.path if doc is not None else None)
         dirs += [d for d in child_dirs if d not in dirs]
         try:
-            targets.update(resolve(child.blueprint, child_dirs))
+            found = resolve(child.blueprint, child_dirs)
+            targets.update(found)
+            problems += check_calls(child, found)
         except BlueprintError as exc:
             problems += exc.problems
         problems += _resolve_children(child, targets, dirs)[1]
@@ -112,28 +139,15 @@ class Prepared:
 
 
 def prepare(path: str | os.PathLike[str]) -> Prepared:
-    """Everything `run` needs before it starts: the graph and the imported callables."""
-    doc = loader.load(path)
-    bp = schema.check(doc)
-    dirs = search_path(doc.path)
-    problems: list[Problem] = []
-    graph = None
-    try:
-        graph = expand(bp)
-    except BlueprintError as exc:
-        problems += exc.problems
-    targets: dict[str, Target] = {}
-    try:
-        targets = resolve(bp, dirs)
-    except BlueprintError as exc:
-        problems += exc.problems
-    all_dirs = list(dirs)
-    if graph is not None:
-        problems += _resolve_children(graph, targets, all_dirs)[1]
-    if problems or graph is None:
-        raise BlueprintError(_in_order(problems, doc.name))
+    """Everything `run` needs before it starts: the graph and the imported callables. Any
+    problem raises, with every problem `validate` reports."""
+    checked = _check(path)
+    errors = [p for p in checked.problems if p.severity == "error"]
+    doc, graph, targets = checked.doc, checked.graph, checked.targets
+    if errors or doc is None or graph is None or targets is None:
+        raise BlueprintError(errors or checked.problems)
     sha = hashlib.sha256(doc.text.encode()).hexdigest()
-    return Prepared(graph, targets, tuple(all_dirs), sha)
+    return Prepared(graph, targets, tuple(checked.dirs), sha)
 
 
 def parse_set(items: Sequence[str], declared: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,12 +220,23 @@ class Run:
     """
 
     def __init__(self, path: str | os.PathLike[str], options: RunOptions) -> None:
-        from flowrun import store
 
         if options.concurrency < 1:
             raise UsageError("--concurrency must be at least 1")
         self.options = options
         self.path = str(path)
+        # Before the node modules are imported: a logging handler made at import time then
+        # writes through the proxy, so what a node logs is captured with its output.
+        self._capture = capture.install()
+        try:
+            self._setup(path, options)
+        except BaseException:
+            capture.uninstall(self._capture)
+            raise
+
+    def _setup(self, path: str | os.PathLike[str], options: RunOptions) -> None:
+        from flowrun import store
+
         self.prepared = prepare(path)
         self.cancelled = options.cancelled or threading.Event()
         self.stored: StoredRun | None = None
@@ -302,10 +327,15 @@ class Run:
 
     def start(self) -> RunReport:
         """Drive the run to its end; the store is closed (everything committed) on return."""
+        try:
+            return self._drive(self.options)
+        finally:
+            capture.uninstall(self._capture)
+
+    def _drive(self, opts: RunOptions) -> RunReport:
         from flowrun.engine.backends import make_backend
         from flowrun.engine.driver import Driver, Options
 
-        opts = self.options
         try:
             backend = make_backend(
                 opts.executor,

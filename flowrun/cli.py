@@ -20,7 +20,7 @@ from flowrun import __version__
 from flowrun.errors import BlueprintError, FlowrunError
 
 if TYPE_CHECKING:
-    from flowrun.api import Run
+    from flowrun.api import Run, RunOptions
     from flowrun.display.plain import Reporter, RunRecord
     from flowrun.report import RunReport
 
@@ -102,10 +102,13 @@ def validate(
 ) -> None:
     """Check blueprints without running them; print every problem at once (exit 2 if any)."""
     from flowrun import api
+    from flowrun.display.streams import reserve_stdout
 
+    # Importing node modules may print: stdout carries the report alone.
+    with reserve_stdout(True):
+        per_file = [(f, api.validate_file(f)) for f in files]
     problems = []
-    for f in files:
-        found = api.validate_file(f)
+    for f, found in per_file:
         problems += found
         if fmt is ValidateFormat.text:
             for p in found:
@@ -218,16 +221,16 @@ def run(
 
     from flowrun import api
     from flowrun.display.live import choose_mode, make_reporter
-    from flowrun.eventlog import EventLog
+    from flowrun.display.streams import reserve_stdout
 
     console = Console(stderr=True)
     mode = choose_mode(console, quiet=quiet, no_progress=no_progress, env=os.environ)
     # --no-progress hides the display, not the run's errors: those print as --quiet prints them.
     reporter = make_reporter("quiet" if mode == "off" else mode, console)
-    log = None
-    try:
-        log = EventLog(events) if events is not None else None
-        options = api.RunOptions(
+    # With --json stdout holds the document alone: whatever nodes (or their modules, at import
+    # time, or their children) write to it goes to stderr until the document is printed.
+    with reserve_stdout(as_json):
+        r, report = _run(file, reporter, events, debug, api.RunOptions(
             concurrency=concurrency,
             sets=sets or (),
             context_file=str(context) if context else None,
@@ -237,22 +240,46 @@ def run(
             resume=resume,
             allow_changed=allow_changed,
             state_dir=state_dir,
-            sinks=[s for s in (reporter, log) if s is not None],
-        )
-        with api.Run(file, options) as r, _signals(r, reporter), reporter:
-            report = r.start()
-    except FlowrunError as exc:
-        _fail(exc, debug)
-    finally:
-        if log is not None:
-            log.close()
+        ))  # fmt: skip
     reporter.summary()
     _print_unannounced(report.errors, reporter.record)
+    if mode in ("live", "plain") and report.status in ("failed", "cancelled"):
+        print(f"resume with: {resume_command(file, report.run_id, state_dir)}", file=sys.stderr)
     if as_json:
         print(report.to_json())
     elif mode != "quiet":
         _print_results(r, report)
     _exit(report.exit_code)
+
+
+def resume_command(file: Path, run_id: str, state_dir: Path) -> str:
+    """`flowrun run FILE --resume RUN_ID` (with `--state-dir` when it is not the default)."""
+    import shlex
+
+    cmd = f"flowrun run {shlex.quote(str(file))} --resume {shlex.quote(run_id)}"
+    if Path(state_dir) != Path(".flowrun"):
+        cmd += f" --state-dir {shlex.quote(str(state_dir))}"
+    return cmd
+
+
+def _run(
+    file: Path, reporter: Reporter, events: Path | None, debug: bool, options: RunOptions
+) -> tuple[Run, RunReport]:
+    """Prepare and drive the run with the display and the --events file attached."""
+    from flowrun import api
+    from flowrun.eventlog import EventLog
+
+    log = None
+    try:
+        log = EventLog(events) if events is not None else None
+        options.sinks = [s for s in (reporter, log) if s is not None]
+        with api.Run(file, options) as r, _signals(r, reporter), reporter:
+            return r, r.start()
+    except FlowrunError as exc:
+        _fail(exc, debug)
+    finally:
+        if log is not None:
+            log.close()
 
 
 def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
@@ -310,8 +337,17 @@ def _exit(code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-@app.command()
+runs_app = typer.Typer(
+    help="List, inspect and clean up past runs.",
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
 def runs(
+    ctx: typer.Context,
     state_dir: StateDir = Path(".flowrun"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
     limit: Annotated[
@@ -320,6 +356,9 @@ def runs(
     debug: Debug = False,
 ) -> None:
     """List recent runs (newest first) with their status, for `run --resume`."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = state_dir
+        return
     import dataclasses
 
     from flowrun.store import list_runs
@@ -349,6 +388,141 @@ def runs(
         took = f"{r.duration_s:.2f} s" if r.duration_s is not None else "-"
         table.add_row(r.run_id, r.blueprint_id or r.blueprint_path, r.status, started, took)
     Console(soft_wrap=True).print(table)
+
+
+SubStateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", metavar="DIR", help="Where run state is kept (default: .flowrun)."),
+]
+
+
+def _state_dir(ctx: typer.Context, given: Path | None) -> Path:
+    """The subcommand's --state-dir, else the one given to `runs`, else .flowrun."""
+    if given is not None:
+        return given
+    return ctx.obj if isinstance(ctx.obj, Path) else Path(".flowrun")
+
+
+@runs_app.command("show")
+def runs_show(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="A run id, or 'latest'.")],
+    state_dir: SubStateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run as JSON.")] = False,
+    logs: Annotated[
+        str | None,
+        typer.Option("--logs", metavar="NODE", help="Print what NODE (or item B[3]) printed."),
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", metavar="FILE", help="Write a self-contained HTML report."),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """Show one past run: status, timings, each node's status and error, captured output."""
+    from flowrun import store
+    from flowrun.runs import show
+
+    where = _state_dir(ctx, state_dir)
+    try:
+        details = store.load_details(where, run_id)
+        rid = details.run.meta.run_id
+        if logs is not None:
+            _print_logs(rid, logs, store.read_logs(where, rid, logs), details, as_json)
+            return
+        if html is not None:
+            _write_html(where, details, html)
+            return
+    except FlowrunError as exc:
+        _fail(exc, debug)
+    if as_json:
+        print(json.dumps(show.document(details), indent=2, allow_nan=False))
+    else:
+        print(show.text(details))
+
+
+def _print_logs(
+    run_id: str, node: str, found: list[tuple[int, str]], details: object, as_json: bool
+) -> None:
+    from flowrun.errors import UsageError
+
+    if as_json:
+        print(json.dumps([{"attempt": a, "text": t} for a, t in found], indent=2))
+        return
+    if not found:
+        from flowrun.errors import did_you_mean as suggest
+
+        logged = details.logged  # type: ignore[attr-defined]
+        known = (f" (nodes with output: {', '.join(list(logged)[:10])})" if logged
+                 else " (no node of this run printed anything)")  # fmt: skip
+        raise UsageError(f"run {run_id}: no captured output for '{node}'"
+                         f"{suggest(node, list(logged))}{known}")  # fmt: skip
+    for attempt, text in found:
+        if len(found) > 1:
+            print(f"--- {node} attempt {attempt} ---")
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _write_html(where: Path, details: object, out: Path) -> None:
+    from flowrun import store
+    from flowrun.errors import StateError
+    from flowrun.runs import html
+
+    rid = details.run.meta.run_id  # type: ignore[attr-defined]
+    # Failed nodes and items first; a bounded number of entries keeps the page openable.
+    logged = list(details.logged)  # type: ignore[attr-defined]
+    logs = {node: store.read_logs(where, rid, node) for node in logged[:200]}
+    try:
+        out.write_text(html.render(details, logs), encoding="utf-8")  # type: ignore[arg-type]
+    except OSError as exc:
+        raise StateError(f"cannot write {out}: {exc}") from exc
+    print(f"wrote {out}", file=sys.stderr)
+
+
+@runs_app.command("clean")
+def runs_clean(
+    ctx: typer.Context,
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", min=0, metavar="N", help="Keep the newest N runs."),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than", metavar="DURATION", help="Delete only runs older than this (30d, 12h)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be deleted; delete nothing.")
+    ] = False,
+    state_dir: SubStateDir = None,
+    debug: Debug = False,
+) -> None:
+    """Delete old runs' state. A run that another flowrun process holds is never deleted."""
+    from flowrun.runs import clean
+
+    where = _state_dir(ctx, state_dir)
+    try:
+        age = clean.parse_age(older_than) if older_than is not None else None
+        decisions = clean.plan(where, keep, age)
+        deleted = kept = 0
+        for d in decisions:
+            if not d.delete:
+                kept += 1
+                continue
+            if dry_run:
+                print(f"would delete {d.run.run_id}  {d.run.blueprint_id}  {d.run.status}")
+                deleted += 1
+            elif clean.delete(where, d.run.run_id):
+                print(f"deleted {d.run.run_id}  {d.run.blueprint_id}  {d.run.status}")
+                deleted += 1
+            else:
+                print(f"kept {d.run.run_id}: in use by another flowrun process", file=sys.stderr)
+                kept += 1
+    except FlowrunError as exc:
+        _fail(exc, debug)
+    verb = "would delete" if dry_run else "deleted"
+    print(f"{verb} {deleted} run{'s' * (deleted != 1)}, kept {kept}", file=sys.stderr)
 
 
 def _utc(ts: float) -> str:

@@ -62,7 +62,7 @@ class NodeStarted(Event):
 class NodeSucceeded(Event):
     event: ClassVar[str] = "node_succeeded"
     private: ClassVar[frozenset[str]] = frozenset(
-        {"output", "output_json", "context_updates", "status"}
+        {"output", "output_json", "context_updates", "status", "logs"}
     )
     node: str = ""
     attempt: int = 1
@@ -75,6 +75,7 @@ class NodeSucceeded(Event):
     reused: bool = False  # taken from an earlier run's stored state (`--resume`), not called
     context_updates: Mapping[str, Any] = field(default_factory=dict)
     status: str = "succeeded"  # "recovered" for a reused node that a fallback stood in for
+    logs: str = ""  # what the attempt printed (captured stdout/stderr, the tail)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ class NodeRetry(Event):
     """An attempt failed and another will follow after `delay_s` seconds."""
 
     event: ClassVar[str] = "node_retry"
-    private: ClassVar[frozenset[str]] = frozenset({"traceback"})
+    private: ClassVar[frozenset[str]] = frozenset({"traceback", "logs"})
     node: str = ""
     attempt: int = 1  # the attempt that failed
     delay_s: float = 0.0
@@ -91,6 +92,8 @@ class NodeRetry(Event):
     traceback: str = ""
     batch: str | None = None
     index: int | None = None
+    logs: str = ""
+    attempts: int = 0  # attempts allowed in all (1 + maxRetries); 0 when unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ class NodeFailed(Event):
     turn, the fallback's own `NodeFailed` names the node in `fallback_for`, and both failed."""
 
     event: ClassVar[str] = "node_failed"
-    private: ClassVar[frozenset[str]] = frozenset({"traceback", "final", "fallback_for"})
+    private: ClassVar[frozenset[str]] = frozenset({"traceback", "final", "fallback_for", "logs"})
     node: str = ""
     attempt: int = 1
     duration_ms: float = 0.0
@@ -112,6 +115,7 @@ class NodeFailed(Event):
     index: int | None = None
     final: bool = True
     fallback_for: str | None = None
+    logs: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,15 @@ class BatchFinished(Event):
     failed: int = 0
     output_key: str = ""
     output: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelling(Event):
+    """The run is stopping (Ctrl-C): no new work; running nodes get `grace_s` to finish."""
+
+    event: ClassVar[str] = "run_cancelling"
+    grace_s: float = 0.0
+    running: int = 0  # calls in flight
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,3 +108,35 @@ def test_sigint_in_a_real_terminal_exits_130_with_the_cursor_shown(tmp_path: Pat
     assert "run durable-pty cancelled in" in text
     assert "24/40 items" in text  # the 4 items running at the signal finished; no more started
     assert "Traceback" not in text
+
+
+FD_LEVEL = """\
+id: fd-level
+nodes:
+  - {id: chatty, uses: tests.printing_nodes.chatty}
+  - {id: fd, uses: tests.printing_nodes.fd_writer}
+  - {id: bad, uses: tests.printing_nodes.loud_failure, inputs: chatty}
+edges:
+  - {source: chatty, target: bad}
+"""
+
+
+def test_fd_level_output_goes_above_the_live_display_and_failures_say_how_to_resume(
+    tmp_path: Path,
+) -> None:
+    # before: fd-level writes landed under the display; nothing said how to resume
+    (tmp_path / "fd.yaml").write_text(FD_LEVEL)
+    argv = [sys.executable, "-m", "flowrun", "run", "fd.yaml", "--state-dir", "state"]
+    code, out = run_in_pty(argv, env=_child_env(tmp_path, {}), cwd=tmp_path)
+    text = out.decode("utf-8", errors="replace")
+    assert code == 1, text
+    assert HIDE in text and text.rindex(SHOW) > text.rindex(HIDE), text
+    assert text.count("fd-level stderr line") == 1, text
+    assert text.count("fd-level stdout line") == 1, text
+    assert "hello from chatty" not in text  # captured, kept in the store
+    summary = text[text.rindex(SHOW) :]
+    assert "--- output of bad ---" in summary
+    assert "about to fail with 1" in summary
+    run_id = next((tmp_path / "state" / "runs").iterdir()).name
+    assert f"resume with: flowrun run fd.yaml --resume {run_id} --state-dir state" in summary
+    assert "Traceback" in summary and "flowrun/" not in summary.split("Traceback")[1][:200]

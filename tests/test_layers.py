@@ -14,7 +14,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "model": 0, "events": 0, "node": 0,
     "blueprint": 1, "expr": 1, "diagram": 1,
     "engine": 3, "store": 3, "report": 3, "display": 3, "eventlog": 3,
-    "api": 4,
+    "api": 4, "runs": 4,
     "cli": 5, "__main__": 5,
 }  # fmt: skip
 # Packages that never import each other, whatever their layers say: the engine emits events,
@@ -119,15 +119,15 @@ def test_hot_path_events_keep_their_field_order() -> None:
     assert names(ev.NodeStarted) == ["ts", "node", "attempt", "batch", "index"]
     assert names(ev.NodeSucceeded) == [
         "ts", "node", "attempt", "duration_ms", "batch", "index", "action", "output",
-        "output_json", "reused", "context_updates", "status",
+        "output_json", "reused", "context_updates", "status", "logs",
     ]  # fmt: skip
     assert names(ev.NodeFailed) == [
         "ts", "node", "attempt", "duration_ms", "error_type", "message", "traceback", "batch",
-        "index", "final", "fallback_for",
+        "index", "final", "fallback_for", "logs",
     ]  # fmt: skip
     assert names(ev.NodeRetry) == [
         "ts", "node", "attempt", "delay_s", "error_type", "message", "traceback", "batch",
-        "index",
+        "index", "logs", "attempts",
     ]  # fmt: skip
 
 

@@ -444,7 +444,7 @@ def test_summary_without_run_finished_says_stopped() -> None:
     clock.advance(2)
     rep.summary()
     text = output(console)
-    assert re.search(r"\na\s+unfinished", text)
+    assert re.search(r"\na\s+pending", text)
     assert "run batch-workflow stopped in 2.00 s — 0 succeeded, 0 failed, 0 skipped" in text
 
 
@@ -525,7 +525,9 @@ def test_plain_lines_are_timestamped_and_free_of_ansi(color: bool) -> None:
     feed(rep, *batch_workflow()[:-2])
     feed(
         rep,
-        NodeRetry(ts=EPOCH, node="sum-results", delay_s=0.5, error_type="OSError", message="x"),
+        NodeRetry(
+            ts=EPOCH, node="sum-results", delay_s=0.3, error_type="OSError", message="x", attempts=4
+        ),
         NodeStarted(ts=EPOCH, node="sum-results", attempt=2),
         NodeSucceeded(ts=EPOCH, node="sum-results", attempt=2, duration_ms=0.1),
         NodeSkipped(ts=EPOCH, node="[bold]odd[/]"),
@@ -537,7 +539,7 @@ def test_plain_lines_are_timestamped_and_free_of_ansi(color: bool) -> None:
     lines = text.splitlines()
     assert "2027-01-15T08:00:00Z  start             succeeded  0.4 ms" in lines
     assert "2027-01-15T08:00:00Z  double-items      batch      3 items" in lines
-    retry = r"\S+Z  sum-results\s+retry\s+attempt 1 failed: OSError: x; retrying in 500\.0 ms"
+    retry = r"\S+Z  sum-results\s+retry\s+attempt 1/4 failed: OSError: x; retry in 0\.3 s"
     assert any(re.fullmatch(retry, line) for line in lines)
     assert any(re.fullmatch(r"\S+Z  sum-results\s+started\s+attempt 2", line) for line in lines)
     assert "[bold]odd[/]" in text  # markup-looking ids are printed as they are

@@ -464,7 +464,8 @@ def test_a_run_recorded_before_item_groups_is_upgraded_when_reopened(tmp_path: P
     record(tmp_path, "r1", RunStarted(ts=T0))
     db = tmp_path / "runs" / "r1" / DB_NAME
     with sqlite3.connect(db) as conn:  # what schema version 1 wrote: one row per item
-        conn.execute("DROP TABLE item_chunks")
+        for table in ("item_chunks", "logs", "spans", "samples"):
+            conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         conn.execute(
             "INSERT INTO nodes (node, batch, idx, status, attempt, output, ts)"
@@ -476,7 +477,22 @@ def test_a_run_recorded_before_item_groups_is_upgraded_when_reopened(tmp_path: P
         store(item_ok("B", 1, "new"))
         items = store.load().items["B"]
     assert {i: n.output for i, n in items.items()} == {0: "old", 1: "new"}
-    assert query(tmp_path, "r1", "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert query(tmp_path, "r1", "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+
+
+def test_a_version_2_run_is_listed_read_and_upgraded_when_reopened(tmp_path: Path) -> None:
+    record(tmp_path, "r1", RunStarted(ts=T0), item_ok("B", 0, "old"))
+    with sqlite3.connect(tmp_path / "runs" / "r1" / DB_NAME) as conn:  # what version 2 wrote
+        for table in ("logs", "spans", "samples"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.close()
+    assert list_runs(tmp_path)[0].status == "interrupted"
+    with RunStore.open(tmp_path, "r1") as store:
+        store(item_ok("B", 1, "new"))
+        items = store.load().items["B"]
+    assert {i: n.output for i, n in items.items()} == {0: "old", 1: "new"}
+    assert query(tmp_path, "r1", "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
 
 
 def test_a_damaged_group_is_a_state_error(tmp_path: Path) -> None:

@@ -33,10 +33,12 @@ from flowrun.display.plain import (
     PlainReporter,
     Reporter,
     RunRecord,
+    cancelling_text,
     failure_text,
     fmt_rate,
     fmt_seconds,
 )
+from flowrun.display.streams import FdRouter
 
 __all__ = ["Mode", "Reporter", "choose_mode", "make_reporter"]
 
@@ -44,6 +46,8 @@ __all__ = ["Mode", "Reporter", "choose_mode", "make_reporter"]
 MAX_ROWS = 20
 #: batch bars shown (two lines each) before "+N more batches"; unfinished ones come first
 MAX_BATCHES = 8
+#: retrying nodes and latest failures shown above the running nodes
+MAX_EVENT_ROWS = 5
 _BAR_WIDTH = 30
 _STATUS_STYLE = {"succeeded": "green", "failed": "red", "recovered": "yellow"}
 
@@ -137,19 +141,23 @@ class LiveView:
         running = rec.running.copy()
         batches = list(rec.batches.copy().values())
         shown = _visible_batches(batches, MAX_BATCHES)
+        stopping = rec.cancelling is not None and rec.finished is None
+        yield Text(_header(rec, now), style="bold yellow" if stopping else "bold", no_wrap=True)
         grid = Table.grid(padding=(0, 1))
         grid.add_column(no_wrap=True, overflow="ellipsis", max_width=22)
         grid.add_column(no_wrap=True, overflow="ellipsis")
         grid.add_row(Text(_run_label(rec)), self._overall(now))
         for batch in shown:
             grid.add_row(Text(batch.node), _batch_bar(batch))
-            grid.add_row(Text(""), _batch_detail(batch, running, now))
+            grid.add_row(Text(""), _batch_detail(batch, running, now, eta=not stopping))
         yield grid
         hidden = len(batches) - len(shown)
         if hidden:
             yield Text(f"+{hidden} more batches", style="dim")
+        events = _event_rows(rec, now, MAX_EVENT_ROWS)
+        yield from events
         # keep "+N more" on screen: rich cuts a live display taller than the terminal
-        used = 1 + 2 * len(shown) + (1 if hidden else 0) + 1
+        used = 2 + 2 * len(shown) + (1 if hidden else 0) + len(events) + 1
         room = (options.height or options.max_height) - used
         yield from _running_rows(running, now, max(1, min(self.max_rows, room)))
 
@@ -159,26 +167,62 @@ class LiveView:
             return _bar_row(0, 1, "starting")
         end = rec.finished_at if rec.finished_at is not None else now
         done = len(rec.settled)  # read before `total`, which is never less than it
+        failed = rec.any_failed or (rec.finished is not None and rec.finished.status == "failed")
         label = f"{done}/{rec.total} nodes  {_clock(end - rec.started_at)}"
-        return _bar_row(done, rec.total, label)
+        return _bar_row(done, rec.total, label, "red" if failed else None)
 
 
 def _run_label(rec: RunRecord) -> str:
     return f"run {rec.started.blueprint}" if rec.started else "run"
 
 
-def _bar_row(done: int, total: int, label: str) -> RenderableType:
+def _header(rec: RunRecord, now: float) -> str:
+    """`run batch-workflow 20261201-101500-3f9a`, or the cancelling state with its countdown."""
+    head = f"run {rec.started.blueprint} {rec.started.run_id}" if rec.started else "run"
+    if rec.cancelling is not None and rec.finished is None:
+        grace, _, since = rec.cancelling
+        running = len(rec.running.copy())
+        return f"{head}  {cancelling_text(grace, running, grace - (now - since))}"
+    return head
+
+
+def _bar_row(done: int, total: int, label: str, colour: str | None = None) -> RenderableType:
     row = Table.grid(padding=(0, 1))
-    row.add_row(ProgressBar(total=max(total, 1), completed=done, width=_BAR_WIDTH), Text(label))
+    bar = ProgressBar(total=max(total, 1), completed=done, width=_BAR_WIDTH)
+    if colour is not None:
+        bar.complete_style = bar.finished_style = colour
+    row.add_row(bar, Text(label, style=colour or ""))
     return row
 
 
 def _batch_bar(batch: BatchRecord) -> RenderableType:
-    return _bar_row(batch.done, batch.total, f"{batch.done}/{batch.total} items")
+    colour = "red" if batch.status == "failed" else None
+    return _bar_row(batch.done, batch.total, f"{batch.done}/{batch.total} items", colour)
+
+
+def _event_rows(rec: RunRecord, now: float, cap: int) -> list[Text]:
+    """Task nodes waiting for a retry (`attempt 2/4, retry in 0.3 s`), then the latest
+    failures, as they happen."""
+    rows = []
+    for node, (attempt, total, due) in list(rec.retrying.copy().items())[:cap]:
+        of = f"/{total}" if total else ""
+        error = rec.nodes[node].error if node in rec.nodes else ""
+        text = f"retry: {node}  attempt {attempt + 1}{of}, retry in {max(due - now, 0.0):.1f} s"
+        rows.append(Text(f"{text}  ({error})" if error else text, style="yellow", no_wrap=True,
+                         overflow="ellipsis"))  # fmt: skip
+    failures = rec.failures[-max(cap - len(rows), 0) :] if cap > len(rows) else []
+    for failed in failures:
+        rows.append(Text(f"failed: {failed.node}  {failed.error}", style="red", no_wrap=True,
+                         overflow="ellipsis"))  # fmt: skip
+    return rows
 
 
 def _batch_detail(
-    batch: BatchRecord, running: dict[str, tuple[str | None, float]], now: float
+    batch: BatchRecord,
+    running: dict[str, tuple[str | None, float]],
+    now: float,
+    *,
+    eta: bool = True,
 ) -> Text:
     """`2 failed · 4 running · 1,234/s · ETA 0:00:05` under the batch's bar."""
     active = sum(1 for owner, _ in running.values() if owner == batch.node)
@@ -187,7 +231,8 @@ def _batch_detail(
         parts.append(f"{batch.retries} retries")
     if batch.finished_at is None:
         parts.append(fmt_rate(batch, now))
-        parts.append(f"ETA {_eta(batch, now)}")
+        if eta:  # a cancelling run has no ETA: it will not finish the batch
+            parts.append(f"ETA {_eta(batch, now)}")
     else:
         parts.append(batch.status)
     return Text(" · ".join(parts), style="red" if batch.failed else "dim")
@@ -237,11 +282,16 @@ class LiveReporter(Reporter):
         self.refresh_per_second = refresh_per_second
         self._live: Live | None = None
         self._stopped = False
+        self._router: FdRouter | None = None
 
     def start(self) -> None:
         """Show the display; a second call, or a call after `stop()`, does nothing."""
         if self._live is not None or self._stopped:
             return
+        if FdRouter.usable(self.console):
+            # fd-level writes (child processes, C code) would tear through the display
+            self._router = FdRouter(self.console)
+            self._router.start()
         self._live = Live(
             self.view,
             console=self.console,
@@ -263,6 +313,9 @@ class LiveReporter(Reporter):
             live.stop()
         finally:
             self.console.show_cursor(True)
+            router, self._router = self._router, None
+            if router is not None:
+                router.stop()
 
     def print_summary(self) -> None:
         """Tracebacks of the failures, a table of the nodes, then the final line."""

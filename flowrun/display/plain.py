@@ -35,6 +35,7 @@ from flowrun.events import (
     NodeSkipped,
     NodeStarted,
     NodeSucceeded,
+    RunCancelling,
     RunStarted,
 )
 
@@ -49,11 +50,14 @@ __all__ = [
     "Reporter",
     "RunRecord",
     "SummaryRow",
+    "cancelling_text",
     "failure_text",
     "fmt_ms",
     "fmt_rate",
     "fmt_seconds",
+    "logs_text",
     "progress_text",
+    "retry_text",
 ]
 
 #: a batch's plain progress line comes at each 10% or after this many seconds without one
@@ -138,6 +142,7 @@ class PlainReporter(Reporter):
         self._throttles: dict[str, _Throttle] = {}
         self._dispatch = record.handlers | {
             RunStarted: self._run_started,
+            RunCancelling: self._cancelling,
             NodeStarted: self._started,
             NodeSucceeded: self._succeeded,
             NodeFailed: self._failed,
@@ -181,9 +186,12 @@ class PlainReporter(Reporter):
 
     def _retry(self, e: NodeRetry) -> None:
         self.record.on_retry(e)
-        error = error_line(e.error_type, e.message)
-        detail = f"attempt {e.attempt} failed: {error}; retrying in {fmt_ms(e.delay_s * 1000)}"
-        self._line(e.node, "retry", detail)
+        self._line(e.node, "retry", retry_text(e))
+
+    def _cancelling(self, e: RunCancelling) -> None:
+        self.record.on_cancelling(e)
+        name = self.record.started.blueprint if self.record.started else "run"
+        self._line(name, "cancelling", cancelling_text(e.grace_s, e.running))
 
     def _skipped(self, e: NodeSkipped) -> None:
         self.record.on_skipped(e)
@@ -236,12 +244,47 @@ class PlainReporter(Reporter):
         self.console.out(self.record.final_line(rows), highlight=False)
 
 
+#: lines of a failed node's captured output printed under its traceback (all are stored)
+MAX_LOG_LINES = 40
+
+
 def failure_text(rec: NodeRecord) -> str:
-    """The summary's block for one failure: a header line, then the traceback as given."""
+    """The summary's block for one failure: a header line, the traceback as given, then the
+    tail of what the node printed."""
     head = f"{rec.node} failed (attempt {rec.attempts}): {rec.error}"
     if rec.status == "recovered":
         head += f"; fallback {rec.fallback} stood in"
-    return f"{head}\n{rec.traceback.rstrip()}" if rec.traceback.strip() else head
+    text = f"{head}\n{rec.traceback.rstrip()}" if rec.traceback.strip() else head
+    return text + logs_text(rec.node, rec.logs)
+
+
+def logs_text(node: str, logs: str) -> str:
+    """`--- output of B[3] ---` and the last MAX_LOG_LINES lines of it (empty without output)."""
+    lines = logs.rstrip("\n").splitlines()
+    if not lines:
+        return ""
+    shown = lines[-MAX_LOG_LINES:]
+    more = len(lines) - len(shown)
+    note = f" (last {len(shown)} of {len(lines)} lines: flowrun runs show --logs)" if more else ""
+    return f"\n--- output of {node}{note} ---\n" + "\n".join(shown)
+
+
+def retry_text(e: NodeRetry) -> str:
+    """`attempt 2/4 failed: ValueError: boom; retry in 0.3 s`."""
+    of = f"/{e.attempts}" if e.attempts else ""
+    error = error_line(e.error_type, e.message)
+    return f"attempt {e.attempt}{of} failed: {error}; retry in {fmt_delay(e.delay_s)}"
+
+
+def cancelling_text(grace_s: float, running: int, left: float | None = None) -> str:
+    """`cancelling: waiting up to 3 s for 4 nodes`."""
+    nodes = f"{running} node{'s' * (running != 1)}"
+    wait = f"up to {grace_s:g} s" if left is None else f"{max(left, 0.0):.1f} s more"
+    return f"cancelling: waiting {wait} for {nodes}" if running else "cancelling"
+
+
+def fmt_delay(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else fmt_seconds(seconds)
 
 
 def progress_text(batch: BatchRecord, now: float) -> str:

@@ -30,6 +30,7 @@ from flowrun.events import (
     NodeSkipped,
     NodeStarted,
     NodeSucceeded,
+    RunCancelling,
     RunFinished,
     RunStarted,
 )
@@ -54,6 +55,7 @@ class NodeRecord:
     traceback: str = ""
     fallback: str = ""
     reused: bool = False  # taken from an earlier run (--resume), not run again
+    logs: str = ""  # what the failed attempt printed
 
 
 @dataclass(slots=True)
@@ -102,8 +104,14 @@ class RunRecord:
         self.failures: list[NodeRecord] = []  # in event order: nodes and kept items
         #: failed item -> its batch, so a later NodeRecovered (which names no batch) finds it
         self.failed_items: dict[str, str] = {}
+        #: task node -> (failed attempt, attempts allowed, when the retry is due); the render
+        #: thread reads it via `.copy()`
+        self.retrying: dict[str, tuple[int, int, float]] = {}
+        self.cancelling: tuple[float, int, float] | None = None  # grace, running, since
+        self.any_failed = False  # a node or batch failed for good (recovered or not)
         self.handlers: dict[type[Event], Handler] = {
             RunStarted: self.on_run_started,
+            RunCancelling: self.on_cancelling,
             NodeStarted: self.on_started,
             NodeSucceeded: self.on_succeeded,
             NodeFailed: self.on_failed,
@@ -136,6 +144,9 @@ class RunRecord:
         self.started_at = self.now()  # before `started`: the render thread checks that one
         self.started = e
 
+    def on_cancelling(self, e: RunCancelling) -> None:
+        self.cancelling = (e.grace_s, e.running, self.now())
+
     def on_run_finished(self, e: RunFinished) -> None:
         self.finished, self.finished_at = e, self.now()
 
@@ -144,6 +155,7 @@ class RunRecord:
         if e.batch is None and not is_child(e.node):
             rec = self.node(e.node)
             rec.status, rec.attempts = "running", e.attempt
+            self.retrying.pop(e.node, None)
 
     def on_succeeded(self, e: NodeSucceeded) -> None:
         self.running.pop(e.node, None)
@@ -154,6 +166,8 @@ class RunRecord:
             return
         rec = self.node(e.node)
         rec.status, rec.attempts, rec.reused = "succeeded", e.attempt, e.reused
+        rec.error = ""  # a retried attempt's error is history once the node succeeded
+        self.retrying.pop(e.node, None)
         rec.duration_ms = None if e.reused else e.duration_ms
         self.settled.add(e.node)
 
@@ -161,7 +175,10 @@ class RunRecord:
         self.running.pop(e.node, None)
         rec = NodeRecord(e.node, "failed", e.attempt, e.duration_ms)
         rec.error, rec.traceback = error_line(e.error_type, e.message), e.traceback
+        rec.logs = e.logs
+        self.any_failed = True
         if e.batch is None:
+            self.retrying.pop(e.node, None)
             if not is_child(e.node):
                 self.nodes[e.node] = rec
                 self.settled.add(e.node)
@@ -183,6 +200,8 @@ class RunRecord:
         elif not is_child(e.node):
             rec = self.node(e.node)
             rec.status, rec.attempts = "retrying", e.attempt
+            rec.error = error_line(e.error_type, e.message)
+            self.retrying[e.node] = (e.attempt, e.attempts, self.now() + e.delay_s)
 
     def on_skipped(self, e: NodeSkipped) -> None:
         if is_child(e.node):
@@ -237,12 +256,12 @@ class RunRecord:
                 if batch.failed
                 else f"{batch.done}/{batch.total} items"
             )
-            status = "unfinished" if batch.status == "running" else batch.status
+            status = "pending" if batch.status == "running" else batch.status
             return SummaryRow(node, status, "", fmt_seconds(end - batch.started_at), notes)
         rec = self.nodes.get(node)
         if rec is None:
             return SummaryRow(node, "pending", "", "", "")
-        status = "unfinished" if rec.status in ("running", "retrying") else rec.status
+        status = "pending" if rec.status in ("running", "retrying") else rec.status
         duration = "" if rec.duration_ms is None else fmt_ms(rec.duration_ms)
         notes = f"fallback {rec.fallback}" if rec.fallback else rec.error
         notes = "reused from an earlier run" if rec.reused else notes
@@ -273,7 +292,7 @@ class RunRecord:
                 yield batch.node, batch.omitted
 
 
-_STATUSES = ("succeeded", "failed", "skipped", "recovered", "pending", "unfinished")
+_STATUSES = ("succeeded", "failed", "skipped", "recovered", "pending")
 _ALWAYS = frozenset({"succeeded", "failed", "skipped"})
 
 

@@ -111,6 +111,7 @@ class Driver(Verbs):
                 self.stopping = True
                 deadline = self.clock() + self.opts.cancel_grace
                 self.backend.cancel()  # every running attempt sees ctx.cancelled now
+                self.emit(ev.RunCancelling(time.time(), self.opts.cancel_grace, self.inflight))
             if self.stopping and (not self.inflight or self._past(deadline)):
                 break
             item = self._next(deadline)

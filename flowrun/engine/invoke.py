@@ -10,6 +10,7 @@ that cannot be stored fails its own node with a clear message.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowrun.engine import capture
 from flowrun.node import NodeContext, Result, SharedContext
 
 
@@ -50,6 +52,9 @@ class Outcome:
     message: str = ""
     traceback: str = ""
     updates: dict[str, Any] = field(default_factory=dict)
+    #: False when another attempt cannot help (the call itself was wrong, a FatalError)
+    retryable: bool = True
+    logs: str = ""  # what the attempt wrote to sys.stdout/sys.stderr (the tail, capped)
 
 
 class AttemptTimeout(Exception):
@@ -127,8 +132,10 @@ def _with_timeout(
     running in the background but never holds a pool slot or delays the process exit."""
     box: list[Any] = []
     done = threading.Event()
+    buf = capture.current()
 
     def target() -> None:
+        capture.attach(buf)
         try:
             box.append((True, _call(fn, is_async, args, kwargs)))
         except BaseException as exc:
@@ -157,6 +164,57 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+_signatures: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return _signatures[fn]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable: not cached
+        return _signature_of(fn)
+    sig = _signatures[fn] = _signature_of(fn)
+    return sig
+
+
+def _signature_of(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bad_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Any, exc: TypeError) -> bool:
+    """Did the call itself fail (the arguments do not bind), rather than the function body?"""
+    sig = _signature(fn)
+    if sig is not None:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError:
+            return True
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb is None  # no frame of the function: raised while calling it
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def how_called(call: Call, wants_ctx: bool) -> str:
+    """`called as tasks.f(input, **params) with input=3, params={'x': 1}`."""
+    shape = ["input"] if call.args else []
+    shape += ["**params"] if call.kwargs else []
+    shape += ["ctx=NodeContext"] if wants_ctx else []
+    values = [f"input={_short(call.args[0])}"] if call.args else []
+    values.append(f"params={_short(dict(call.kwargs))}" if call.kwargs else "no params")
+    return f"called as {call.uses}({', '.join(shape)}) with {', '.join(values)}"
+
+
 def _encode(value: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
@@ -180,6 +238,7 @@ def run_attempt(
     """Run `call` once and describe what happened; never raises for the node's own errors."""
     started = time.time()
     t0 = time.perf_counter()
+    capture.begin()
     kwargs: Any = call.kwargs
     ctx = None
     attempt_cancel = None
@@ -203,20 +262,27 @@ def run_attempt(
         if isinstance(value, Result):
             value, action = value.output, value.action
         text = _encode(value)
+        logs = capture.end()
     except Exception as exc:
+        message, retryable = str(exc), True
+        if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
+            message, retryable = f"{exc} ({how_called(call, wants_ctx)})", False
         return Outcome(
             call.node,
             False,
             started,
             (time.perf_counter() - t0) * 1000,
             error_type=type(exc).__name__,
-            message=str(exc),
+            message=message,
             traceback=_user_traceback(exc),
             updates=ctx.updates if ctx is not None else {},
+            retryable=retryable,
+            logs=capture.end(),
         )
     finally:
         if attempt_cancel is not None and attempt_cancel is not cancel.run_cancelled:
             cancel.close(attempt_cancel)
+        capture.attach(None)
     return Outcome(
         call.node,
         True,
@@ -226,4 +292,5 @@ def run_attempt(
         output_json=text,
         action=action,
         updates=ctx.updates if ctx is not None else {},
+        logs=logs,
     )

@@ -4,6 +4,7 @@ the records and their SQL (`records`), and reading runs back (`read`).
 Every public name is importable from here.
 """
 
+from flowrun.store.read import RunDetails, Samples, Span, load_details, read_logs
 from flowrun.store.writer import (
     COMMIT_MAX_RECORDS,
     DB_NAME,
@@ -29,13 +30,18 @@ __all__ = [
     "LOCK_NAME",
     "MAX_BACKLOG",
     "SCHEMA_VERSION",
+    "RunDetails",
     "RunMeta",
     "RunStore",
     "RunSummary",
+    "Samples",
+    "Span",
     "StoredBatch",
     "StoredError",
     "StoredNode",
     "StoredRun",
     "list_runs",
+    "load_details",
     "new_run_id",
+    "read_logs",
 ]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flowrun.errors import StateError
 
-SCHEMA_VERSION = 2  # 2: item_chunks; a version-1 run gets the table when reopened
+SCHEMA_VERSION = 3  # 2: item_chunks; 3: logs, spans, samples. Older runs get them when reopened
 DB_NAME = "state.db"
 LOCK_NAME = "lock"
 
@@ -41,6 +41,18 @@ CREATE TABLE item_chunks (batch TEXT NOT NULL, size INTEGER NOT NULL, indices TE
                           attempts TEXT, durations_us TEXT NOT NULL, actions TEXT,
                           outputs TEXT NOT NULL, ts REAL NOT NULL);
 """
+# 3: what each attempt printed (`logs`), when each task node and batch ran (`spans`), and each
+# batch's items running over time (`samples`: the peak per `step` seconds from `start`, a JSON
+# array of at most a few thousand ints whatever the batch's size).
+_V3_SCHEMA = """
+CREATE TABLE logs (node TEXT NOT NULL, attempt INTEGER NOT NULL, text TEXT NOT NULL,
+                   ts REAL NOT NULL, PRIMARY KEY (node, attempt));
+CREATE TABLE spans (node TEXT PRIMARY KEY, batch TEXT, started REAL NOT NULL, finished REAL,
+                    status TEXT);
+CREATE TABLE samples (batch TEXT PRIMARY KEY, start REAL NOT NULL, step REAL NOT NULL,
+                      peaks TEXT NOT NULL);
+"""
+V3_TABLES = frozenset({"logs", "spans", "samples"})
 
 
 def runs_dir(state_dir: Path) -> Path:
@@ -127,16 +139,17 @@ def prepared(db: Path, lock_fd: int, create: str | None) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             if create is not None:
-                conn.executescript(f"BEGIN; {_SCHEMA} {_CHUNKS_SCHEMA} COMMIT;")
+                conn.executescript(f"BEGIN; {_SCHEMA} {_CHUNKS_SCHEMA} {_V3_SCHEMA} COMMIT;")
                 conn.executemany(
                     "INSERT INTO meta VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("run", create)],
                 )
-            elif version < 2:
-                # A run recorded before chunks existed: its rows read as they always did, and
-                # it is resumed with the new table (which a version-1 flowrun would not read).
+            elif version < SCHEMA_VERSION:
+                # A run recorded by an older flowrun: its rows read as they always did, and it
+                # is resumed with the new tables (which that older flowrun would not read).
+                added = (_CHUNKS_SCHEMA if version < 2 else "") + _V3_SCHEMA
                 conn.executescript(
-                    f"BEGIN; {_CHUNKS_SCHEMA} UPDATE meta SET value = '{SCHEMA_VERSION}'"
+                    f"BEGIN; {added} UPDATE meta SET value = '{SCHEMA_VERSION}'"
                     " WHERE key = 'schema_version'; COMMIT;"
                 )
         return conn
@@ -163,4 +176,6 @@ def check_schema(conn: sqlite3.Connection, db: Path) -> int:
         )
     if version >= 2 and "item_chunks" not in tables:
         raise StateError(f"{db}: the run is damaged (schema version {version}, no item_chunks)")
+    if version >= 3 and not tables >= V3_TABLES:
+        raise StateError(f"{db}: the run is damaged (schema version {version}, no logs/spans)")
     return version

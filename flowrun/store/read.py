@@ -220,3 +220,93 @@ def _read_chunks(conn: sqlite3.Connection, items: dict[str, dict[int, StoredNode
         # items matched with the wrong outputs.
         for index, attempt, us, action, output in zip(*columns, strict=True):
             stored[index] = StoredNode("succeeded", attempt, us / 1000, output, action, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    node: str
+    started: float
+    finished: float | None
+    status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    """A batch's items running over time: the peak in each `step` seconds from `start`."""
+
+    start: float
+    step: float
+    peaks: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetails:
+    """One past run, for ``flowrun runs show``: what ``--resume`` reads, plus how it went."""
+
+    run: StoredRun
+    summary: RunSummary
+    starts: list[tuple[float, str | None, float | None]]  # (started, status, duration_ms)
+    spans: dict[str, Span]
+    samples: dict[str, Samples]
+    logged: dict[str, int]  # node or item -> attempts that printed something
+
+
+def load_details(state_dir: Path, run_id: str) -> RunDetails:
+    """Run `run_id` (or ``latest``) read back whole, read-only; a run recorded before schema
+    version 3 has no spans, samples or logs."""
+    run_dir = resolve_run_dir(state_dir, run_id)
+    db = run_dir / DB_NAME
+    if not db.is_file():
+        raise StateError(f"{run_dir} is not a flowrun run directory (no {DB_NAME})")
+    summary = _summary(run_dir)
+    if summary.status == "corrupt":
+        raise StateError(summary.error or f"cannot read run state {db}")
+    with translated(db):
+        conn = connect(db, mode="ro")
+        try:
+            check_schema(conn, db)
+            meta = read_meta(conn, db)
+            run = _read_run(conn, meta)
+            starts = list(
+                conn.execute("SELECT started, status, duration_ms FROM runs ORDER BY seq")
+            )
+            spans: dict[str, Span] = {}
+            samples: dict[str, Samples] = {}
+            logged: dict[str, int] = {}
+            if _has(conn, "spans"):
+                for node, started, finished, status in conn.execute(
+                    "SELECT node, started, finished, status FROM spans ORDER BY started"
+                ):
+                    spans[node] = Span(node, started, finished, status)
+                for batch, start, step, peaks in conn.execute(
+                    "SELECT batch, start, step, peaks FROM samples"
+                ):
+                    samples[batch] = Samples(start, step, json.loads(peaks))
+                for node, count in conn.execute(
+                    "SELECT node, COUNT(*) FROM logs GROUP BY node ORDER BY MIN(ts)"
+                ):
+                    logged[node] = count
+        finally:
+            conn.close()
+    return RunDetails(run, summary, starts, spans, samples, logged)
+
+
+def read_logs(state_dir: Path, run_id: str, node: str) -> list[tuple[int, str]]:
+    """What `node` (a task node or an item `B[3]`) printed: (attempt, text), first attempt first."""
+    db = resolve_run_dir(state_dir, run_id) / DB_NAME
+    with translated(db):
+        conn = connect(db, mode="ro")
+        try:
+            if not _has(conn, "logs"):
+                return []
+            rows = conn.execute(
+                "SELECT attempt, text FROM logs WHERE node = ? ORDER BY attempt", (node,)
+            )
+            return [(attempt, text) for attempt, text in rows]
+        finally:
+            conn.close()
+
+
+def _has(conn: sqlite3.Connection, table: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    return found is not None

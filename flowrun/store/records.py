@@ -19,6 +19,7 @@ from flowrun.events import (
     Event,
     NodeFailed,
     NodeRecovered,
+    NodeRetry,
     NodeSkipped,
     NodeSucceeded,
     RunFinished,
@@ -28,6 +29,7 @@ from flowrun.events import (
 # The statements number their parameters from ?2, so a record's tuple is the row as it is
 # (sqlite binds ?1, the kind, and never reads it).
 _NODE, _RECOVERED, _BATCH_STARTED, _BATCH_FINISHED, _RUN_STARTED, _RUN_FINISHED, _CHUNK = range(7)
+LOGS, SPAN, SAMPLES = range(7, 10)
 FLUSH, STOP = "flush", "stop"
 _SIZE = 2  # where a chunk record holds its number of items
 SQL = {
@@ -51,6 +53,10 @@ SQL = {
     " ON CONFLICT (seq) DO UPDATE SET status = ?3, duration_ms = ?4",
     _CHUNK: "INSERT INTO item_chunks (batch, size, indices, attempts, durations_us, actions,"
     " outputs, ts) VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    LOGS: "INSERT OR REPLACE INTO logs (node, attempt, text, ts) VALUES (?2, ?3, ?4, ?5)",
+    SPAN: "INSERT OR REPLACE INTO spans (node, batch, started, finished, status)"
+    " VALUES (?2, ?3, ?4, ?5, ?6)",
+    SAMPLES: "INSERT OR REPLACE INTO samples (batch, start, step, peaks) VALUES (?2, ?3, ?4, ?5)",
 }
 
 
@@ -98,6 +104,11 @@ ENCODERS: dict[type[Event], Callable[[Any], tuple[Any, ...] | None]] = {
     RunStarted: lambda e: (_RUN_STARTED, e.ts, e.resumed),
     RunFinished: lambda e: (_RUN_FINISHED, e.ts, e.status, e.duration_ms),
 }
+
+
+def logs_record(e: NodeSucceeded | NodeFailed | NodeRetry) -> tuple[Any, ...]:
+    """What one attempt printed; a retry's attempt keeps its own row."""
+    return (LOGS, e.node, e.attempt, e.logs, e.ts)
 
 
 def chunk_record(batch: str, group: list[NodeSucceeded]) -> tuple[Any, ...]:

@@ -17,7 +17,8 @@ What a ``kill -9`` can lose: per batch, the successes not yet handed over (fewer
 
 This module records; its neighbours in the package hold the rest: ``store.db`` the run
 directory, database file, schema and lock, ``store.records`` the records and their SQL,
-``store.read`` reading runs back. Every public name is importable from ``flowrun.store``.
+``store.timeline`` spans and batch concurrency, ``store.read`` reading runs back. Every public
+name is importable from ``flowrun.store``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from flowrun.errors import StateError
-from flowrun.events import Event, NodeSucceeded
+from flowrun.events import Event, NodeFailed, NodeRetry, NodeStarted, NodeSucceeded
 from flowrun.store.db import (
     DB_NAME,
     LOCK_NAME,
@@ -60,7 +61,8 @@ from flowrun.store.read import (
     read_meta,
     resolve_run_dir,
 )
-from flowrun.store.records import ENCODERS, FLUSH, SQL, STOP, chunk_record, weight
+from flowrun.store.records import ENCODERS, FLUSH, SQL, STOP, chunk_record, logs_record, weight
+from flowrun.store.timeline import Timeline
 
 __all__ = [
     "COMMIT_MAX_RECORDS",
@@ -190,6 +192,7 @@ class RunStore:
         self._put = self._writer.queue.put
         # Each batch's successes not yet handed to the writer, in the order they came.
         self._groups: dict[str, list[NodeSucceeded]] = {}
+        self._timeline = Timeline()
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, lock_fd, self._groups)
 
     @classmethod
@@ -231,12 +234,18 @@ class RunStore:
     def __call__(self, event: Event) -> None:
         """Record `event`. Runs in the caller's thread: an item's success joins its batch's
         group; any other record is a small tuple and one queue.put, after the groups."""
-        # The hot path of a large batch: kept inline, no helper call per item.
-        if type(event) is NodeSucceeded and event.batch is not None and not event.context_updates:
+        # The hot path of a large batch: kept inline, one helper call per item.
+        if (
+            type(event) is NodeSucceeded
+            and event.batch is not None
+            and not event.context_updates
+            and not event.logs
+        ):
             if event.reused:  # replayed from this very store on --resume: already durable
                 return
             if self._closed:
                 raise StateError(f"run store {self.db_path} is closed; cannot record {event.event}")
+            self._timeline.item_ended(event.batch, event.ts)
             group = self._groups.get(event.batch)
             if group is None:
                 group = self._groups[event.batch] = []
@@ -244,14 +253,22 @@ class RunStore:
             if len(group) >= GROUP_MAX:
                 self._hand_over(event.batch)
             return
+        if type(event) is NodeStarted:
+            self._timeline.started(event.node, event.batch, event.ts)
+            return
         encode = ENCODERS.get(type(event))
         record = None if encode is None else encode(event)
-        if record is not None:
+        records = [] if record is None else [record]
+        if isinstance(event, NodeSucceeded | NodeFailed | NodeRetry) and event.logs:
+            records.append(logs_record(event))
+        records += self._timeline.records(event)
+        if records:
             if self._closed:
                 raise StateError(f"run store {self.db_path} is closed; cannot record {event.event}")
             if self._groups:  # commit order is record order: groups first
                 self.idle()
-            self._hand(record, 1)
+            for rec in records:
+                self._hand(rec, 1)
 
     def idle(self) -> None:
         """Hand every group to the writer (the bus calls this when the run is about to wait for
@@ -290,6 +307,8 @@ class RunStore:
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the database, release the lock."""
         if not self._closed:
+            for rec in self._timeline.unfinished(time.time()):
+                self._hand(rec, 1)
             self._closed = True
             self._finalizer()
             self._raise_failure()

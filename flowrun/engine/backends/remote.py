@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun.blueprint.resolve import Target, describe, load_callable, use_search_path
+from flowrun.engine import capture
 from flowrun.engine.invoke import Call, CancelScope, Outcome, run_attempt
 from flowrun.node import SharedContext
 
@@ -102,6 +103,7 @@ def _ensure_path(dirs: tuple[str, ...]) -> None:
         return
     with _lock:
         use_search_path(list(dict.fromkeys([*dirs, os.getcwd()])))
+        capture.install()  # this worker's nodes' prints travel back in their outcomes
         _paths.add(dirs)
 
 

@@ -211,7 +211,8 @@ class NodeKind:
         self.rt.emit(
             ev.NodeSucceeded(
                 time.time(), call.node, call.attempt, out.duration_ms, None, call.index,
-                out.action, out.output, out.output_json, False, out.updates,
+                out.action, out.output, out.output_json, False, out.updates, "succeeded",
+                out.logs,
             )
         )  # fmt: skip
         self.rt.context.set(work.node, out.output)
@@ -221,12 +222,15 @@ class NodeKind:
         """Retry after `config.retryDelay`, else fail for good, or start `config.fallback`."""
         rt, call = self.rt, work.call
         cfg = rt.graph.nodes[work.node].spec.config
-        if call.attempt <= cfg.max_retries and not rt.stopping:
+        retry = call.attempt <= cfg.max_retries and out.retryable
+        if retry and rt.stopping:
+            return  # it would have been retried: it stays pending, as a retry due now would
+        if retry:
             delay = cfg.delay_before(call.attempt + 1)
             rt.emit(
                 ev.NodeRetry(
                     time.time(), call.node, call.attempt, delay, out.error_type, out.message,
-                    out.traceback, group(work), call.index,
+                    out.traceback, group(work), call.index, out.logs, cfg.max_retries + 1,
                 )
             )  # fmt: skip
             again = dataclasses.replace(call, attempt=call.attempt + 1)
@@ -238,7 +242,7 @@ class NodeKind:
             ev.NodeFailed(
                 time.time(), call.node, call.attempt, out.duration_ms, out.error_type,
                 out.message, out.traceback, group(work), call.index, fb is None,
-                None if failed is None else failed.call.node,
+                None if failed is None else failed.call.node, out.logs,
             )
         )  # fmt: skip
         if fb is not None:

@@ -265,7 +265,8 @@ class Batch(NodeKind):
         self.rt.emit(
             ev.NodeSucceeded(
                 time.time(), call.node, call.attempt, out.duration_ms, work.node, call.index,
-                out.action, out.output, out.output_json, False, out.updates,
+                out.action, out.output, out.output_json, False, out.updates, "succeeded",
+                out.logs,
             )
         )  # fmt: skip
         self.rt.sched.item_done(work.node, cast(int, call.index), True, out.output)

@@ -143,7 +143,8 @@ class Loop(NodeKind):
         self.rt.emit(
             ev.NodeSucceeded(
                 time.time(), call.node, call.attempt, out.duration_ms, work.node, call.index,
-                out.action, out.output, out.output_json, False, out.updates,
+                out.action, out.output, out.output_json, False, out.updates, "succeeded",
+                out.logs,
             )
         )  # fmt: skip
         self._count(work.node, 1, 0)

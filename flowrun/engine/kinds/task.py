@@ -60,7 +60,8 @@ class Task(NodeKind):
         rt.emit(
             ev.NodeSucceeded(
                 time.time(), call.node, call.attempt, out.duration_ms, None, call.index,
-                out.action, out.output, out.output_json, False, out.updates,
+                out.action, out.output, out.output_json, False, out.updates, "succeeded",
+                out.logs,
             )
         )  # fmt: skip
         rt.sched.finish(work.node, Status.SUCCEEDED, taken)

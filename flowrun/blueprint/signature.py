@@ -1,0 +1,119 @@
+"""Check, before anything runs, that each node's function can take the call flowrun will make.
+
+The call is SPEC §1's: `fn(input, **params)` with an input, `fn(**params)` without,
+`fn(**inputs_mapping, **params)` with an `inputs` mapping, a batch worker `fn(item,
+**batch.params)`, and `ctx=` when the function declares `ctx`. Binding that shape to
+`inspect.signature(fn)` finds a missing required argument, an unknown keyword (with "did you
+mean"), or a worker that cannot take an item, at `validate` time rather than once per item.
+A function without a signature (some builtins) is not checked.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flowrun.errors import did_you_mean as suggest
+from flowrun.blueprint.resolve import Target
+from flowrun.errors import Problem
+from flowrun.model import Graph, NodeSpec
+
+_INPUT = object()  # stands for the node's input or the batch item
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _shape(spec: NodeSpec, graph: Graph, fallbacks: set[str]) -> tuple[bool | None, list[str]]:
+    """(takes an input? None when it depends on the failed node, keyword names)."""
+    if spec.batch is not None:
+        return True, list(spec.batch.params)
+    names = list(spec.params)
+    if isinstance(spec.inputs, Mapping):
+        return False, [*spec.inputs, *names]
+    if spec.inputs is not None:
+        return True, names
+    if spec.id in fallbacks:
+        return None, names  # it receives the input of whichever node it stands in for
+    return bool(graph.preds.get(spec.id)), names
+
+
+def _described(spec: NodeSpec, has_input: bool | None, names: list[str], ctx: bool) -> str:
+    fn = spec.batch.uses if spec.batch else spec.uses
+    first = ["item"] if spec.batch else ["input"] if has_input else []
+    kw = ["**inputs"] if isinstance(spec.inputs, Mapping) else []
+    kw += ["**params"] if (spec.batch.params if spec.batch else spec.params) else []
+    call = ", ".join([*first, *kw, *(["ctx"] if ctx else [])])
+    return f"flowrun calls it as {fn}({call})"
+
+
+def _problems(
+    spec: NodeSpec, target: Target, graph: Graph, fallbacks: set[str]
+) -> list[tuple[tuple[str | int, ...], str, str]]:
+    sig = _signature(target.fn)
+    if sig is None:
+        return []
+    has_input, names = _shape(spec, graph, fallbacks)
+    params = sig.parameters
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    where = ("batch", "params") if spec.batch else ("params",)
+    what = f"batch '{spec.id}' worker" if spec.batch else f"node '{spec.id}'"
+    label = f"{target.uses}{sig}"
+    how = _described(spec, has_input, names, target.wants_ctx)
+    out: list[tuple[tuple[str | int, ...], str, str]] = []
+    keywords = [n for n in params if params[n].kind is not inspect.Parameter.POSITIONAL_ONLY]
+    for name in names:
+        if name not in params and not var_kw:
+            path = (*where, name) if name not in _mapping(spec) else ("inputs", name)
+            out.append((path, "signature.unknown-argument",
+                        f"{what}: {label} has no parameter '{name}'"
+                        f"{suggest(name, keywords)}; {how}"))  # fmt: skip
+    if out:
+        return out
+    kwargs: dict[str, Any] = dict.fromkeys(names)
+    if target.wants_ctx:
+        kwargs["ctx"] = None
+    trials = [True, False] if has_input is None else [has_input]
+    errors = []
+    for with_input in trials:
+        try:
+            sig.bind(*((_INPUT,) if with_input else ()), **kwargs)
+        except TypeError as exc:
+            errors.append(str(exc))
+        else:
+            return []
+    field = ("batch", "uses") if spec.batch else ("uses",)
+    error = errors[-1]
+    if spec.batch is not None and "too many positional" in error:
+        msg = f"{what}: {label} cannot take an item; {how}: give it a first parameter"
+        return [(field, "signature.no-item", msg)]
+    return [(field, "signature.bad-call", f"{what}: {label} cannot be called so: {error}; {how}")]
+
+
+def _mapping(spec: NodeSpec) -> Mapping[str, str]:
+    return spec.inputs if isinstance(spec.inputs, Mapping) else {}
+
+
+def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
+    """Every node whose function cannot take the call flowrun makes, one problem each."""
+    bp = graph.blueprint
+    fallbacks = set(graph.fallbacks)
+    problems = []
+    for spec in bp.nodes:
+        if spec.loop or spec.subflow or (spec.batch and spec.batch.subflow):
+            continue  # their calls are made by their kind (not checked here yet)
+        uses = spec.batch.uses if spec.batch else spec.uses
+        target = targets.get(uses) if uses else None
+        if target is None:
+            continue
+        for path, code, message in _problems(spec, target, graph, fallbacks):
+            if bp.document is not None:
+                problems.append(bp.document.problem((*spec.path, *path), code, message))
+            else:
+                problems.append(Problem(bp.file, 1, 1, "$", code, message))
+    return problems

@@ -1,0 +1,1 @@
+"""Past runs, read from their store: `show` (text and JSON), `html` (one page), `clean`."""
