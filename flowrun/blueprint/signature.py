@@ -14,9 +14,9 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from flowrun.errors import did_you_mean as suggest
 from flowrun.blueprint.resolve import Target
 from flowrun.errors import Problem
+from flowrun.errors import did_you_mean as suggest
 from flowrun.model import Graph, NodeSpec
 
 _INPUT = object()  # stands for the node's input or the batch item
