@@ -22,6 +22,7 @@ from flowrun.display.record import (
     RunRecord,
     SummaryRow,
     error_line,
+    is_item_child,
     fmt_ms,
     fmt_seconds,
 )
@@ -166,11 +167,13 @@ class PlainReporter(Reporter):
 
     def _started(self, e: NodeStarted) -> None:
         self.record.on_started(e)
-        if e.batch is None:
+        if e.batch is None and not is_item_child(e.node):
             self._line(e.node, "started", f"attempt {e.attempt}" if e.attempt > 1 else "")
 
     def _succeeded(self, e: NodeSucceeded) -> None:
         self.record.on_succeeded(e)
+        if is_item_child(e.node):
+            return  # a batch item's subflow: the batch's progress lines count it
         if e.batch is None:
             took = "reused from an earlier run" if e.reused else fmt_ms(e.duration_ms)
             self._line(e.node, "succeeded", took)
@@ -195,7 +198,8 @@ class PlainReporter(Reporter):
 
     def _skipped(self, e: NodeSkipped) -> None:
         self.record.on_skipped(e)
-        self._line(e.node, "skipped")
+        if not is_item_child(e.node):
+            self._line(e.node, "skipped")
 
     def _recovered(self, e: NodeRecovered) -> None:
         self.record.on_recovered(e)

@@ -299,6 +299,14 @@ _ALWAYS = frozenset({"succeeded", "failed", "skipped"})
 _CHILD = re.compile(r"[A-Za-z0-9_.-]+(\[\d+\])?/")
 
 
+_ITEM_CHILD = re.compile(r"[A-Za-z0-9_.-]+\[\d+\]/")
+
+
+def is_item_child(node: str) -> bool:
+    """Is `node` inside the subflow of a batch item (`batch[3]/child`)?"""
+    return "]/" in node and _ITEM_CHILD.match(node) is not None
+
+
 def is_child(node: str) -> bool:
     """Is `node` a node of a subflow's child run (`parent/child`, `batch[3]/child`)?"""
     return "/" in node and _CHILD.match(node) is not None
