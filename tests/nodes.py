@@ -165,3 +165,11 @@ def stop_if(x: Any = None, *, stop_file: str, ctx: NodeContext) -> Any:
     if os.path.exists(stop_file):
         raise RuntimeError("stopped")
     return x
+
+
+def fail_first(x: Any = None, *, ctx: NodeContext) -> Any:
+    """Fail the first call made under this node id in this process, then pass the input on."""
+    _count(ctx.node_id)
+    if calls[ctx.node_id] == 1:
+        raise ConnectionError("first call fails")
+    return x

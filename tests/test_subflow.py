@@ -171,3 +171,40 @@ def test_executors_give_the_same_result_for_subflows(files: Path) -> None:
         for node in doc["nodes"].values():
             node.pop("durationMs", None)
     assert docs[0] == docs[1]
+
+
+def _one_node_child(tmp_path: Path, uses: str) -> None:
+    (tmp_path / "child.yaml").write_text(
+        f"context: {{input: null}}\nnodes:\n  - id: step\n    uses: {uses}\n    inputs: input\n"
+    )
+
+
+def test_config_retries_the_subflow_as_a_whole(tmp_path: Path) -> None:
+    _one_node_child(tmp_path, "tests.nodes.fail_first")
+    (tmp_path / "p.yaml").write_text(
+        "nodes:\n  - id: start\n    uses: tests.nodes.numbers\n  - id: sub\n"
+        "    subflow: {blueprint: child.yaml}\n    config: {maxRetries: 1}\n"
+        "edges:\n  - {source: start, target: sub}\n"
+    )
+    nodes.reset()
+    seen: list[object] = []
+    report = api.run(tmp_path / "p.yaml", state_dir=tmp_path / "state", sinks=[seen.append])
+    assert report.status == "completed"
+    assert report.context["sub"] == [10, 20, 30]
+    assert report.nodes["sub"].attempts == 2
+    assert nodes.calls == {"sub/step": 2}
+    assert [type(e).__name__ for e in seen].count("NodeRetry") == 1
+
+
+def test_a_fallback_stands_in_for_a_failed_subflow(tmp_path: Path) -> None:
+    _one_node_child(tmp_path, "tests.nodes.always_fails")
+    (tmp_path / "p.yaml").write_text(
+        "nodes:\n  - id: start\n    uses: tests.nodes.numbers\n  - id: sub\n"
+        "    subflow: {blueprint: child.yaml}\n    config: {fallback: plan-b}\n"
+        "  - id: plan-b\n    uses: tests.nodes.standin\n"
+        "edges:\n  - {source: start, target: sub}\n"
+    )
+    report = api.run(tmp_path / "p.yaml", state_dir=tmp_path / "state")
+    assert report.status == "completed"
+    assert report.nodes["sub"].status == "recovered"
+    assert report.context["sub"] == {"from": "fallback", "input": [10, 20, 30]}

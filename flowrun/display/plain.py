@@ -22,9 +22,9 @@ from flowrun.display.record import (
     RunRecord,
     SummaryRow,
     error_line,
-    is_item_child,
     fmt_ms,
     fmt_seconds,
+    is_item_child,
 )
 from flowrun.events import (
     BatchFinished,

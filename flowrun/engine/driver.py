@@ -77,7 +77,7 @@ class Driver(Verbs):
         self.done_q: queue.SimpleQueue[Done | None] = queue.SimpleQueue()
         self.inflight = 0
         self.queued: deque[Work] = deque()
-        self.timers: list[tuple[float, int, Work]] = []
+        self.timers: list[tuple[float, int, Work | Callable[[], None]]] = []
         self._seq = itertools.count()
         self.stopping = self.failed = False
         self.prefix = ""  # what a run's ids start with (a subflow's child runs add theirs)
@@ -142,9 +142,13 @@ class Driver(Verbs):
     def _fire_timers(self) -> None:
         now = self.clock()
         while self.timers and self.timers[0][0] <= now:
-            work = heapq.heappop(self.timers)[2]
-            if not self.stopping:  # a retry due while stopping never starts: it stays pending
-                self.queued.append(work)
+            due = heapq.heappop(self.timers)[2]
+            if self.stopping:  # a retry due while stopping never starts: it stays pending
+                continue
+            if isinstance(due, Work):
+                self.queued.append(due)
+            else:
+                due()
 
     def _schedule(self) -> None:
         if self.stopping:
@@ -187,6 +191,9 @@ class Driver(Verbs):
 
     def retry_later(self, work: Work, delay: float) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), work))
+
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), fn))
 
     def run_failed(self) -> None:
         self.failed = True

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -105,6 +105,10 @@ class Runtime(Protocol):
 
     def retry_later(self, work: Work, delay: float) -> None:
         """Queue `work` (the next attempt) after `delay` seconds, unless the run is stopping."""
+        ...
+
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Call `fn` on the driver's thread after `delay` seconds, unless the run is stopping."""
         ...
 
     def run_failed(self) -> None:

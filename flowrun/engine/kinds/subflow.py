@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Outcome
+from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Verbs, Work
 from flowrun.engine.kinds.task import Task, reuse
 from flowrun.engine.routing import InputError, Router, resolve_source
@@ -57,6 +57,7 @@ class Subflow(NodeKind):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self.children: dict[str, ChildRun] = {}
+        self.calls: dict[str, Work] = {}  # node -> its input, as a call that a fallback takes
 
     def start(self, node: GraphNode) -> None:
         rt = self.rt
@@ -75,8 +76,18 @@ class Subflow(NodeKind):
         context = dict(graph.blueprint.context)
         context["input"] = args[0] if args else (kwargs or None)
         context.update(values)
-        rt.emit(ev.NodeStarted(time.time(), node.id, 1))
-        self.children[node.id] = ChildRun(rt, node.id, graph, context)
+        call = Call(node.id, "", args, kwargs, 1, None, node.spec.config.timeout)
+        self.calls[node.id] = Work(call, node.id, self, input_kwargs=kwargs)
+        self._launch(node, context, 1)
+
+    def _launch(self, node: GraphNode, context: dict[str, Any], attempt: int) -> None:
+        """Start attempt `attempt` of the child run (a retry runs the whole child again)."""
+        self.calls[node.id].call.attempt = attempt
+        self.rt.emit(ev.NodeStarted(time.time(), node.id, attempt))
+        graph = self.rt.graph.children[node.id]
+        child = ChildRun(self.rt, node.id, graph, dict(context), fails_run=False)
+        child.start_context = context
+        self.children[node.id] = child
 
     def fill(self) -> None:
         for name, child in list(self.children.items()):
@@ -88,26 +99,47 @@ class Subflow(NodeKind):
     def _settle(self, node: GraphNode, child: ChildRun) -> None:
         rt = self.rt
         ms = (time.monotonic() - child.t0) * 1000
+        work = self.calls[node.id]
+        attempt = work.call.attempt
         if child.failed:
             message = f"subflow '{node.id}' ({_spec(node.spec).blueprint}) failed"
             message += f": {child.first_error}" if child.first_error else ""
-            rt.emit(ev.NodeFailed(time.time(), node.id, 1, ms, "SubflowError", message, ""))
-            rt.run_failed()
-            rt.sched.finish(node.id, Status.FAILED)
+            out = Outcome(node.id, False, time.time(), ms, error_type="SubflowError",
+                          message=message)  # fmt: skip
+            cfg = node.spec.config
+            if attempt <= cfg.max_retries and not rt.stopping:
+                delay = cfg.delay_before(attempt + 1)
+                rt.emit(ev.NodeRetry(time.time(), node.id, attempt, delay, "SubflowError", message,
+                                     "", None, None, "", cfg.max_retries + 1))  # fmt: skip
+                context = child.start_context
+                rt.later(delay, lambda: self._launch(node, context, attempt + 1))
+                return
+            self.attempt_failed(work, out)  # the shared policy: fallback, else fail for good
             return
+        del self.calls[node.id]
         output = child.output(_spec(node.spec))
-        taken = rt.taken_or_fail(node.id, output, None, 1)
+        taken = rt.taken_or_fail(node.id, output, None, attempt)
         if taken is None:
             return
         text = json.dumps(output, allow_nan=False, separators=(",", ":"))
-        rt.emit(ev.NodeSucceeded(time.time(), node.id, 1, ms, None, None, None, output, text))
+        rt.emit(ev.NodeSucceeded(time.time(), node.id, attempt, ms, None, None, None, output, text))
         rt.sched.finish(node.id, Status.SUCCEEDED, taken)
 
     def succeeded(self, work: Work, out: Outcome) -> None:  # a subflow node makes no calls
         raise AssertionError(work.call.node)
 
     def failed(self, work: Work, out: Outcome) -> None:
-        raise AssertionError(work.call.node)
+        """The child run failed for good (its retries used; the fallback, if any, failed)."""
+        self.calls.pop(work.node, None)
+        self.rt.run_failed()
+        self.rt.sched.finish(work.node, Status.FAILED)
+
+    def recovered(self, work: Work, out: Outcome, fallback: str) -> None:
+        self.calls.pop(work.node, None)
+        taken = self.rt.taken_or_fail(work.node, out.output, out.action, work.call.attempt)
+        if taken is not None:
+            self.rt.emit(ev.NodeRecovered(time.time(), work.node, fallback, out.output))
+            self.rt.sched.finish(work.node, Status.RECOVERED, taken)
 
 
 class ChildRun(Verbs):
@@ -134,6 +166,7 @@ class ChildRun(Verbs):
         self.concurrency, self.dispatch_ms = parent.concurrency, parent.dispatch_ms
         self.entries = entries_of(graph)
         self.failed, self.first_error, self.fails_run = False, "", fails_run
+        self.start_context: dict[str, Any] = context
         self.t0 = time.monotonic()
         self._kinds = {name: k(self) for name, k in BY_NAME.items()}
 
@@ -183,6 +216,9 @@ class ChildRun(Verbs):
 
     def retry_later(self, work: Work, delay: float) -> None:
         self.parent.retry_later(work, delay)
+
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.parent.later(delay, fn)
 
     def run_failed(self) -> None:
         self.failed = True
