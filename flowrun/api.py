@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions; they are also the Python API
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -175,6 +176,7 @@ class Run:
         self.path = str(path)
         self.prepared = prepare(path)
         self.cancelled = options.cancelled or threading.Event()
+        self._driver: Any = None
         self.stored: StoredRun | None = None
         state_dir = Path(options.state_dir)
         if options.resume is not None:
@@ -194,11 +196,10 @@ class Run:
                  "failFast": options.fail_fast},
                 time.time(),
             )  # fmt: skip
-            self.store = store.RunStore.create(state_dir, meta)
+            self.store = store.RunStore.create(state_dir, meta, on_failure=self._store_failed)
             ctx = dict(ctx)
         self.run_id: str = self.store.run_id
         self.context = SharedContext(ctx)
-        self._driver: Any = None
 
     def _reopen(self, state_dir: Path, run_id: str) -> Any:
         from flowrun import store
@@ -209,7 +210,9 @@ class Run:
                 "(or start a new run)"
             )
         bp_id = self.prepared.graph.blueprint.id
-        opened = store.RunStore.open(state_dir, run_id, blueprint_id=bp_id)
+        opened = store.RunStore.open(
+            state_dir, run_id, blueprint_id=bp_id, on_failure=self._store_failed
+        )
         try:
             self.stored = opened.load()
             meta = self.stored.meta
@@ -233,6 +236,11 @@ class Run:
         self.cancelled.set()
         if self._driver is not None:
             self._driver.wake()
+
+    def _store_failed(self, exc: Exception) -> None:
+        """The store cannot record any more (a full disk...): stop starting work, as a cancel
+        does, since whatever ran from now on would be lost to `--resume`."""
+        self.cancel()
 
     def _resume_state(self) -> Any:
         from flowrun.engine.driver import Stored
@@ -284,10 +292,27 @@ class Run:
             idle=bus.idle,
         )
         try:
-            return self._driver.run()  # type: ignore[no-any-return]
-        finally:
+            report: RunReport = self._driver.run()
+        except BaseException:
             backend.close(cancel=self.cancelled.is_set())
             self.store.close()
+            raise
+        backend.close(cancel=self.cancelled.is_set())
+        with contextlib.suppress(StateError):
+            self.store.close()  # a failure is the store's `failure`, reported below
+        return _unrecorded(report, self.store.failure, self.path, self.run_id)
+
+
+def _unrecorded(report: RunReport, failure: StateError | None, path: str, run_id: str) -> RunReport:
+    """A run whose state could not be recorded is `failed` (exit 1), whatever its nodes did,
+    with the cause as a run-level error (`node` empty): what ran after the failure is lost to
+    `--resume`, which re-runs it once the cause (the full disk) is dealt with."""
+    if failure is None:
+        return report
+    report.status = "failed"
+    message = f"{failure}; the run stopped; free space, then: flowrun run {path} --resume {run_id}"
+    report.errors.append({"node": "", "type": "StateError", "message": message})
+    return report
 
 
 def run(path: str | os.PathLike[str], **kwargs: Any) -> RunReport:

@@ -259,7 +259,9 @@ def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
     display (so it printed nothing for them) get one line each."""
     seen = {rec.node for rec in record.failures} | set(record.failed_items)
     for e in errors:
-        if e["node"] not in seen:
+        if not e["node"]:  # the run's own error (its state could not be recorded)
+            print(f"flowrun: {e['type']}: {e['message']}", file=sys.stderr)
+        elif e["node"] not in seen:
             print(f"flowrun: {e['node']} failed: {e['type']}: {e['message']}", file=sys.stderr)
 
 

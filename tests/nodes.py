@@ -110,3 +110,21 @@ def unstorable(x: Any = None) -> object:
 def counted(item: Any) -> Any:
     _count(f"item-{item}")
     return item
+
+
+def paced(item: Any, delay: float = 0.002) -> Any:
+    """Count the call and take a little time, so a run can be stopped part way."""
+    _count(f"item-{item}")
+    time.sleep(delay)
+    return item
+
+
+def padded(item: Any, size: int = 20_000) -> str:
+    """An output big enough to fill a small disk quickly."""
+    _count(f"item-{item}")
+    time.sleep(0.002)
+    return f"{item}:" + "x" * size
+
+
+def bad_action(x: Any = None) -> Result:
+    return Result(1, action=["a"])  # type: ignore[arg-type]

@@ -7,9 +7,18 @@ Each test drives the CLI as a user would and asserts what comes back: the exit c
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from flowrun.store import writer
+from tests import nodes
 from tests.test_cli import cli, write
 
 # Deeper than the recursion limit (1,000); tests/test_scheduler.py drives 10,000 by hand,
@@ -53,3 +62,149 @@ def test_a_long_chain_whose_first_edge_is_not_taken_is_skipped(tmp_path: Path) -
     again = cli("run", path, "--json", "--no-progress", "--state-dir", state, "--resume", "latest")
     assert again.code == 0, again
     assert again.json()["nodes"][f"n{CHAIN - 1}"]["status"] == "skipped"
+
+
+# -- a store that cannot write ----------------------------------------------------------------
+
+PACED = """\
+id: paced
+nodes:
+  - {id: start, uses: tests.nodes.numbers, params: {n: 400}}
+  - id: work
+    batch: {uses: tests.nodes.paced, inputKey: start}
+edges:
+  - {source: start, target: work_scatter}
+"""
+
+
+class FullDisk:
+    """A run's connection whose writes of finished work fail after `budget` of them, as on a
+    disk that just filled up (the error sqlite3 raises then)."""
+
+    def __init__(self, conn: sqlite3.Connection, budget: int) -> None:
+        self._conn = conn
+        self._budget = budget
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        return self._conn.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        if "item_chunks" in sql or "INTO nodes" in sql:
+            self._budget -= 1
+            if self._budget < 0:
+                raise sqlite3.OperationalError("database or disk is full")
+        return self._conn.executemany(sql, rows)
+
+    def rollback(self) -> None:
+        self._conn.rollback()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def item_calls() -> Counter[str]:
+    return Counter({k: v for k, v in nodes.calls.items() if k.startswith("item-")})
+
+
+def test_a_store_that_cannot_write_stops_the_run_and_it_resumes_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "paced.yaml", PACED)
+    state = tmp_path / "state"
+    real = writer.prepared
+    monkeypatch.setattr(writer, "prepared", lambda *a, **kw: FullDisk(real(*a, **kw), 2))
+    nodes.reset()
+    out = cli("run", path, "-c", "2", "--json", "--no-progress", "--state-dir", state)
+    assert out.code == 1, out
+    doc = out.json()
+    assert doc["status"] == "failed"
+    [error] = [e for e in doc["errors"] if e["type"] == "StateError"]
+    assert error["node"] == ""
+    assert "database or disk is full" in error["message"]
+    assert "--resume" in error["message"]
+    assert "database or disk is full" in out.stderr
+    first = item_calls()
+    assert sum(first.values()) < 100  # stopped promptly: no new work after the failure
+    monkeypatch.setattr(writer, "prepared", real)  # space is back
+    nodes.reset()
+    again = cli("run", path, "--json", "--no-progress", "--state-dir", state, "--resume", "latest")
+    assert again.code == 0, again
+    assert again.json()["context"]["work"] == [10 * (i + 1) for i in range(400)]
+    rerun = item_calls()
+    assert set(first) | set(rerun) == {f"item-{10 * (i + 1)}" for i in range(400)}
+    assert set(first) - set(rerun)  # what was committed before the failure is not run again
+
+
+def test_a_result_action_that_is_not_a_string_fails_its_node(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "action.yaml",
+        "id: action\nnodes:\n  - {id: a, uses: tests.nodes.bad_action}\n"
+        "  - {id: b, uses: tests.nodes.ident}\nedges:\n  - {source: a, target: b, action: a}\n",
+    )
+    out = cli("run", path, "--json", "--no-progress", "--state-dir", tmp_path / "s")
+    assert out.code == 1, out
+    [error] = out.json()["errors"]
+    assert error["node"] == "a" and error["type"] == "TypeError"
+    assert "action must be a string or None, not list" in error["message"]
+    again = cli("run", path, "--json", "--no-progress", "--state-dir", tmp_path / "s",
+                "--resume", "latest")  # fmt: skip
+    assert again.code == 1, again  # the failure was recorded: the run resumes
+
+
+PADDED = """\
+id: padded
+nodes:
+  - {id: start, uses: tests.nodes.numbers, params: {n: 300}}
+  - id: work
+    batch: {uses: tests.nodes.padded, inputKey: start}
+edges:
+  - {source: start, target: work_scatter}
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], None]]:
+    """A state directory on a disk that fills up part way through a run; calling the fixture's
+    value gives the space back. A real 1 MiB tmpfs when the tests run as root (and may mount),
+    else the fake error of `FullDisk` at the store's seam."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mounted = os.geteuid() == 0 and _mount(mnt, "size=1m")
+    if not mounted:
+        real = writer.prepared
+        monkeypatch.setattr(writer, "prepared", lambda *a, **kw: FullDisk(real(*a, **kw), 20))
+    try:
+        yield (
+            (lambda: _mount(mnt, "remount,size=64m"))
+            if mounted
+            else (lambda: monkeypatch.setattr(writer, "prepared", real))
+        )
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _mount(mnt: Path, options: str) -> bool:
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+                          capture_output=True, check=False)  # fmt: skip
+    return done.returncode == 0
+
+
+def test_a_full_disk_stops_the_run_with_its_document(
+    tmp_path: Path, small_disk: Callable[[], None]
+) -> None:
+    path = write(tmp_path, "padded.yaml", PADDED)
+    state = tmp_path / "disk" / "state"
+    nodes.reset()
+    out = cli("run", path, "-c", "2", "--json", "--no-progress", "--state-dir", state)
+    assert out.code == 1, out
+    doc = out.json()
+    assert doc["status"] == "failed"
+    assert [e["type"] for e in doc["errors"]] == ["StateError"]
+    assert "full" in doc["errors"][0]["message"]
+    assert sum(item_calls().values()) < 300
+    small_disk()
+    again = cli("run", path, "--json", "--no-progress", "--state-dir", state, "--resume", "latest")
+    assert again.code == 0, again
+    assert len(again.json()["context"]["work"]) == 300

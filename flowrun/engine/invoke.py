@@ -196,6 +196,11 @@ def run_attempt(
         action = None
         if isinstance(value, Result):
             value, action = value.output, value.action
+            if action is not None and type(action) is not str:
+                raise TypeError(
+                    f"Result action must be a string or None, not {type(action).__name__} "
+                    f"({action!r:.80}); it names the edges to take"
+                )
         text = _encode(value)
     except Exception as exc:
         return Outcome(
