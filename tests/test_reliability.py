@@ -208,3 +208,27 @@ def test_a_full_disk_stops_the_run_with_its_document(
     again = cli("run", path, "--json", "--no-progress", "--state-dir", state, "--resume", "latest")
     assert again.code == 0, again
     assert len(again.json()["context"]["work"]) == 300
+
+
+# -- a scalar alias bomb ------------------------------------------------------------------------
+
+
+def test_one_big_string_aliased_many_times_is_refused_at_load(tmp_path: Path) -> None:
+    big = "x" * 1_000_000
+    copies = ", ".join(["*big"] * 2_500)
+    path = write(
+        tmp_path,
+        "bomb.yaml",
+        f"id: bomb\ncontext:\n  big: &big {big}\n  copies: [{copies}]\n"
+        "nodes:\n  - {id: a, uses: tests.nodes.ident}\n",
+    )
+    for args in (["validate"], ["run", "--state-dir", str(tmp_path / "s")]):
+        out = cli(*args, path)
+        assert out.code == 2, out
+        [problem] = out.problems()
+        assert problem["code"] == "too-much-text"
+        assert (problem["line"], problem["path"]) == (
+            "3",
+            "$.context.copies[66]",
+        )  # the anchor, reached again
+    assert not (tmp_path / "s").exists()  # refused before any run was created
