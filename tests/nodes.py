@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -128,3 +129,20 @@ def padded(item: Any, size: int = 20_000) -> str:
 
 def bad_action(x: Any = None) -> Result:
     return Result(1, action=["a"])  # type: ignore[arg-type]
+
+
+class Escape(BaseException):
+    """A BaseException that is neither SystemExit nor KeyboardInterrupt."""
+
+
+def escape_on(item: int, bad: int, how: str) -> int:
+    """Leave the call the hard way on one item: raise a BaseException, or end the process."""
+    if item == bad:
+        if how == "exit":
+            raise SystemExit(7)
+        if how == "interrupt":
+            raise KeyboardInterrupt
+        if how == "escape":
+            raise Escape("out")
+        os._exit(3)
+    return item

@@ -232,3 +232,43 @@ def test_one_big_string_aliased_many_times_is_refused_at_load(tmp_path: Path) ->
             "$.context.copies[66]",
         )  # the anchor, reached again
     assert not (tmp_path / "s").exists()  # refused before any run was created
+
+
+# -- one item leaving the hard way --------------------------------------------------------------
+
+
+def escaping(tmp_path: Path, n: int, how: str) -> Path:
+    """A batch of `n` items whose item `n // 2` leaves `how`; one failure is allowed."""
+    return write(
+        tmp_path,
+        "escape.yaml",
+        f"id: escape\nnodes:\n  - {{id: start, uses: tests.nodes.numbers, params: {{n: {n}}}}}\n"
+        f"  - id: work\n    batch:\n      uses: tests.nodes.escape_on\n      inputKey: start\n"
+        f"      params: {{bad: {10 * (n // 2 + 1)}, how: {how}}}\n      maxFailures: 1\n"
+        f"edges:\n  - {{source: start, target: work_scatter}}\n",
+    )
+
+
+@pytest.mark.parametrize("how", ["exit", "interrupt", "escape"])
+def test_one_item_raising_a_base_exception_fails_alone(how: str, tmp_path: Path) -> None:
+    path = escaping(tmp_path, 1000, how)
+    out = cli("run", path, "--json", "--no-progress", "--state-dir", tmp_path / "s", traceback=True)
+    assert 'tests/nodes.py", line' in out.stderr and "flowrun/" not in out.stderr
+    assert out.code == 0, out
+    doc = out.json()
+    assert doc["nodes"]["work"]["items"] == {"total": 1000, "succeeded": 999, "failed": 1}
+    [error] = doc["errors"]
+    assert error["node"] == "work[500]"
+    assert error["type"] == {"exit": "SystemExit", "interrupt": "KeyboardInterrupt",
+                             "escape": "Escape"}[how]  # fmt: skip
+
+
+def test_one_item_killing_its_worker_process_fails_alone(tmp_path: Path) -> None:
+    path = escaping(tmp_path, 400, "kill")
+    out = cli("run", path, "--json", "--no-progress", "--state-dir", tmp_path / "s",
+              "--executor", "process", "-c", "2")  # fmt: skip
+    assert out.code == 0, out
+    doc = out.json()
+    assert doc["nodes"]["work"]["items"] == {"total": 400, "succeeded": 399, "failed": 1}
+    assert [(e["node"], e["type"]) for e in doc["errors"]] == [("work[200]", "BrokenProcessPool")]
+    assert doc["context"]["work"][199:202] == [2000, None, 2020]

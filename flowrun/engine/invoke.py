@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 import traceback
@@ -57,6 +58,8 @@ class AttemptTimeout(Exception):
 
 
 _local = threading.local()
+# flowrun's own frames (this module, a backend) are cut from a node's traceback.
+_FLOWRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class AttemptCancel:
@@ -144,7 +147,7 @@ def _with_timeout(
 def _user_traceback(exc: BaseException) -> str:
     """The traceback from the node function's frame on: flowrun's own frames are noise."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_FLOWRUN_DIR):
         tb = tb.tb_next
     if tb is None:  # raised by flowrun itself (a bad call, an output that is not JSON)
         return "".join(traceback.format_exception_only(exc))
@@ -159,6 +162,21 @@ def _encode(value: Any) -> str:
             f"output of type {type(value).__name__} cannot be stored as JSON ({exc}); "
             "return plain data (dict, list, str, int, float, bool, None)"
         ) from exc
+
+
+def crashed(call: Call, exc: BaseException) -> Outcome:
+    """The failed outcome of a call that did not come back with one of its own: it raised a
+    `BaseException` that is not an `Exception` (`SystemExit`, `KeyboardInterrupt`...), or its
+    worker process died. Only that call fails; the others of its chunk carry on."""
+    return Outcome(
+        call.node,
+        False,
+        time.time(),
+        0.0,
+        error_type=type(exc).__name__,
+        message=str(exc),
+        traceback=_user_traceback(exc) if exc.__traceback__ is not None else "",
+    )
 
 
 def run_attempt(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun.blueprint.resolve import Target, describe, load_callable, use_search_path
-from flowrun.engine.invoke import Call, Outcome, run_attempt
+from flowrun.engine.invoke import Call, Outcome, crashed, run_attempt
 from flowrun.node import SharedContext
 
 
@@ -117,15 +117,18 @@ def _run_call(call: Call, run_id: str, context: SharedContext) -> Outcome:
         target = _target(call.uses)
     except Exception as exc:  # not importable here: the node fails, the worker carries on
         return _unresolved(call, exc)
-    return run_attempt(
-        call,
-        target.fn,
-        wants_ctx=target.wants_ctx,
-        is_async=target.is_async,
-        run_id=run_id,
-        context=context,
-        cancelled=_never_cancelled,
-    )
+    try:
+        return run_attempt(
+            call,
+            target.fn,
+            wants_ctx=target.wants_ctx,
+            is_async=target.is_async,
+            run_id=run_id,
+            context=context,
+            cancelled=_never_cancelled,
+        )
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node: only it fails
+        return crashed(call, exc)
 
 
 def _unresolved(call: Call, exc: Exception) -> Outcome:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from flowrun.blueprint.resolve import Target
-from flowrun.engine.invoke import AttemptCancel, Call, Outcome, run_attempt
+from flowrun.engine.invoke import AttemptCancel, Call, Outcome, crashed, run_attempt
 from flowrun.node import SharedContext
 
 
@@ -39,8 +39,8 @@ class ThreadBackend:
             if out and self._cancelled.is_set():
                 break  # the driver treats the calls not run as never started
             t = self._targets[call.uses]
-            out.append(
-                run_attempt(
+            try:
+                outcome = run_attempt(
                     call,
                     t.fn,
                     wants_ctx=t.wants_ctx,
@@ -49,7 +49,9 @@ class ThreadBackend:
                     context=self._context,
                     cancelled=self._cancelled,
                 )
-            )
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node itself
+                outcome = crashed(call, exc)
+            out.append(outcome)
         return out
 
     def close(self, *, cancel: bool = False) -> None:
