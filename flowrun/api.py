@@ -275,6 +275,11 @@ class Run:
                 cancelled=self.cancelled,
                 dirs=self.prepared.dirs,
                 address=opts.address,
+                retry_on={
+                    spec.id: spec.config.retry_on
+                    for spec in self.prepared.graph.blueprint.nodes
+                    if spec.config.retry_on is not None
+                },
             )
         except BaseException:
             self.store.close()

@@ -58,6 +58,7 @@ class Config:
     timeout: float | None = None
     fallback: str | None = None
     join: str = "all"  # "all" | "any"
+    retry_on: tuple[str, ...] | None = None  # exception class names; None: every failure
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (2 is the first retry)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import random
 import threading
@@ -146,3 +147,16 @@ def escape_on(item: int, bad: int, how: str) -> int:
             raise Escape("out")
         os._exit(3)
     return item
+
+
+class QuotaError(Exception):
+    """A failure class of this module, for `config.retryOn`."""
+
+
+def fails_with(x: Any = None, *, error: str, ctx: NodeContext) -> None:
+    """Raise `error` (a builtin name, QuotaError or FatalError), counting the attempts."""
+    from flowrun import FatalError
+
+    _count(ctx.node_id)
+    kinds: dict[str, type[Exception]] = {"QuotaError": QuotaError, "FatalError": FatalError}
+    raise kinds.get(error) or getattr(builtins, error)("no")

@@ -272,3 +272,63 @@ def test_one_item_killing_its_worker_process_fails_alone(tmp_path: Path) -> None
     assert doc["nodes"]["work"]["items"] == {"total": 400, "succeeded": 399, "failed": 1}
     assert [(e["node"], e["type"]) for e in doc["errors"]] == [("work[200]", "BrokenProcessPool")]
     assert doc["context"]["work"][199:202] == [2000, None, 2020]
+
+
+# -- failures that must not be retried -----------------------------------------------------------
+
+
+def retrying(tmp_path: Path, error: str, retry_on: str | None) -> Path:
+    config = "{maxRetries: 3" + (f", retryOn: {retry_on}" if retry_on else "") + "}"
+    return write(
+        tmp_path,
+        "retry.yaml",
+        "id: retry\nnodes:\n  - id: call\n    uses: tests.nodes.fails_with\n"
+        f"    params: {{error: {error}}}\n    config: {config}\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "retry_on", "attempts"),
+    [
+        ("FatalError", None, 1),  # never retried
+        ("FatalError", "[Exception]", 1),
+        ("ValueError", None, 4),  # without retryOn every failure is retried
+        ("ConnectionError", "[ConnectionError, TimeoutError]", 4),
+        ("ConnectionRefusedError", "[ConnectionError]", 4),  # a subclass, as `except` matches
+        ("ValueError", "[ConnectionError, TimeoutError]", 1),
+        ("QuotaError", "[QuotaError]", 4),  # a class of the node's module
+        ("QuotaError", "[tests.nodes.QuotaError]", 4),
+    ],
+)
+def test_retry_on_and_fatal_errors_decide_what_is_retried(
+    error: str, retry_on: str | None, attempts: int, tmp_path: Path
+) -> None:
+    path = retrying(tmp_path, error, retry_on)
+    assert cli("validate", path).code == 0
+    nodes.reset()
+    out = cli("run", path, "--json", "--no-progress", "--state-dir", tmp_path / "s",
+              traceback=True)  # fmt: skip
+    assert out.code == 1, out
+    assert out.json()["nodes"]["call"]["attempts"] == attempts
+    assert nodes.calls["call"] == attempts
+    assert out.json()["errors"][0]["type"] == error
+
+
+def test_retry_on_works_on_the_process_executor(tmp_path: Path) -> None:
+    path = retrying(tmp_path, "ValueError", "[ConnectionError]")
+    out = cli("run", path, "--json", "--no-progress", "--state-dir", tmp_path / "s",
+              "--executor", "process", traceback=True)  # fmt: skip
+    assert out.code == 1, out
+    assert out.json()["nodes"]["call"]["attempts"] == 1
+
+
+def test_validate_names_a_retry_on_entry_that_is_no_exception(tmp_path: Path) -> None:
+    path = retrying(tmp_path, "ValueError", "[ConectionError, QuotaEror, os.nothing, len]")
+    out = cli("validate", path)
+    assert out.code == 2, out
+    found = [(p["path"], p["code"]) for p in out.problems()]
+    assert found == [
+        (f"$.nodes[0].config.retryOn[{i}]", "resolve.unknown-exception") for i in range(4)
+    ]
+    assert "(did you mean 'ConnectionError'?)" in out.stdout
+    assert "module 'tests.nodes' (did you mean 'QuotaError'?)" in out.stdout

@@ -155,6 +155,7 @@ class _Builder:
             timeout=None if timeout is None else self._seconds((*path, "timeout"), timeout),
             fallback=raw.get("fallback"),
             join=raw.get("joinStrategy", "all"),
+            retry_on=None if "retryOn" not in raw else tuple(raw["retryOn"]),
         )
 
     def _seconds(self, path: PathT, value: Any) -> float:

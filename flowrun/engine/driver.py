@@ -410,7 +410,7 @@ class Driver:
     def _failed_attempt(self, work: Work, out: Outcome) -> None:
         call = work.call
         cfg = self.graph.nodes[work.node].spec.config
-        if call.attempt <= cfg.max_retries and not self.stopping:
+        if call.attempt <= cfg.max_retries and not self.stopping and out.retryable:
             delay = cfg.delay_before(call.attempt + 1)
             self.emit(
                 ev.NodeRetry(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from flowrun.node import NodeContext, Result, SharedContext
+from flowrun.node import FatalError, NodeContext, Result, SharedContext
 
 
 @dataclass(slots=True)
@@ -36,6 +36,8 @@ class Call:
     attempt: int = 1
     index: int | None = None
     timeout: float | None = None
+    #: `config.retryOn`: the exception names a failure must match to be retried (None: any)
+    retry_on: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -51,9 +53,29 @@ class Outcome:
     message: str = ""
     traceback: str = ""
     updates: dict[str, Any] = field(default_factory=dict)
+    #: may a failure be retried: not a `FatalError`, and of a class `config.retryOn` names
+    retryable: bool = True
 
 
-class AttemptTimeout(Exception):
+def retryable(exc: BaseException, retry_on: tuple[str, ...] | None) -> bool:
+    """Does `config.retryOn` let the failure `exc` be retried? A name matches the class or a
+    base class, as `except` does, by bare name (`ConnectionError`) or dotted path; a dotted
+    path may name a package that re-exports the class (`requests.Timeout`)."""
+    if isinstance(exc, FatalError):
+        return False
+    if retry_on is None:
+        return True
+    for cls in type(exc).__mro__:
+        for name in retry_on:
+            module, _, bare = name.rpartition(".")
+            if bare == cls.__name__ and (
+                not module or cls.__module__ == module or cls.__module__.startswith(module + ".")
+            ):
+                return True
+    return False
+
+
+class AttemptTimeout(TimeoutError):
     """The attempt ran past `config.timeout`; it was abandoned (Python cannot kill a thread)."""
 
 
@@ -176,6 +198,7 @@ def crashed(call: Call, exc: BaseException) -> Outcome:
         error_type=type(exc).__name__,
         message=str(exc),
         traceback=_user_traceback(exc) if exc.__traceback__ is not None else "",
+        retryable=retryable(exc, call.retry_on),
     )
 
 
@@ -230,6 +253,7 @@ def run_attempt(
             message=str(exc),
             traceback=_user_traceback(exc),
             updates=ctx.updates if ctx is not None else {},
+            retryable=retryable(exc, call.retry_on),
         )
     finally:
         if attempt_cancel is not None and attempt_cancel is not cancelled:
