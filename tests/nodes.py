@@ -160,3 +160,17 @@ def fails_with(x: Any = None, *, error: str, ctx: NodeContext) -> None:
     _count(ctx.node_id)
     kinds: dict[str, type[Exception]] = {"QuotaError": QuotaError, "FatalError": FatalError}
     raise kinds.get(error) or getattr(builtins, error)("no")
+
+
+def int_keys(x: Any = None) -> dict[int, str]:
+    return {1: "one", 2: "two"}
+
+
+def key_types(d: dict[Any, Any]) -> list[str]:
+    return sorted({type(k).__name__ for k in d})
+
+
+def mutate(xs: list[Any]) -> int:
+    """Change the input in place (a node should not; the run must not care)."""
+    xs.append("changed")
+    return len(xs)

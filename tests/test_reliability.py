@@ -332,3 +332,55 @@ def test_validate_names_a_retry_on_entry_that_is_no_exception(tmp_path: Path) ->
     ]
     assert "(did you mean 'ConnectionError'?)" in out.stdout
     assert "module 'tests.nodes' (did you mean 'QuotaError'?)" in out.stdout
+
+
+# -- what flows between nodes is what the store gives back -------------------------------------
+
+ROUND_TRIP = """\
+id: round-trip
+nodes:
+  - {id: keys, uses: tests.nodes.int_keys}
+  - {id: types, uses: tests.nodes.key_types}
+  - {id: list, uses: tests.nodes.numbers}
+  - {id: mutate, uses: tests.nodes.mutate}
+  - id: each
+    batch: {uses: tests.nodes.mutate, inputKey: lists}
+edges:
+  - {source: keys, target: types}
+  - {source: list, target: mutate}
+context: {lists: [[1], [2]]}
+"""
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_the_next_node_sees_what_a_resume_would_give_it(executor: str, tmp_path: Path) -> None:
+    path = write(tmp_path, "rt.yaml", ROUND_TRIP)
+    state = tmp_path / "s"
+    out = cli("run", path, "--json", "--no-progress", "--state-dir", state, "--executor", executor)
+    assert out.code == 0, out
+    ctx = out.json()["context"]
+    assert ctx["types"] == ["str"]  # int keys became strings, as the store gives them back
+    assert ctx["list"] == [10, 20, 30]  # mutate changed its own copy only
+    assert ctx["mutate"] == 4
+    assert ctx["lists"] == [[1], [2]] and ctx["each"] == [2, 2]
+
+
+# -- state readable by its owner only -----------------------------------------------------------
+
+
+def test_state_is_created_for_its_owner_only(tmp_path: Path) -> None:
+    path = write(tmp_path, "rt.yaml", ROUND_TRIP)
+    state = tmp_path / "state"
+    old = os.umask(0o022)
+    try:
+        out = cli("run", path, "--json", "--no-progress", "--state-dir", state)
+    finally:
+        os.umask(old)
+    assert out.code == 0, out
+    [run_dir] = (state / "runs").iterdir()
+    for d in (state, state / "runs", run_dir):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    files = list(run_dir.iterdir())
+    assert "state.db" in {f.name for f in files}
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600, f

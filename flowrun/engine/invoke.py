@@ -176,6 +176,33 @@ def _user_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+# Values a JSON round trip gives back unchanged, and that no node can mutate: most batch items.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _fresh_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`args` as the store would give them back: a JSON round trip (str keys, lists, a copy a
+    node may mutate without changing the output it was read from). Left as they are when
+    they are all scalars (nothing to change) or not JSON (then nothing could store them)."""
+    for a in args:
+        if type(a) not in _SCALARS:
+            try:
+                return tuple(json.loads(json.dumps(args)))
+            except (TypeError, ValueError):
+                return args
+    return args
+
+
+def _fresh_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    for v in kwargs.values():
+        if type(v) not in _SCALARS:
+            try:
+                return json.loads(json.dumps(kwargs))  # type: ignore[no-any-return]
+            except (TypeError, ValueError):
+                return kwargs
+    return kwargs
+
+
 def _encode(value: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
@@ -212,10 +239,15 @@ def run_attempt(
     context: SharedContext,
     cancelled: threading.Event,
 ) -> Outcome:
-    """Run `call` once and describe what happened; never raises for the node's own errors."""
+    """Run `call` once and describe what happened; never raises for the node's own errors.
+
+    The node gets its inputs, and the run gets its output, as the store would give them back
+    (a JSON round trip), so a fresh run, a resumed one and every executor agree: a dict's int
+    keys are strings downstream, and a node that mutates its input changes nobody's output."""
     started = time.time()
     t0 = time.perf_counter()
-    kwargs: Any = call.kwargs
+    args = _fresh_args(call.args)
+    kwargs: Any = _fresh_kwargs(call.kwargs)
     ctx = None
     attempt_cancel = None
     if wants_ctx:
@@ -231,9 +263,9 @@ def run_attempt(
         kwargs = {**kwargs, "ctx": ctx}
     try:
         if call.timeout is None:
-            value = _call(fn, is_async, call.args, kwargs)
+            value = _call(fn, is_async, args, kwargs)
         else:
-            value = _with_timeout(fn, is_async, call.args, kwargs, call.timeout, attempt_cancel)
+            value = _with_timeout(fn, is_async, args, kwargs, call.timeout, attempt_cancel)
         action = None
         if isinstance(value, Result):
             value, action = value.output, value.action
@@ -243,6 +275,8 @@ def run_attempt(
                     f"({action!r:.80}); it names the edges to take"
                 )
         text = _encode(value)
+        if type(value) not in _SCALARS:
+            value = json.loads(text)
     except Exception as exc:
         return Outcome(
             call.node,
