@@ -68,7 +68,7 @@ def checked_id(run_id: str) -> str:
 def lock_run(run_dir: Path, run_id: str) -> int:
     """Hold the run's lock file for as long as the store is open (the kernel drops it on exit)."""
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StateError(f"cannot lock run {run_id!r} in {run_dir}: {exc}") from exc
     try:

@@ -226,13 +226,19 @@ class RunStore:
         except (TypeError, ValueError) as exc:
             raise StateError(f"run {meta.run_id!r}: context or options not JSON: {exc}") from exc
         run_dir = runs_dir(state_dir) / checked_id(meta.run_id)
+        db = run_dir / DB_NAME
         try:
-            run_dir.mkdir(parents=True)
+            # Owner only, whatever the umask: outputs and --set values (secrets) live here.
+            # A directory that already exists keeps the mode its owner gave it.
+            Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            run_dir.parent.mkdir(mode=0o700, exist_ok=True)
+            run_dir.mkdir(mode=0o700)
+            # SQLite gives the -wal and -shm files the mode of the database file.
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             raise StateError(f"run {meta.run_id!r} already exists in {run_dir}") from None
         except OSError as exc:
             raise StateError(f"cannot create run directory {run_dir}: {exc}") from exc
-        db = run_dir / DB_NAME
         lock_fd = lock_run(run_dir, meta.run_id)
         return cls(meta, run_dir, prepared(db, lock_fd, create=row), lock_fd, on_failure)
 
