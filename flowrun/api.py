@@ -11,7 +11,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from flowrun.blueprint import loader, schema
 from flowrun.blueprint.expand import expand, suggest
 from flowrun.blueprint.resolve import Target, resolve, search_path
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
-from flowrun.model import Graph
+from flowrun.model import Blueprint, Graph
 from flowrun.node import SharedContext
 from flowrun.report import RunReport
 
@@ -34,8 +34,9 @@ def load(path: str | os.PathLike[str]) -> Graph:
     return expand(schema.check(loader.load(path)))
 
 
-def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem in one blueprint file (empty when it is valid).
+def validate_file(path: str | os.PathLike[str], *, imports: bool = True) -> list[Problem]:
+    """Every problem in one blueprint file (empty when it is valid). With `imports=False` the
+    node modules are not imported (a static check: `uses` are not checked).
 
     Schema problems do not stop the check: what can be salvaged of the blueprint still goes
     through expansion and import, and later problems at a location that already has one are
@@ -54,7 +55,10 @@ def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
             return problems
         bp = salvaged
     seen = {p.path for p in problems}
-    for stage in (expand, lambda b: resolve(b, search_path(doc.path))):
+    stages: list[Callable[[Blueprint], object]] = [expand]
+    if imports:
+        stages.append(lambda b: resolve(b, search_path(doc.path)))
+    for stage in stages:
         try:
             stage(bp)
         except BlueprintError as exc:
@@ -67,9 +71,9 @@ def _covered(path: str, seen: set[str]) -> bool:
     return any(path == s or path.startswith((s + ".", s + "[")) for s in seen)
 
 
-def validate(paths: Iterable[str | os.PathLike[str]]) -> list[Problem]:
+def validate(paths: Iterable[str | os.PathLike[str]], *, imports: bool = True) -> list[Problem]:
     """Every problem in every file, in file order."""
-    return [p for path in paths for p in validate_file(path)]
+    return [p for path in paths for p in validate_file(path, imports=imports)]
 
 
 @dataclass(frozen=True, slots=True)

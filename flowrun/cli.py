@@ -97,13 +97,19 @@ def validate(
     fmt: Annotated[ValidateFormat, typer.Option("--format", help="Output format.")] = (
         ValidateFormat.text
     ),
+    no_import: Annotated[
+        bool,
+        typer.Option(
+            "--no-import", help="Do not import the node modules (a static check; runs no code)."
+        ),
+    ] = False,
 ) -> None:
     """Check blueprints without running them; print every problem at once (exit 2 if any)."""
     from flowrun import api
 
     problems = []
     for f in files:
-        found = api.validate_file(f)
+        found = api.validate_file(f, imports=not no_import)
         problems += found
         if fmt is ValidateFormat.text:
             for p in found:

@@ -384,3 +384,42 @@ def test_state_is_created_for_its_owner_only(tmp_path: Path) -> None:
     assert "state.db" in {f.name for f in files}
     for f in files:
         assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+# -- validate imports the node modules -----------------------------------------------------------
+
+
+def hostile_module(tmp_path: Path, body: str, name: str) -> Path:
+    """A blueprint whose node module `name` runs `body` on import (a name per test: Python
+    caches an imported module)."""
+    write(tmp_path, f"{name}.py", body + "\n\ndef node(x=None):\n    return x\n")
+    return write(
+        tmp_path, "hostile.yaml", f"id: hostile\nnodes:\n  - {{id: a, uses: {name}.node}}\n"
+    )
+
+
+def test_a_module_exiting_on_import_is_a_problem_not_the_exit_code(tmp_path: Path) -> None:
+    path = hostile_module(tmp_path, "raise SystemExit(7)", "exits_mod")
+    out = cli("validate", path)
+    assert out.code == 2, out
+    [problem] = out.problems()
+    assert problem["code"] == "resolve.import-error"
+    assert "importing 'exits_mod' raised SystemExit: 7" in problem["msg"]
+
+
+def test_a_module_printing_on_import_leaves_json_output_intact(tmp_path: Path) -> None:
+    path = hostile_module(tmp_path, "print('hello from the module')", "prints_mod")
+    out = cli("validate", "--format", "json", path)
+    assert out.code == 0, out
+    assert json.loads(out.stdout) == []
+    assert "hello from the module" in out.stderr
+    run = cli("run", path, "--json", "--no-progress", "--state-dir", tmp_path / "s")
+    assert run.code == 0, run
+    assert run.json()["status"] == "completed"
+
+
+def test_validate_no_import_runs_no_module_code(tmp_path: Path) -> None:
+    path = hostile_module(tmp_path, "raise SystemExit(7)", "never_imported_mod")
+    out = cli("validate", "--no-import", path)
+    assert out.code == 0, out
+    assert out.stdout == f"{path}: ok\n"

@@ -8,6 +8,7 @@ directory, the current directory and `PYTHONPATH`, in that order.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import difflib
 import importlib
 import inspect
@@ -97,7 +98,9 @@ def _import(name: str) -> ModuleType | None:
         if missing is not None and missing != name and not name.startswith(missing + "."):
             raise ResolveError("resolve.import-error", _import_failure(name, exc)) from exc
         return None
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit(7) in a module is its error, not flowrun's exit
         raise ResolveError("resolve.import-error", _import_failure(name, exc)) from exc
 
 
@@ -167,6 +170,13 @@ def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
     """Import every `uses` (nodes and batch workers); raise `BlueprintError` listing failures."""
     dirs = list(dirs)
     use_search_path(dirs)
+    # What a module prints while it is imported goes to stderr: stdout carries flowrun's own
+    # output (`validate --format json`, `run --json`).
+    with contextlib.redirect_stdout(sys.stderr):
+        return _resolve(bp, dirs)
+
+
+def _resolve(bp: Blueprint, dirs: list[str]) -> dict[str, Target]:
     targets: dict[str, Target] = {}
     problems: list[Problem] = []
     for spec in bp.nodes:
