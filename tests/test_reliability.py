@@ -19,7 +19,7 @@ import pytest
 
 from flowrun.store import writer
 from tests import nodes
-from tests.test_cli import cli, write
+from tests.test_cli import FAILING, cli, write
 
 # Deeper than the recursion limit (1,000); tests/test_scheduler.py drives 10,000 by hand,
 # without the schema check of a 10,000-node file (seconds) in the way.
@@ -423,3 +423,46 @@ def test_validate_no_import_runs_no_module_code(tmp_path: Path) -> None:
     out = cli("validate", "--no-import", path)
     assert out.code == 0, out
     assert out.stdout == f"{path}: ok\n"
+
+
+# -- a run killed while it is being created -------------------------------------------------------
+
+
+def test_resume_latest_skips_an_unusable_run_and_names_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "failing.yaml", FAILING)
+    state = tmp_path / "state"
+    first = cli("run", path, "--json", "--no-progress", "--state-dir", state, traceback=True)
+    assert first.code == 1, first
+    # What a kill during the creation of a run used to leave: a directory, an empty database.
+    broken = state / "runs" / "29990101-000000-dead"
+    broken.mkdir()
+    (broken / "state.db").write_bytes(b"")
+    again = cli("run", path, "--json", "--no-progress", "--state-dir", state,
+                "--resume", "latest", traceback=True)  # fmt: skip
+    assert again.code == 1, again
+    assert again.json()["runId"] == first.json()["runId"]
+    assert "skipped run 29990101-000000-dead" in again.stderr
+
+
+def test_a_run_is_visible_only_once_it_is_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "failing.yaml", FAILING)
+    state = tmp_path / "state"
+
+    class Killed(Exception):
+        """Stands for a kill between the mkdir and the commit of the schema."""
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise Killed
+
+    monkeypatch.setattr(writer, "prepared", killed)
+    with pytest.raises(Killed):
+        cli("run", path, "--no-progress", "--state-dir", state)
+    assert [p.name[:5] for p in (state / "runs").iterdir()] == [".new-"]
+    monkeypatch.undo()
+    listed = cli("runs", "--state-dir", state, "--json")
+    assert listed.code == 0 and json.loads(listed.stdout) == [], listed
+    out = cli("run", path, "--json", "--no-progress", "--state-dir", state,
+              "--resume", "latest")  # fmt: skip
+    assert out.code == 2 and "holds no runs" in out.stderr, out

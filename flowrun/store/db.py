@@ -50,7 +50,8 @@ def runs_dir(state_dir: Path) -> Path:
 def run_ids(state_dir: Path) -> list[str]:
     """The ids of the runs under `state_dir`, in no particular order."""
     try:
-        return [p.name for p in runs_dir(state_dir).iterdir() if p.is_dir()]
+        # A name starting with '.' is a run being created (see `RunStore.create`).
+        return [p.name for p in runs_dir(state_dir).iterdir() if p.is_dir() and p.name[:1] != "."]
     except FileNotFoundError:
         return []
     except OSError as exc:

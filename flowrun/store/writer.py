@@ -226,21 +226,38 @@ class RunStore:
         except (TypeError, ValueError) as exc:
             raise StateError(f"run {meta.run_id!r}: context or options not JSON: {exc}") from exc
         run_dir = runs_dir(state_dir) / checked_id(meta.run_id)
-        db = run_dir / DB_NAME
+        # Built under a hidden name and renamed when its schema and description are
+        # committed: a kill in the first milliseconds never leaves a run without them.
+        building = run_dir.with_name(f".new-{meta.run_id}")
         try:
             # Owner only, whatever the umask: outputs and --set values (secrets) live here.
             # A directory that already exists keeps the mode its owner gave it.
             Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
             run_dir.parent.mkdir(mode=0o700, exist_ok=True)
-            run_dir.mkdir(mode=0o700)
+            if run_dir.exists():
+                raise FileExistsError(run_dir)
+            building.mkdir(mode=0o700)
             # SQLite gives the -wal and -shm files the mode of the database file.
-            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(os.open(building / DB_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             raise StateError(f"run {meta.run_id!r} already exists in {run_dir}") from None
         except OSError as exc:
             raise StateError(f"cannot create run directory {run_dir}: {exc}") from exc
-        lock_fd = lock_run(run_dir, meta.run_id)
-        return cls(meta, run_dir, prepared(db, lock_fd, create=row), lock_fd, on_failure)
+        lock_fd = lock_run(building, meta.run_id)  # the lock stays with the file when renamed
+        spare = os.dup(lock_fd)  # `prepared` closes the fd it gets if it fails
+        try:
+            prepared(building / DB_NAME, spare, create=row).close()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        os.close(spare)
+        try:
+            building.rename(run_dir)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise StateError(f"cannot create run directory {run_dir}: {exc}") from exc
+        conn = prepared(run_dir / DB_NAME, lock_fd, create=None)
+        return cls(meta, run_dir, conn, lock_fd, on_failure)
 
     @classmethod
     def open(
