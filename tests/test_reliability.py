@@ -466,3 +466,12 @@ def test_a_run_is_visible_only_once_it_is_created(
     out = cli("run", path, "--json", "--no-progress", "--state-dir", state,
               "--resume", "latest")  # fmt: skip
     assert out.code == 2 and "holds no runs" in out.stderr, out
+
+
+def test_resume_with_a_300_character_id_is_a_clear_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "rt.yaml", ROUND_TRIP)
+    state = tmp_path / "state"
+    assert cli("run", path, "--no-progress", "--state-dir", state).code == 0
+    out = cli("run", path, "--no-progress", "--state-dir", state, "--resume", "a" * 300)
+    assert out.code == 2, out
+    assert "longer than 128 characters" in out.stderr

@@ -58,11 +58,16 @@ def run_ids(state_dir: Path) -> list[str]:
         raise StateError(f"cannot list runs in {runs_dir(state_dir)}: {exc}") from exc
 
 
+MAX_ID = 128  # characters of a run id; flowrun's own are 20
+
+
 def checked_id(run_id: str) -> str:
     """`run_id`, once it is known to be safe as a directory name."""
     # A run id becomes a directory name: nothing that could climb out of runs/.
     if not run_id or run_id.startswith(".") or not all(c.isalnum() or c in "_.-" for c in run_id):
         raise StateError(f"invalid run id {run_id!r}: use letters, digits, '_', '.' and '-'")
+    if len(run_id) > MAX_ID:  # a file system refuses longer names (255 bytes on most)
+        raise StateError(f"invalid run id {run_id[:40]!r}...: longer than {MAX_ID} characters")
     return run_id
 
 
