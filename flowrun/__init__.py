@@ -2,7 +2,8 @@
 
 The Python API mirrors the CLI: `run(path, **options)` returns a `RunReport`,
 `validate(paths)` returns the problems found, `load(path)` returns the expanded graph.
-Node functions use `Result` (to choose an edge) and `NodeContext` (the `ctx` parameter).
+Node functions use `Result` (to choose an edge), `NodeContext` (the `ctx` parameter) and
+`FatalError` (a failure never retried).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from flowrun.errors import BlueprintError, FlowrunError
-from flowrun.node import NodeContext, Result
+from flowrun.node import FatalError, NodeContext, Result
 
 if TYPE_CHECKING:
     from flowrun.api import load, run, validate
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlueprintError",
+    "FatalError",
     "FlowrunError",
     "NodeContext",
     "Result",

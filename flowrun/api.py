@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions; they are also the Python API
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -38,9 +39,10 @@ def load(path: str | os.PathLike[str]) -> Graph:
     return expand(schema.check(loader.load(path)))
 
 
-def validate_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem in one blueprint file (empty when it is valid)."""
-    return _check(path).problems
+def validate_file(path: str | os.PathLike[str], *, imports: bool = True) -> list[Problem]:
+    """Every problem in one blueprint file (empty when it is valid). With `imports=False` the
+    node modules are not imported (a static check: `uses` and call signatures are not checked)."""
+    return _check(path, imports=imports).problems
 
 
 @dataclass(slots=True)
@@ -52,7 +54,7 @@ class _Checked:
     dirs: list[str] = field(default_factory=list)
 
 
-def _check(path: str | os.PathLike[str]) -> _Checked:
+def _check(path: str | os.PathLike[str], *, imports: bool = True) -> _Checked:
     """Every stage that can run: load, schema, expansion, import, call signatures.
 
     Schema problems do not stop the check: what can be salvaged of the blueprint still goes
@@ -82,6 +84,9 @@ def _check(path: str | os.PathLike[str]) -> _Checked:
     except BlueprintError as exc:
         keep(exc.problems)
     out.dirs = list(search_path(doc.path))
+    if not imports:
+        out.problems = _in_order(out.problems, doc.name)
+        return out
     try:
         out.targets = resolve(bp, out.dirs)
     except BlueprintError as exc:
@@ -125,9 +130,9 @@ def _covered(path: str, seen: set[str]) -> bool:
     return any(path == s or path.startswith((s + ".", s + "[")) for s in seen)
 
 
-def validate(paths: Iterable[str | os.PathLike[str]]) -> list[Problem]:
+def validate(paths: Iterable[str | os.PathLike[str]], *, imports: bool = True) -> list[Problem]:
     """Every problem in every file, in file order."""
-    return [p for path in paths for p in validate_file(path)]
+    return [p for path in paths for p in validate_file(path, imports=imports)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +263,7 @@ class Run:
                  "failFast": options.fail_fast},
                 time.time(),
             )  # fmt: skip
-            self.store = store.RunStore.create(state_dir, meta)
+            self.store = store.RunStore.create(state_dir, meta, on_failure=self._store_failed)
             ctx = dict(ctx)
         self.run_id: str = self.store.run_id
         self.context = SharedContext(ctx)
@@ -283,7 +288,9 @@ class Run:
                 "(or start a new run)"
             )
         bp_id = self.prepared.graph.blueprint.id
-        opened = store.RunStore.open(state_dir, run_id, blueprint_id=bp_id)
+        opened = store.RunStore.open(
+            state_dir, run_id, blueprint_id=bp_id, on_failure=self._store_failed
+        )
         try:
             self.stored = opened.load()
             meta = self.stored.meta
@@ -307,6 +314,11 @@ class Run:
         self.cancelled.set()
         if self._driver is not None:
             self._driver.wake()
+
+    def _store_failed(self, exc: Exception) -> None:
+        """The store cannot record any more (a full disk...): stop starting work, as a cancel
+        does, since whatever ran from now on would be lost to `--resume`."""
+        self.cancel()
 
     def _resume_state(self) -> Stored | None:
         from flowrun.engine.kinds import Stored
@@ -346,6 +358,11 @@ class Run:
                 cancelled=self.cancelled,
                 dirs=self.prepared.dirs,
                 address=opts.address,
+                retry_on={
+                    spec.id: spec.config.retry_on
+                    for spec in self.prepared.graph.blueprint.nodes
+                    if spec.config.retry_on is not None
+                },
             )
         except BaseException:
             self.store.close()
@@ -363,10 +380,27 @@ class Run:
             idle=bus.idle,
         )
         try:
-            return self._driver.run()
-        finally:
+            report: RunReport = self._driver.run()
+        except BaseException:
             backend.close(cancel=self.cancelled.is_set())
             self.store.close()
+            raise
+        backend.close(cancel=self.cancelled.is_set())
+        with contextlib.suppress(StateError):
+            self.store.close()  # a failure is the store's `failure`, reported below
+        return _unrecorded(report, self.store.failure, self.path, self.run_id)
+
+
+def _unrecorded(report: RunReport, failure: StateError | None, path: str, run_id: str) -> RunReport:
+    """A run whose state could not be recorded is `failed` (exit 1), whatever its nodes did,
+    with the cause as a run-level error (`node` empty): what ran after the failure is lost to
+    `--resume`, which re-runs it once the cause (the full disk) is dealt with."""
+    if failure is None:
+        return report
+    report.status = "failed"
+    message = f"{failure}; the run stopped; free space, then: flowrun run {path} --resume {run_id}"
+    report.errors.append({"node": "", "type": "StateError", "message": message})
+    return report
 
 
 def run(path: str | os.PathLike[str], **kwargs: Any) -> RunReport:

@@ -99,6 +99,12 @@ def validate(
     fmt: Annotated[ValidateFormat, typer.Option("--format", help="Output format.")] = (
         ValidateFormat.text
     ),
+    no_import: Annotated[
+        bool,
+        typer.Option(
+            "--no-import", help="Do not import the node modules (a static check; runs no code)."
+        ),
+    ] = False,
 ) -> None:
     """Check blueprints without running them; print every problem at once (exit 2 if any)."""
     from flowrun import api
@@ -106,7 +112,7 @@ def validate(
 
     # Importing node modules may print: stdout carries the report alone.
     with reserve_stdout(True):
-        per_file = [(f, api.validate_file(f)) for f in files]
+        per_file = [(f, api.validate_file(f, imports=not no_import)) for f in files]
     problems = []
     for f, found in per_file:
         problems += found
@@ -287,7 +293,9 @@ def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
     display (so it printed nothing for them) get one line each."""
     seen = {rec.node for rec in record.failures} | set(record.failed_items)
     for e in errors:
-        if e["node"] not in seen:
+        if not e["node"]:  # the run's own error (its state could not be recorded)
+            print(f"flowrun: {e['type']}: {e['message']}", file=sys.stderr)
+        elif e["node"] not in seen:
             print(f"flowrun: {e['node']} failed: {e['type']}: {e['message']}", file=sys.stderr)
 
 

@@ -59,6 +59,7 @@ class Config:
     fallback: str | None = None
     join: str = "all"  # "all" | "any"
     run_if: str = "success"  # "success" | "failure" | "always"
+    retry_on: tuple[str, ...] | None = None  # exception class names; None: every failure
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (2 is the first retry)."""

@@ -1,4 +1,5 @@
-"""What a node function sees: `Result` to choose an edge, `NodeContext` for run state."""
+"""What a node function sees: `Result` to choose an edge, `NodeContext` for run state, and
+`FatalError` for a failure that must not be retried."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+
+class FatalError(Exception):
+    """Raise it from a node for a failure that retrying cannot fix (bad credentials, invalid
+    input): the node fails at once, whatever `maxRetries` says; a fallback still stands in."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
+import os
 import random
 import threading
 import time
@@ -173,3 +175,65 @@ def fail_first(x: Any = None, *, ctx: NodeContext) -> Any:
     if calls[ctx.node_id] == 1:
         raise ConnectionError("first call fails")
     return x
+
+
+def paced(item: Any, delay: float = 0.002) -> Any:
+    """Count the call and take a little time, so a run can be stopped part way."""
+    _count(f"item-{item}")
+    time.sleep(delay)
+    return item
+
+
+def padded(item: Any, size: int = 20_000) -> str:
+    """An output big enough to fill a small disk quickly."""
+    _count(f"item-{item}")
+    time.sleep(0.002)
+    return f"{item}:" + "x" * size
+
+
+def bad_action(x: Any = None) -> Result:
+    return Result(1, action=["a"])  # type: ignore[arg-type]
+
+
+class Escape(BaseException):
+    """A BaseException that is neither SystemExit nor KeyboardInterrupt."""
+
+
+def escape_on(item: int, bad: int, how: str) -> int:
+    """Leave the call the hard way on one item: raise a BaseException, or end the process."""
+    if item == bad:
+        if how == "exit":
+            raise SystemExit(7)
+        if how == "interrupt":
+            raise KeyboardInterrupt
+        if how == "escape":
+            raise Escape("out")
+        os._exit(3)
+    return item
+
+
+class QuotaError(Exception):
+    """A failure class of this module, for `config.retryOn`."""
+
+
+def fails_with(x: Any = None, *, error: str, ctx: NodeContext) -> None:
+    """Raise `error` (a builtin name, QuotaError or FatalError), counting the attempts."""
+    from flowrun import FatalError
+
+    _count(ctx.node_id)
+    kinds: dict[str, type[Exception]] = {"QuotaError": QuotaError, "FatalError": FatalError}
+    raise kinds.get(error) or getattr(builtins, error)("no")
+
+
+def int_keys(x: Any = None) -> dict[int, str]:
+    return {1: "one", 2: "two"}
+
+
+def key_types(d: dict[Any, Any]) -> list[str]:
+    return sorted({type(k).__name__ for k in d})
+
+
+def mutate(xs: list[Any]) -> int:
+    """Change the input in place (a node should not; the run must not care)."""
+    xs.append("changed")
+    return len(xs)

@@ -245,15 +245,29 @@ def test_process_nodes_run_in_other_processes_that_ignore_ctrl_c() -> None:
     assert handler.output == signal.SIG_IGN
 
 
-def test_a_dead_worker_process_fails_its_calls_and_the_pool_recovers() -> None:
+def test_a_dead_worker_process_fails_its_call_and_the_pool_recovers() -> None:
     be = backend("process", None)
     try:
-        with pytest.raises(BrokenProcessPool):
-            be.submit([Call("crash", "os._exit", (3,))]).result(60)
+        (crash,) = be.submit([Call("crash", "os._exit", (3,))]).result(60)
         (after,) = be.submit([Call("next", "builtins.abs", (-1,))]).result(60)
     finally:
         be.close()
+    assert (crash.ok, crash.error_type) == (False, "BrokenProcessPool")
+    assert "worker process died while running this call" in crash.message
     assert after.output == 1
+
+
+def test_only_the_call_that_kills_its_worker_fails_in_its_chunk() -> None:
+    be = backend("process", None)
+    calls = [Call(f"b[{i}]", "builtins.abs", (-i,), index=i) for i in range(6)]
+    calls[3] = Call("b[3]", "os._exit", (3,), index=3)
+    try:
+        outcomes = be.submit(calls).result(60)
+    finally:
+        be.close()
+    assert [o.ok for o in outcomes] == [True, True, True, False, True, True]
+    assert [o.output for o in outcomes if o.ok] == [0, 1, 2, 4, 5]
+    assert outcomes[3].error_type == "BrokenProcessPool"
 
 
 def test_a_dead_worker_process_becomes_a_node_failure() -> None:

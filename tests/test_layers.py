@@ -85,6 +85,7 @@ def test_public_surface() -> None:
     assert sorted(flowrun.__all__) == sorted(
         [
             "BlueprintError",
+            "FatalError",
             "FlowrunError",
             "NodeContext",
             "Result",

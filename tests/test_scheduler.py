@@ -191,3 +191,36 @@ def test_finish_requires_a_running_node() -> None:
     s = Scheduler(graph([task("a")]))
     with pytest.raises(AssertionError):
         s.finish("a", Status.SUCCEEDED)
+
+
+def _chain(n: int) -> Scheduler:
+    names = [f"n{i}" for i in range(n)]
+    edges = [edge(a, b) for a, b in zip(["head", *names], names, strict=False)]
+    return Scheduler(graph([task("head"), *map(task, names)], edges))
+
+
+def test_a_failure_blocks_a_10000_node_chain_without_recursing() -> None:
+    s = _chain(10_000)
+    assert s.ready() == ["head"]
+    s.finish("head", Status.FAILED)
+    assert s.status["n9999"] is Status.BLOCKED
+    assert not s.is_active()
+
+
+def test_an_edge_not_taken_skips_a_10000_node_chain_in_order() -> None:
+    s = _chain(10_000)
+    s.ready()
+    s.finish("head", Status.SUCCEEDED, {})
+    assert s.drain_skipped() == [f"n{i}" for i in range(10_000)]
+    assert not s.is_active()
+
+
+def test_propagation_is_depth_first_in_edge_order() -> None:
+    g = graph(
+        [task("a"), task("b"), task("b2"), task("c"), task("c2")],
+        [edge("a", "b"), edge("b", "b2"), edge("a", "c"), edge("c", "c2")],
+    )
+    s = Scheduler(g)
+    s.ready()
+    s.finish("a", Status.SUCCEEDED, {})
+    assert s.drain_skipped() == ["b", "b2", "c", "c2"]

@@ -7,6 +7,8 @@ directory, the current directory and `PYTHONPATH`, in that order.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import importlib
 import inspect
 import os
@@ -95,7 +97,9 @@ def _import(name: str) -> ModuleType | None:
         if missing is not None and missing != name and not name.startswith(missing + "."):
             raise ResolveError("resolve.import-error", _import_failure(name, exc)) from exc
         return None
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit(7) in a module is its error, not flowrun's exit
         raise ResolveError("resolve.import-error", _import_failure(name, exc)) from exc
 
 
@@ -165,6 +169,13 @@ def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
     """Import every `uses` (nodes and batch workers); raise `BlueprintError` listing failures."""
     dirs = list(dirs)
     use_search_path(dirs)
+    # What a module prints while it is imported goes to stderr: stdout carries flowrun's own
+    # output (`validate --format json`, `run --json`).
+    with contextlib.redirect_stdout(sys.stderr):
+        return _resolve(bp, dirs)
+
+
+def _resolve(bp: Blueprint, dirs: list[str]) -> dict[str, Target]:
     targets: dict[str, Target] = {}
     problems: list[Problem] = []
     for spec in bp.nodes:
@@ -181,6 +192,49 @@ def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
                 problems.append(bp.document.problem(path, exc.code, exc.message))
             else:
                 problems.append(Problem(bp.file, 1, 1, "$", exc.code, exc.message))
+    for spec in bp.nodes:
+        for index, name in enumerate(spec.config.retry_on or ()):
+            own = spec.calls[0][0] if spec.calls else None
+            message = _unknown_exception(name, targets.get(own) if own else None)
+            if message is None:
+                continue
+            path = (*spec.path, "config", "retryOn", index)
+            code = "resolve.unknown-exception"
+            if bp.document is not None:
+                problems.append(bp.document.problem(path, code, message))
+            else:
+                problems.append(Problem(bp.file, 1, 1, "$", code, message))
     if problems:
         raise BlueprintError(problems)
     return targets
+
+
+def _is_exception(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseException)
+
+
+def _unknown_exception(name: str, target: Target | None) -> str | None:
+    """Why `config.retryOn` entry `name` names no exception class, or None when it does (or
+    when where it would live could not be imported: that is reported on its own)."""
+    if "." in name:
+        try:
+            if _is_exception(load_callable(name)):
+                return None
+        except ResolveError:
+            pass
+        return f"retryOn: '{name}' does not import as an exception class"
+    if _is_exception(getattr(builtins, name, None)):
+        return None
+    if target is None:
+        return None  # the node's module did not import: nothing more can be checked
+    module = sys.modules.get(getattr(target.fn, "__module__", "") or "")
+    if module is not None and _is_exception(getattr(module, name, None)):
+        return None
+    known = [n for n in dir(builtins) if _is_exception(getattr(builtins, n))]
+    where = f"builtins or module '{module.__name__}'" if module is not None else "builtins"
+    if module is not None:
+        known += [n for n in dir(module) if _is_exception(getattr(module, n, None))]
+    return (
+        f"retryOn: '{name}' is not an exception class of {where}{suggest(name, known)}; "
+        "write a builtin name (ConnectionError) or a dotted path (package.module.Class)"
+    )

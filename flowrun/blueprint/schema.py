@@ -183,6 +183,7 @@ class _Builder:
             fallback=raw.get("fallback"),
             join=raw.get("joinStrategy", "all"),
             run_if=raw.get("runIf", "success"),
+            retry_on=None if "retryOn" not in raw else tuple(raw["retryOn"]),
         )
 
     def _seconds(self, path: PathT, value: Any) -> float:

@@ -33,6 +33,10 @@ _T = "tag:yaml.org,2002:"
 _STR, _NULL, _BOOL, _INT, _FLOAT = (_T + "str", _T + "null", _T + "bool", _T + "int", _T + "float")
 _SEQ, _MAP, _MERGE = _T + "seq", _T + "map", _T + "merge"
 _ALIAS_LIMIT = 1_000_000  # values rebuilt through aliases; stops "billion laughs" documents
+# Characters of keys and scalar values in the data as built, aliases expanded: one big string
+# aliased many times is small on disk and in memory here (the copies share one object), but
+# every JSON encoding of it (the stored context, an output) pays for each copy.
+_TEXT_LIMIT = 64 * 1024 * 1024
 _LINE = 1 << 32  # a position is packed as line * _LINE + column
 _ORIGIN = _LINE + 1  # line 1, column 1
 
@@ -84,11 +88,14 @@ class Walker:
         self._done: set[int] = set()  # collections built once: meeting one again is an alias
         self._in_alias = 0
         self._aliased = 0
+        self._text = 0
 
     def walk(self, root: yaml.Node) -> tuple[Any, Entry]:
         """Build the data and the position tree of `root`."""
         pos = pack(root.start_mark)
         value, children = self._value(root)
+        if self._text > _TEXT_LIMIT:  # keys are counted without a check of their own
+            self._too_much_text(root)
         return value, (pos, pos, children)
 
     def _value(self, node: yaml.Node) -> tuple[Any, dict[str, Entry] | list[Entry] | None]:
@@ -144,6 +151,7 @@ class Walker:
             # The common case, a string key and a string value, skips the general path.
             if key_node.tag == _STR and type(key_node) is yaml.ScalarNode:
                 key = key_node.value
+                self._text += len(key)
             elif key_node.tag == _MERGE and type(key_node) is yaml.ScalarNode:
                 merges.append(value_node)
                 continue
@@ -156,6 +164,10 @@ class Walker:
                 continue
             if plain and value_node.tag == _STR and type(value_node) is yaml.ScalarNode:
                 value, sub = value_node.value, None
+                self._text += len(value)
+                if self._text > _TEXT_LIMIT:
+                    path.append(key)
+                    self._too_much_text(value_node)
             else:
                 path.append(key)
                 value, sub = self._value(value_node)
@@ -202,8 +214,19 @@ class Walker:
         self._report(node, "non-string-key", f"mapping keys must be strings, found {found}{hint}")
         return None
 
+    def _too_much_text(self, node: yaml.Node) -> None:
+        message = (
+            f"the data holds more than {_TEXT_LIMIT // 2**20} MiB of text once aliases are "
+            "expanded; write the data out or read it from a file"
+        )
+        raise BlueprintError([self._problem(node, "too-much-text", message)])
+
     def _scalar(self, node: yaml.ScalarNode) -> Any:
         tag, text = node.tag, node.value
+        if not self.json_mode:
+            self._text += len(text)
+            if self._text > _TEXT_LIMIT:
+                self._too_much_text(node)
         if tag == _STR:
             if self.json_mode and not node.style and text in _JSON_CONSTANTS:
                 self._report(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import threading
 import time
 import traceback
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowrun.engine import capture
-from flowrun.node import NodeContext, Result, SharedContext
+from flowrun.node import FatalError, NodeContext, Result, SharedContext
 
 
 @dataclass(slots=True)
@@ -37,6 +38,8 @@ class Call:
     attempt: int = 1
     index: int | None = None
     timeout: float | None = None
+    #: `config.retryOn`: the exception names a failure must match to be retried (None: any)
+    retry_on: tuple[str, ...] | None = None
 
 
 @dataclass(slots=True)
@@ -52,16 +55,37 @@ class Outcome:
     message: str = ""
     traceback: str = ""
     updates: dict[str, Any] = field(default_factory=dict)
-    #: False when another attempt cannot help (the call itself was wrong, a FatalError)
+    #: False when another attempt cannot help: the call itself was wrong, a `FatalError`, or
+    #: a class that `config.retryOn` does not name
     retryable: bool = True
     logs: str = ""  # what the attempt wrote to sys.stdout/sys.stderr (the tail, capped)
 
 
-class AttemptTimeout(Exception):
+def retryable(exc: BaseException, retry_on: tuple[str, ...] | None) -> bool:
+    """Does `config.retryOn` let the failure `exc` be retried? A name matches the class or a
+    base class, as `except` does, by bare name (`ConnectionError`) or dotted path; a dotted
+    path may name a package that re-exports the class (`requests.Timeout`)."""
+    if isinstance(exc, FatalError):
+        return False
+    if retry_on is None:
+        return True
+    for cls in type(exc).__mro__:
+        for name in retry_on:
+            module, _, bare = name.rpartition(".")
+            if bare == cls.__name__ and (
+                not module or cls.__module__ == module or cls.__module__.startswith(module + ".")
+            ):
+                return True
+    return False
+
+
+class AttemptTimeout(TimeoutError):
     """The attempt ran past `config.timeout`; it was abandoned (Python cannot kill a thread)."""
 
 
 _local = threading.local()
+# flowrun's own frames (this module, a backend) are cut from a node's traceback.
+_FLOWRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 class CancelScope:
@@ -157,7 +181,7 @@ def _with_timeout(
 def _user_traceback(exc: BaseException) -> str:
     """The traceback from the node function's frame on: flowrun's own frames are noise."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_FLOWRUN_DIR):
         tb = tb.tb_next
     if tb is None:  # raised by flowrun itself (a bad call, an output that is not JSON)
         return "".join(traceback.format_exception_only(exc))
@@ -215,6 +239,33 @@ def how_called(call: Call, wants_ctx: bool) -> str:
     return f"called as {call.uses}({', '.join(shape)}) with {', '.join(values)}"
 
 
+# Values a JSON round trip gives back unchanged, and that no node can mutate: most batch items.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _fresh_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`args` as the store would give them back: a JSON round trip (str keys, lists, a copy a
+    node may mutate without changing the output it was read from). Left as they are when
+    they are all scalars (nothing to change) or not JSON (then nothing could store them)."""
+    for a in args:
+        if type(a) not in _SCALARS:
+            try:
+                return tuple(json.loads(json.dumps(args)))
+            except (TypeError, ValueError):
+                return args
+    return args
+
+
+def _fresh_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    for v in kwargs.values():
+        if type(v) not in _SCALARS:
+            try:
+                return json.loads(json.dumps(kwargs))  # type: ignore[no-any-return]
+            except (TypeError, ValueError):
+                return kwargs
+    return kwargs
+
+
 def _encode(value: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
@@ -223,6 +274,22 @@ def _encode(value: Any) -> str:
             f"output of type {type(value).__name__} cannot be stored as JSON ({exc}); "
             "return plain data (dict, list, str, int, float, bool, None)"
         ) from exc
+
+
+def crashed(call: Call, exc: BaseException) -> Outcome:
+    """The failed outcome of a call that did not come back with one of its own: it raised a
+    `BaseException` that is not an `Exception` (`SystemExit`, `KeyboardInterrupt`...), or its
+    worker process died. Only that call fails; the others of its chunk carry on."""
+    return Outcome(
+        call.node,
+        False,
+        time.time(),
+        0.0,
+        error_type=type(exc).__name__,
+        message=str(exc),
+        traceback=_user_traceback(exc) if exc.__traceback__ is not None else "",
+        retryable=retryable(exc, call.retry_on),
+    )
 
 
 def run_attempt(
@@ -235,11 +302,16 @@ def run_attempt(
     context: SharedContext,
     cancel: CancelScope,
 ) -> Outcome:
-    """Run `call` once and describe what happened; never raises for the node's own errors."""
+    """Run `call` once and describe what happened; never raises for the node's own errors.
+
+    The node gets its inputs, and the run gets its output, as the store would give them back
+    (a JSON round trip), so a fresh run, a resumed one and every executor agree: a dict's int
+    keys are strings downstream, and a node that mutates its input changes nobody's output."""
     started = time.time()
     t0 = time.perf_counter()
     capture.begin()
-    kwargs: Any = call.kwargs
+    args = _fresh_args(call.args)
+    kwargs: Any = _fresh_kwargs(call.kwargs)
     ctx = None
     attempt_cancel = None
     if wants_ctx:
@@ -255,18 +327,25 @@ def run_attempt(
         kwargs = {**kwargs, "ctx": ctx}
     try:
         if call.timeout is None:
-            value = _call(fn, is_async, call.args, kwargs)
+            value = _call(fn, is_async, args, kwargs)
         else:
-            value = _with_timeout(fn, is_async, call.args, kwargs, call.timeout, attempt_cancel)
+            value = _with_timeout(fn, is_async, args, kwargs, call.timeout, attempt_cancel)
         action = None
         if isinstance(value, Result):
             value, action = value.output, value.action
+            if action is not None and type(action) is not str:
+                raise TypeError(
+                    f"Result action must be a string or None, not {type(action).__name__} "
+                    f"({action!r:.80}); it names the edges to take"
+                )
         text = _encode(value)
+        if type(value) not in _SCALARS:
+            value = json.loads(text)
         logs = capture.end()
     except Exception as exc:
-        message, retryable = str(exc), True
+        message, can_retry = str(exc), retryable(exc, call.retry_on)
         if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
-            message, retryable = f"{exc} ({how_called(call, wants_ctx)})", False
+            message, can_retry = f"{exc} ({how_called(call, wants_ctx)})", False
         return Outcome(
             call.node,
             False,
@@ -276,7 +355,7 @@ def run_attempt(
             message=message,
             traceback=_user_traceback(exc),
             updates=ctx.updates if ctx is not None else {},
-            retryable=retryable,
+            retryable=can_retry,
             logs=capture.end(),
         )
     finally:

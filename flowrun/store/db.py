@@ -62,11 +62,15 @@ def runs_dir(state_dir: Path) -> Path:
 def run_ids(state_dir: Path) -> list[str]:
     """The ids of the runs under `state_dir`, in no particular order."""
     try:
-        return [p.name for p in runs_dir(state_dir).iterdir() if p.is_dir()]
+        # A name starting with '.' is a run being created (see `RunStore.create`).
+        return [p.name for p in runs_dir(state_dir).iterdir() if p.is_dir() and p.name[:1] != "."]
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise StateError(f"cannot list runs in {runs_dir(state_dir)}: {exc}") from exc
+
+
+MAX_ID = 128  # characters of a run id; flowrun's own are 20
 
 
 def checked_id(run_id: str) -> str:
@@ -74,13 +78,15 @@ def checked_id(run_id: str) -> str:
     # A run id becomes a directory name: nothing that could climb out of runs/.
     if not run_id or run_id.startswith(".") or not all(c.isalnum() or c in "_.-" for c in run_id):
         raise StateError(f"invalid run id {run_id!r}: use letters, digits, '_', '.' and '-'")
+    if len(run_id) > MAX_ID:  # a file system refuses longer names (255 bytes on most)
+        raise StateError(f"invalid run id {run_id[:40]!r}...: longer than {MAX_ID} characters")
     return run_id
 
 
 def lock_run(run_dir: Path, run_id: str) -> int:
     """Hold the run's lock file for as long as the store is open (the kernel drops it on exit)."""
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise StateError(f"cannot lock run {run_id!r} in {run_dir}: {exc}") from exc
     try:

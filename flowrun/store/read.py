@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,21 +112,33 @@ def resolve_run_dir(state_dir: Path, run_id: str, blueprint_id: str | None = Non
     `blueprint_id`, when given)."""
     root = runs_dir(state_dir)
     if run_id == "latest":
-        limit = 1 if blueprint_id is None else len(run_ids(state_dir))
-        newest = [
-            r
-            for r in list_runs(state_dir, limit=max(1, limit))
-            if blueprint_id in (None, r.blueprint_id) or r.status == "corrupt"
-        ]
-        if not newest:
-            of = "" if blueprint_id is None else f" of blueprint '{blueprint_id}'"
-            raise StateError(f"no run to resume: {root} holds no runs{of}")
-        return root / newest[0].run_id
+        return root / _latest(state_dir, blueprint_id)
     if not (root / checked_id(run_id)).is_dir():
         known = sorted(run_ids(state_dir), reverse=True)
         hint = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "") if known else "none"
         raise StateError(f"no run {run_id!r} under {root} (runs: {hint})")
     return root / run_id
+
+
+def _latest(state_dir: Path, blueprint_id: str | None) -> str:
+    """The id of the newest usable run (of `blueprint_id`). Unusable runs (a run directory
+    left by a crash, a damaged database) are skipped, and named: on stderr when an older run
+    is chosen, in the error when none is left."""
+    skipped: list[RunSummary] = []
+    for r in list_runs(state_dir, limit=max(1, len(run_ids(state_dir)))):
+        if r.status == "corrupt":
+            skipped.append(r)
+        elif blueprint_id in (None, r.blueprint_id):
+            for s in skipped:
+                note = f"flowrun: --resume latest: skipped run {s.run_id}: {s.error}"
+                print(note, file=sys.stderr)
+            return r.run_id
+    of = "" if blueprint_id is None else f" of blueprint '{blueprint_id}'"
+    root = runs_dir(state_dir)
+    if not skipped:
+        raise StateError(f"no run to resume: {root} holds no runs{of}")
+    unusable = "; ".join(f"{s.run_id}: {s.error}" for s in skipped)
+    raise StateError(f"no run to resume: {root} holds no usable runs{of} (skipped {unusable})")
 
 
 def read_meta(conn: sqlite3.Connection, db: Path) -> RunMeta:

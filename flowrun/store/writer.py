@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict
 from itertools import groupby
@@ -103,7 +104,12 @@ def new_run_id(now: float | None = None) -> str:
 class _Writer:
     """The thread that owns the run's connection: drains the queue, commits in groups."""
 
-    def __init__(self, conn: sqlite3.Connection, name: str) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        on_failure: Callable[[Exception], None] | None = None,
+    ) -> None:
         self.queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.failure: Exception | None = None
         # Backpressure: the recording thread counts what it queued, this thread what it took;
@@ -112,6 +118,7 @@ class _Writer:
         self.taken = 0
         self.caught_up = threading.Event()
         self._conn = conn
+        self._on_failure = on_failure
         # Daemon, so a store nobody closed cannot hang the interpreter's exit; the store's
         # finalizer still stops it cleanly (committing the queue) at exit.
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -156,10 +163,12 @@ class _Writer:
                 if kind in SQL:
                     self._conn.executemany(SQL[kind], group)
             self._conn.execute("COMMIT")
-        except Exception as exc:  # reported by the next flush() or close()
+        except Exception as exc:  # told to the run at once, raised by flush() and close()
             self.failure = exc
             with suppress(sqlite3.Error):
                 self._conn.rollback()
+            if self._on_failure is not None:
+                self._on_failure(exc)
 
 
 def _shutdown(writer: _Writer, lock_fd: int, groups: dict[str, list[NodeSucceeded]]) -> None:
@@ -180,15 +189,27 @@ class RunStore:
 
     Get one with `create` or `open`; ``close()`` it (or use ``with``) to commit the last records
     and release the run lock.
+
+    A record that cannot be written (a full disk, a read-only file system) stops the recording:
+    what was committed stays, nothing more is written, and `on_failure` is called at once (on
+    the writer's thread) with the exception, so the run can stop starting work; ``flush()`` and
+    ``close()`` raise it as a `StateError`.
     """
 
-    def __init__(self, meta: RunMeta, run_dir: Path, conn: sqlite3.Connection, lock_fd: int):
+    def __init__(
+        self,
+        meta: RunMeta,
+        run_dir: Path,
+        conn: sqlite3.Connection,
+        lock_fd: int,
+        on_failure: Callable[[Exception], None] | None = None,
+    ):
         self.meta = meta
         self.run_id = meta.run_id
         self.run_dir = run_dir
         self.db_path = run_dir / DB_NAME
         self._closed = False
-        self._writer = _Writer(conn, name=f"flowrun-store-{meta.run_id}")
+        self._writer = _Writer(conn, f"flowrun-store-{meta.run_id}", on_failure)
         self._put = self._writer.queue.put
         # Each batch's successes not yet handed to the writer, in the order they came.
         self._groups: dict[str, list[NodeSucceeded]] = {}
@@ -196,25 +217,59 @@ class RunStore:
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, lock_fd, self._groups)
 
     @classmethod
-    def create(cls, state_dir: Path, meta: RunMeta) -> RunStore:
+    def create(
+        cls,
+        state_dir: Path,
+        meta: RunMeta,
+        on_failure: Callable[[Exception], None] | None = None,
+    ) -> RunStore:
         """Make ``<state_dir>/runs/<run_id>/`` and its database, and lock it for recording."""
         try:
             row = json.dumps(asdict(meta), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise StateError(f"run {meta.run_id!r}: context or options not JSON: {exc}") from exc
         run_dir = runs_dir(state_dir) / checked_id(meta.run_id)
+        # Built under a hidden name and renamed when its schema and description are
+        # committed: a kill in the first milliseconds never leaves a run without them.
+        building = run_dir.with_name(f".new-{meta.run_id}")
         try:
-            run_dir.mkdir(parents=True)
+            # Owner only, whatever the umask: outputs and --set values (secrets) live here.
+            # A directory that already exists keeps the mode its owner gave it.
+            Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            run_dir.parent.mkdir(mode=0o700, exist_ok=True)
+            if run_dir.exists():
+                raise FileExistsError(run_dir)
+            building.mkdir(mode=0o700)
+            # SQLite gives the -wal and -shm files the mode of the database file.
+            os.close(os.open(building / DB_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             raise StateError(f"run {meta.run_id!r} already exists in {run_dir}") from None
         except OSError as exc:
             raise StateError(f"cannot create run directory {run_dir}: {exc}") from exc
-        db = run_dir / DB_NAME
-        lock_fd = lock_run(run_dir, meta.run_id)
-        return cls(meta, run_dir, prepared(db, lock_fd, create=row), lock_fd)
+        lock_fd = lock_run(building, meta.run_id)  # the lock stays with the file when renamed
+        spare = os.dup(lock_fd)  # `prepared` closes the fd it gets if it fails
+        try:
+            prepared(building / DB_NAME, spare, create=row).close()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        os.close(spare)
+        try:
+            building.rename(run_dir)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise StateError(f"cannot create run directory {run_dir}: {exc}") from exc
+        conn = prepared(run_dir / DB_NAME, lock_fd, create=None)
+        return cls(meta, run_dir, conn, lock_fd, on_failure)
 
     @classmethod
-    def open(cls, state_dir: Path, run_id: str, blueprint_id: str | None = None) -> RunStore:
+    def open(
+        cls,
+        state_dir: Path,
+        run_id: str,
+        blueprint_id: str | None = None,
+        on_failure: Callable[[Exception], None] | None = None,
+    ) -> RunStore:
         """Open an existing run to record more. ``latest`` is the most recently started run
         (of `blueprint_id`, when given)."""
         run_dir = resolve_run_dir(state_dir, run_id, blueprint_id)
@@ -229,7 +284,7 @@ class RunStore:
             conn.close()
             os.close(lock_fd)
             raise
-        return cls(meta, run_dir, conn, lock_fd)
+        return cls(meta, run_dir, conn, lock_fd, on_failure)
 
     def __call__(self, event: Event) -> None:
         """Record `event`. Runs in the caller's thread: an item's success joins its batch's
@@ -324,7 +379,17 @@ class RunStore:
         self.flush()
         return load_run(self.db_path, self.meta)
 
-    def _raise_failure(self) -> None:
+    @property
+    def failure(self) -> StateError | None:
+        """Why recording stopped, or None while every record so far was written."""
         failure = self._writer.failure
-        if failure is not None:
-            raise StateError(f"cannot record run state in {self.db_path}: {failure}") from failure
+        if failure is None:
+            return None
+        error = StateError(f"cannot record run state in {self.db_path}: {failure}")
+        error.__cause__ = failure
+        return error
+
+    def _raise_failure(self) -> None:
+        error = self.failure
+        if error is not None:
+            raise error

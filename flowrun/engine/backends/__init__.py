@@ -51,8 +51,51 @@ def make_backend(
     cancelled: threading.Event,
     dirs: Sequence[str],
     address: str | None = None,
+    retry_on: Mapping[str, tuple[str, ...]] | None = None,
 ) -> Backend:
-    """Build the backend named by `--executor` (imports process/dask code only when asked)."""
+    """Build the backend named by `--executor` (imports process/dask code only when asked).
+    `retry_on` maps node ids (a batch's id for its items) to their `config.retryOn`."""
+    backend = _make(kind, targets, workers, run_id, context, cancelled, dirs, address)
+    return RetryOn(backend, retry_on) if retry_on else backend
+
+
+class RetryOn:
+    """Marks each call with its node's `config.retryOn` on the way to `backend`, so that the
+    worker that sees the failure decides whether it may be retried (`Outcome.retryable`)."""
+
+    def __init__(self, backend: Backend, table: Mapping[str, tuple[str, ...]]) -> None:
+        self._backend = backend
+        self._table = table
+        self.shared_context = backend.shared_context
+        self.dispatch_ms = backend.dispatch_ms
+
+    def submit(self, calls: list[Call]) -> Future[list[Outcome]]:
+        table = self._table
+        for call in calls:
+            # An item is named `batch[i]`; a fallback standing in for one keeps its own name.
+            key = call.node
+            if key not in table and call.index is not None:
+                key = key.rpartition("[")[0]
+            call.retry_on = table.get(key)
+        return self._backend.submit(calls)
+
+    def cancel(self) -> None:
+        self._backend.cancel()
+
+    def close(self, *, cancel: bool = False) -> None:
+        self._backend.close(cancel=cancel)
+
+
+def _make(
+    kind: str,
+    targets: Mapping[str, Target],
+    workers: int,
+    run_id: str,
+    context: SharedContext,
+    cancelled: threading.Event,
+    dirs: Sequence[str],
+    address: str | None,
+) -> Backend:
     if kind == "thread":
         from flowrun.engine.backends.thread import ThreadBackend
 

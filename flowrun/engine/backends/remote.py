@@ -24,7 +24,7 @@ from typing import Any
 
 from flowrun.blueprint.resolve import Target, describe, load_callable, use_search_path
 from flowrun.engine import capture
-from flowrun.engine.invoke import Call, CancelScope, Outcome, run_attempt
+from flowrun.engine.invoke import Call, CancelScope, Outcome, crashed, run_attempt
 from flowrun.node import SharedContext
 
 
@@ -119,15 +119,18 @@ def _run_call(call: Call, run_id: str, context: SharedContext) -> Outcome:
         target = _target(call.uses)
     except Exception as exc:  # not importable here: the node fails, the worker carries on
         return _unresolved(call, exc)
-    return run_attempt(
-        call,
-        target.fn,
-        wants_ctx=target.wants_ctx,
-        is_async=target.is_async,
-        run_id=run_id,
-        context=context,
-        cancel=_scope,
-    )
+    try:
+        return run_attempt(
+            call,
+            target.fn,
+            wants_ctx=target.wants_ctx,
+            is_async=target.is_async,
+            run_id=run_id,
+            context=context,
+            cancel=_scope,
+        )
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node: only it fails
+        return crashed(call, exc)
 
 
 def _unresolved(call: Call, exc: Exception) -> Outcome:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from flowrun.blueprint.resolve import Target
-from flowrun.engine.invoke import Call, CancelScope, Outcome, run_attempt
+from flowrun.engine.invoke import Call, CancelScope, Outcome, crashed, run_attempt
 from flowrun.node import SharedContext
 
 
@@ -40,8 +40,8 @@ class ThreadBackend:
             if out and self._cancelled.is_set():
                 break  # the driver treats the calls not run as never started
             t = self._targets[call.uses]
-            out.append(
-                run_attempt(
+            try:
+                outcome = run_attempt(
                     call,
                     t.fn,
                     wants_ctx=t.wants_ctx,
@@ -50,7 +50,9 @@ class ThreadBackend:
                     context=self._context,
                     cancel=self._scope,
                 )
-            )
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node itself
+                outcome = crashed(call, exc)
+            out.append(outcome)
         return out
 
     def cancel(self) -> None:
