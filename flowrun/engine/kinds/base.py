@@ -122,6 +122,8 @@ class NodeKind:
     name: ClassVar[str] = "task"
     #: may a node of this kind be another node's `config.fallback`?
     can_stand_in: ClassVar[bool] = True
+    #: does `fill` do anything (hand out items, pump child runs)?
+    fills: ClassVar[bool] = False
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt

@@ -40,6 +40,7 @@ MAX_CHUNK = 256
 class Batch(NodeKind):
     name: ClassVar[str] = "batch"
     can_stand_in: ClassVar[bool] = False
+    fills: ClassVar[bool] = True
 
     # -- load time ---------------------------------------------------------------------------
     @classmethod

@@ -31,6 +31,7 @@ from flowrun.node import SharedContext
 class Subflow(NodeKind):
     name: ClassVar[str] = "subflow"
     can_stand_in: ClassVar[bool] = False
+    fills: ClassVar[bool] = True
 
     # -- load time ---------------------------------------------------------------------------
     @classmethod
@@ -162,9 +163,15 @@ class ChildRun(Verbs):
         self.context = SharedContext(context)
         self.sched = Scheduler(graph)
         self.router = Router(graph, self.context.data, self.sched)
-        self.stored = _strip(parent.stored, self.prefix)
+        stored = parent.stored
+        self.stored = _strip(stored, self.prefix) if stored.nodes or stored.items else stored
         self.concurrency, self.dispatch_ms = parent.concurrency, parent.dispatch_ms
-        self.entries = entries_of(graph)
+        shape = _SHAPES.get(id(graph))
+        if shape is None or shape[0] is not graph:
+            kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}
+            filling = tuple(k for k in kinds if BY_NAME[k].fills)
+            shape = _SHAPES[id(graph)] = (graph, entries_of(graph), filling)
+        self.entries, self._filling = shape[1], shape[2]
         self.failed, self.first_error, self.fails_run = False, "", fails_run
         self.start_context: dict[str, Any] = context
         self.t0 = time.monotonic()
@@ -182,9 +189,10 @@ class ChildRun(Verbs):
         """Start what the child has ready and let its kinds hand out work."""
         if self.parent.stopping:
             return
-        self.start_ready()
-        for kind in self._kinds.values():
-            kind.fill()
+        if self.sched.has_ready():
+            self.start_ready()
+        for name in self._filling:  # most children have no kind that hands out work itself
+            self._kinds[name].fill()
 
     def emit(self, event: ev.Event) -> None:
         """Forward `event` to the parent with the child's ids as `parent/child`."""
@@ -264,6 +272,11 @@ def load_child(
     except BlueprintError as exc:
         return None, list(exc.problems)
     return child, _check_ends(spec, sub, child, doc, at)
+
+
+#: id(child graph) -> (the graph, its entries, the kinds in it that fill): computed once per
+#: child blueprint, not once per child run (a batch over a subflow starts thousands)
+_SHAPES: dict[int, tuple[Graph, dict[str, str], tuple[str, ...]]] = {}
 
 
 def _spec(spec: NodeSpec) -> SubflowSpec:
