@@ -140,6 +140,9 @@ def graph(
     fmt: Annotated[GraphFormat, typer.Option("--format", help="Output format.")] = (
         GraphFormat.ascii
     ),
+    expand: Annotated[
+        bool, typer.Option("--expand", help="Draw each subflow's blueprint inside it.")
+    ] = False,
     debug: Debug = False,
 ) -> None:
     """Print the expanded DAG (batches as scatter / worker / gather)."""
@@ -149,7 +152,7 @@ def graph(
         g = api.load(file)
     except FlowrunError as exc:
         _fail(exc, debug)
-    sys.stdout.write(diagram.render(g, fmt.value))
+    sys.stdout.write(diagram.render(g, fmt.value, expand=expand))
 
 
 @app.command("schema")

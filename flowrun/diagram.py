@@ -79,8 +79,10 @@ _DOT_SHAPES = {
 }
 
 
-def render(graph: Graph, fmt: str = "ascii") -> str:
-    """Return `graph` drawn in `fmt` (one of `FORMATS`), ending with a newline.
+def render(graph: Graph, fmt: str = "ascii", *, expand: bool = False) -> str:
+    """Return `graph` drawn in `fmt` (one of `FORMATS`), ending with a newline. With `expand`,
+    each subflow's child blueprint is drawn inside it (mermaid subgraph, dot cluster, ascii
+    indentation, json nesting), to any depth.
 
     Raises `ValueError` for an unknown format.
     """
@@ -89,7 +91,7 @@ def render(graph: Graph, fmt: str = "ascii") -> str:
     except KeyError:
         expected = ", ".join(FORMATS)
         raise ValueError(f"unknown graph format {fmt!r}; expected one of: {expected}") from None
-    return renderer(graph)
+    return renderer(graph, expand)
 
 
 # --- escaping -------------------------------------------------------------------------------
@@ -148,8 +150,15 @@ def _edge_text(edge: GraphEdge) -> str:
 def _node_label(node: GraphNode) -> str:
     """The raw text of a node's box in a diagram: its id, then what it calls."""
     if node.spec.subflow is not None and node.kind is Kind.SUBFLOW:
-        return f"{node.id}\n{node.spec.subflow.blueprint}"
+        return f"{node.id}\n{_subflow_file(node)}"
     return node.id if node.uses is None else f"{node.id}\n{node.uses}"
+
+
+def _subflow_file(node: GraphNode) -> str:
+    """The child blueprint a subflow node (or a batch over a subflow) names, as written."""
+    spec = node.spec
+    sub = spec.subflow or (spec.batch.subflow if spec.batch else None)
+    return sub.blueprint if sub is not None else ""
 
 
 def _fallback(node: GraphNode) -> str | None:
@@ -199,7 +208,7 @@ def _batch_groups(graph: Graph) -> Iterator[tuple[str | None, list[str]]]:
 # --- ascii ----------------------------------------------------------------------------------
 
 
-def _render_ascii(graph: Graph) -> str:
+def _render_ascii(graph: Graph, expand: bool = False) -> str:
     header = f"{_plain(graph.blueprint.id)}: {len(graph.nodes)} nodes, {len(graph.edges)} edges"
     width = min(max((len(_plain(n)) for n in graph.order), default=0), _ID_COLUMN_MAX)
     lines = [header]
@@ -214,6 +223,10 @@ def _render_ascii(graph: Graph) -> str:
             lines.extend(_ascii_edge(edge) for edge in graph.succs.get(node_id, ()))
             if (fallback := _fallback(node)) is not None:
                 lines.append(f"    ..fallback..> {_plain(fallback)}")
+            child = graph.children.get(node_id) if expand else None
+            if child is not None and node_id == node.owner:
+                inner = _render_ascii(child, expand).rstrip("\n").split("\n")
+                lines.extend("      | " + line if line else "      |" for line in inner)
     return "\n".join(_wrap(line) for line in lines) + "\n"
 
 
@@ -227,6 +240,8 @@ def _ascii_describe(graph: Graph, node: GraphNode) -> str:
         words.append(f"into {_plain(batch.output_key)}")
     if node.uses is not None:
         words.append(f"uses {_plain(node.uses)}")
+    if node.id in graph.children and node.id == node.owner:
+        words.append(f"runs {_plain(_subflow_file(node))}")
     if node.id in graph.fallbacks:
         words.append("(fallback only)")
     return " ".join(words)
@@ -254,26 +269,38 @@ def _wrap(line: str) -> str:
 # --- mermaid --------------------------------------------------------------------------------
 
 
-def _render_mermaid(graph: Graph) -> str:
+def _render_mermaid(graph: Graph, expand: bool = False) -> str:
+    return "\n".join(["flowchart TD", *_mermaid_body(graph, expand, "n", "", "    ")]) + "\n"
+
+
+def _mermaid_body(graph: Graph, expand: bool, prefix: str, group: str, pad: str) -> list[str]:
     # Generated ids: real ids may hold `-`, `.` or `[`, and `end` is a mermaid keyword.
-    ids = {node_id: f"n{index}" for index, node_id in enumerate(graph.order)}
-    lines = ["flowchart TD"]
+    ids = {node_id: f"{prefix}{index}" for index, node_id in enumerate(graph.order)}
+    lines = []
     for number, (batch, members) in enumerate(_batch_groups(graph)):
-        indent = "    "
+        indent = pad
         if batch is not None:
-            lines.append(f'    subgraph b{number} ["{_mermaid(batch)}"]')
-            indent = "        "
-        lines.extend(indent + _mermaid_node(ids[m], graph.nodes[m]) for m in members)
+            lines.append(f'{pad}subgraph {group}b{number} ["{_mermaid(batch)}"]')
+            indent = pad + "    "
+        for m in members:
+            node, child = graph.nodes[m], graph.children.get(m) if expand else None
+            if child is None or m != node.owner:
+                lines.append(indent + _mermaid_node(ids[m], node))
+                continue
+            # The subflow is a subgraph of its own: edges to and from it reach the box.
+            lines.append(f'{indent}subgraph {ids[m]} ["{_mermaid(_node_label(node))}"]')
+            lines += _mermaid_body(child, expand, ids[m] + "_", ids[m] + "_", indent + "    ")
+            lines.append(f"{indent}end")
         if batch is not None:
-            lines.append("    end")
+            lines.append(f"{pad}end")
     for edge in graph.edges:
         text = _edge_text(edge)
         label = f'|"{_mermaid(text)}"|' if text else ""
-        lines.append(f"    {ids[edge.source]} -->{label} {ids[edge.target]}")
+        lines.append(f"{pad}{ids[edge.source]} -->{label} {ids[edge.target]}")
     # Fallbacks are not edges of the graph: a dotted arrow, after the real ones.
     for source, fallback in _fallback_pairs(graph):
-        lines.append(f'    {ids[source]} -.->|"fallback"| {ids[fallback]}')
-    return "\n".join(lines) + "\n"
+        lines.append(f'{pad}{ids[source]} -.->|"fallback"| {ids[fallback]}')
+    return lines
 
 
 def _mermaid_node(ident: str, node: GraphNode) -> str:
@@ -284,8 +311,9 @@ def _mermaid_node(ident: str, node: GraphNode) -> str:
 # --- dot ------------------------------------------------------------------------------------
 
 
-def _render_dot(graph: Graph) -> str:
+def _render_dot(graph: Graph, expand: bool = False) -> str:
     lines = [f"digraph {_dot(graph.blueprint.id)} {{", "  rankdir=TB;"]
+    lines += _dot_children(graph, "") if expand else []
     for batch, members in _batch_groups(graph):
         indent = "  "
         if batch is not None:
@@ -304,6 +332,34 @@ def _render_dot(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _dot_children(graph: Graph, prefix: str) -> list[str]:
+    """A dashed cluster per subflow holding its child's nodes (`parent/child`), reached from
+    the subflow node by a dotted `runs` edge to each of the child's first nodes."""
+    lines = []
+    for owner, child in graph.children.items():
+        name = prefix + owner
+        lines.append(f"  subgraph {_dot('cluster_sub_' + name)} {{")
+        lines.append(f"    label={_dot(name + ': ' + _subflow_file(graph.nodes[owner]))};")
+        lines.append("    style=dashed;")
+        for node_id in child.order:
+            node = child.nodes[node_id]
+            label, shape = _dot(_node_label(node)), _DOT_SHAPES[node.kind]
+            lines.append(f"    {_dot(name + '/' + node_id)} [label={label}, shape={shape}];")
+        for edge in child.edges:
+            text = _edge_text(edge)
+            attrs = f" [label={_dot(text)}]" if text else ""
+            lines.append(
+                f"    {_dot(name + '/' + edge.source)} -> {_dot(name + '/' + edge.target)}{attrs};"
+            )
+        lines.append("  }")
+        for root in (n for n in child.order if not child.preds[n]):
+            lines.append(
+                f'  {_dot(name)} -> {_dot(name + "/" + root)} [label="runs", style=dotted];'
+            )
+        lines += _dot_children(child, name + "/")
+    return lines
+
+
 def _dot_node(node: GraphNode) -> str:
     label = _dot(_node_label(node))
     return f"{_dot(node.id)} [label={label}, shape={_DOT_SHAPES[node.kind]}];"
@@ -318,9 +374,22 @@ def _dot_edge(edge: GraphEdge) -> str:
 # --- json -----------------------------------------------------------------------------------
 
 
-def _render_json(graph: Graph) -> str:
-    document = {
-        "nodes": [{"id": n, "kind": graph.nodes[n].kind.value} for n in graph.order],
+def _render_json(graph: Graph, expand: bool = False) -> str:
+    return json.dumps(_json_doc(graph, expand), indent=2) + "\n"
+
+
+def _json_doc(graph: Graph, expand: bool) -> dict[str, object]:
+    def node(n: str) -> dict[str, object]:
+        out: dict[str, object] = {"id": n, "kind": graph.nodes[n].kind.value}
+        child = graph.children.get(n)
+        if child is not None and n == graph.nodes[n].owner:
+            out["blueprint"] = _subflow_file(graph.nodes[n])
+            if expand:
+                out["graph"] = _json_doc(child, expand)
+        return out
+
+    return {
+        "nodes": [node(n) for n in graph.order],
         "edges": [
             {
                 "source": edge.source,
@@ -331,10 +400,9 @@ def _render_json(graph: Graph) -> str:
             for edge in graph.edges
         ],
     }
-    return json.dumps(document, indent=2) + "\n"
 
 
-_RENDERERS: dict[str, Callable[[Graph], str]] = {
+_RENDERERS: dict[str, Callable[[Graph, bool], str]] = {
     "ascii": _render_ascii,
     "mermaid": _render_mermaid,
     "dot": _render_dot,

@@ -208,3 +208,30 @@ def test_a_fallback_stands_in_for_a_failed_subflow(tmp_path: Path) -> None:
     assert report.status == "completed"
     assert report.nodes["sub"].status == "recovered"
     assert report.context["sub"] == {"from": "fallback", "input": [10, 20, 30]}
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "mermaid", "dot", "json"])
+def test_graph_draws_a_subflow_as_one_node_and_expand_draws_the_child(fmt: str) -> None:
+    import json as jsonlib
+
+    from flowrun import diagram
+
+    graph = api.load(Path(__file__).parents[1] / "blueprints" / "job-application.yaml")
+    plain = diagram.render(graph, fmt)
+    expanded = diagram.render(graph, fmt, expand=True)
+    assert "interview.yaml" in plain  # labelled with its file
+    assert "output_email" not in plain  # the child's insides stay out
+    assert "output_email" in expanded
+    if fmt == "mermaid":
+        assert expanded.count("subgraph") == 2 and expanded.count("\n    end") >= 2
+    elif fmt == "dot":
+        assert "cluster_sub_send_interview_email" in expanded
+        assert expanded.count("{") == expanded.count("}")
+    elif fmt == "json":
+        doc = jsonlib.loads(expanded)
+        (sub,) = [n for n in doc["nodes"] if n["id"] == "send_interview_email"]
+        assert sub["kind"] == "subflow" and sub["blueprint"] == "interview.yaml"
+        assert [n["id"] for n in sub["graph"]["nodes"]] == ["output_email"]
+        assert "graph" not in jsonlib.dumps(jsonlib.loads(plain)["nodes"])
+    else:
+        assert "      |   output_email  uses hiring.interview_email" in expanded
