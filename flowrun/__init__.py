@@ -7,13 +7,13 @@ Node functions use `Result` (to choose an edge) and `NodeContext` (the `ctx` par
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from flowrun.errors import BlueprintError, FlowrunError
-from flowrun.node import NodeContext, Result
 
 if TYPE_CHECKING:
     from flowrun.api import load, run, validate
+    from flowrun.errors import BlueprintError, FlowrunError
+    from flowrun.node import NodeContext, Result
 
 __version__ = "0.1.0"
 
@@ -28,11 +28,27 @@ __all__ = [
     "validate",
 ]
 
+# Every name is imported on first use: `flowrun --version` and a node module that only needs
+# `Result` skip the API's yaml, jsonschema and engine imports.
+_HOMES = {
+    "BlueprintError": "flowrun.errors",
+    "FlowrunError": "flowrun.errors",
+    "NodeContext": "flowrun.node",
+    "Result": "flowrun.node",
+    "load": "flowrun.api",
+    "run": "flowrun.api",
+    "validate": "flowrun.api",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # The API pulls in yaml and jsonschema; node modules that only need `Result` skip that cost.
-    if name in ("load", "run", "validate"):
-        from flowrun import api
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'flowrun' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'flowrun' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

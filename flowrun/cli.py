@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -20,7 +21,7 @@ from flowrun import __version__
 from flowrun.errors import BlueprintError, FlowrunError
 
 if TYPE_CHECKING:
-    from flowrun.display.plain import RunRecord
+    from flowrun.display.plain import Mode, Reporter, RunRecord
 
 app = typer.Typer(
     name="flowrun",
@@ -212,16 +213,10 @@ def run(
     debug: Debug = False,
 ) -> None:
     """Run a blueprint. Exit 0 completed, 1 failed, 2 invalid input, 130 interrupted."""
-    from rich.console import Console
-
     from flowrun import api
-    from flowrun.display.live import choose_mode, make_reporter
     from flowrun.eventlog import EventLog
 
-    console = Console(stderr=True)
-    mode = choose_mode(console, quiet=quiet, no_progress=no_progress, env=os.environ)
-    # --no-progress hides the display, not the run's errors: those print as --quiet prints them.
-    reporter = make_reporter("quiet" if mode == "off" else mode, console)
+    mode, reporter = _display(quiet=quiet, no_progress=no_progress)
     log = None
     try:
         log = EventLog(events) if events is not None else None
@@ -252,6 +247,30 @@ def run(
     elif mode != "quiet":
         _print_results(r, report)
     _exit(report.exit_code)
+
+
+def _display(*, quiet: bool, no_progress: bool) -> tuple[Mode, Reporter]:
+    """The progress mode and its sink. rich is imported only when it may draw a live display
+    (stderr is a terminal, or the environment makes rich call it one)."""
+    from flowrun.display import plain
+
+    mode = plain.quick_mode(sys.stderr, quiet=quiet, no_progress=no_progress, env=os.environ)
+    if mode is not None:
+        console: plain.Out = plain.PlainConsole()
+        # --no-progress hides the display, not the run's errors: they print as --quiet's do.
+        line = "quiet" if mode == "off" else mode
+        reporter = plain.make_line_reporter(
+            line, console, get_time=time.monotonic, wall_clock=time.time
+        )
+        assert reporter is not None
+        return mode, reporter
+    from rich.console import Console
+
+    from flowrun.display.live import choose_mode, make_reporter
+
+    rich_console = Console(stderr=True)
+    mode = choose_mode(rich_console, quiet=quiet, no_progress=no_progress, env=os.environ)
+    return mode, make_reporter("quiet" if mode == "off" else mode, rich_console)
 
 
 def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
@@ -353,8 +372,6 @@ def runs(
 
 
 def _utc(ts: float) -> str:
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
