@@ -15,19 +15,23 @@ import json
 import math
 import re
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
-
-from flowrun.blueprint.loader import Document
+from flowrun.blueprint import schemacache
 from flowrun.blueprint.messages import DURATION_HELP, path_label, translate, value_text
 from flowrun.errors import BlueprintError, PathT, Problem
 from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, NodeSpec
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
+    from flowrun.blueprint.loader import Document
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
+@functools.cache
 def schema_text() -> str:
     """The blueprint JSON Schema (Draft 2020-12), as shipped: what `flowrun schema` prints."""
     return resources.files("flowrun.blueprint").joinpath("schema.json").read_text(encoding="utf-8")
@@ -57,8 +61,16 @@ def parse_duration(value: int | float | str) -> float:
 
 
 def check(doc: Document) -> Blueprint:
-    """Validate `doc.data` against the schema and build the `Blueprint`, or raise every problem."""
-    problems = _schema_problems(doc)
+    """Validate `doc.data` against the schema and build the `Blueprint`, or raise every problem.
+
+    Data that passed this schema cleanly before (`schemacache`) is not validated again."""
+    digest = schemacache.key(schema_text(), doc.data)
+    if schemacache.passed(digest):
+        problems = []
+    else:
+        problems = _schema_problems(doc)
+        if not problems:
+            schemacache.remember(digest)
     if not problems:
         builder = _Builder(doc)
         blueprint = builder.blueprint()
@@ -73,6 +85,8 @@ def check(doc: Document) -> Blueprint:
 
 @functools.cache
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(_inline_refs(schema(), schema()["$defs"]))
 
 
