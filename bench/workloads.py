@@ -27,6 +27,10 @@ def noop(x):
     return x
 
 
+def tick():
+    return 1
+
+
 def nap(x, seconds=0.02):
     time.sleep(seconds)
     return x
@@ -189,5 +193,15 @@ def write_fan(workdir: Path, n: int) -> Path:
     lines.append("edges:")
     lines += [f"  - {{ source: {s}, target: {t} }}" for s, t in edges]
     path = workdir / f"fan-{n}.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_independent(workdir: Path, n: int) -> Path:
+    """`n` task nodes (`tick`, no input) and no edges: every node is ready at once."""
+    lines = [f"id: dag-{n}", "nodes:"]
+    for i in range(n):
+        lines += [f"  - id: t{i}", f"    uses: {NODE_MODULE}.tick"]
+    path = workdir / f"dag-{n}.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -8,9 +8,12 @@ Node functions use `Result` (to choose an edge) and `NodeContext` (the `ctx` par
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+# Not `typing.TYPE_CHECKING`: importing typing (and re) would be most of `flowrun --version`.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from flowrun.api import load, run, validate
     from flowrun.errors import BlueprintError, FlowrunError
     from flowrun.node import NodeContext, Result

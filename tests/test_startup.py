@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from rich.console import Console
 
@@ -307,3 +308,69 @@ def test_the_quick_exit_keeps_validate_output_and_codes(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stdout.splitlines()[0] == f"{SEED}: ok"
     assert proc.stdout.splitlines()[-1] == "1 problem in 1 file"
+
+
+# -- the split schema verdict agrees with jsonschema ----------------------------------------------
+
+VALUES = [None, True, 0, -1, 2.5, "", "a", "x_scatter", "tasks.f", "1s", "-2ms", "all", [], {}]
+VALUES += [["a"], {"a": "b"}, {"a": 1}, {"maxRetries": 1}, {"uses": "m.f", "inputKey": "k"}]
+NODE_KEYS = ["id", "uses", "params", "inputs", "config", "batch", "_sourceLocation", "bogus"]
+
+
+def full_verdict(data: Any) -> bool:
+    return bool(schema._validator().is_valid(data))
+
+
+def split_verdict(data: Any) -> bool:
+    validator = schema._validator()
+    return schema._Verdict(validator).valid(validator.schema, data)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "blueprints").glob("*.y*ml")))
+def test_split_verdict_on_the_examples(path: Path) -> None:
+    data = loader.load(path).data
+    assert split_verdict(data) is full_verdict(data) is True
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests" / "bad").glob("*.yaml")))
+def test_split_verdict_on_the_bad_blueprints(path: Path) -> None:
+    try:
+        data = loader.load(path).data
+    except BlueprintError:
+        return  # not even loadable: no schema check to compare
+    assert split_verdict(data) is full_verdict(data)
+
+
+def test_split_verdict_on_random_nodes_and_edges() -> None:
+    st = hypothesis.strategies
+    value = st.sampled_from(VALUES)
+    node = st.dictionaries(st.sampled_from(NODE_KEYS), value, max_size=5)
+    config = st.dictionaries(
+        st.sampled_from(["maxRetries", "retryDelay", "timeout", "backoff", "joinStrategy", "x"]),
+        value,
+        max_size=3,
+    )
+    node_with_config = st.tuples(node, config).map(lambda t: {**t[0], "config": t[1]})
+    good = st.fixed_dictionaries(
+        {"id": st.sampled_from(["a", "b"]), "uses": st.just("m.f")},
+        optional={"config": config, "params": st.just({}), "inputs": value},
+    )
+    edge = st.dictionaries(st.sampled_from(["source", "target", "action", "y"]), value)
+    doc_ = st.fixed_dictionaries(
+        {
+            "id": st.one_of(st.just("bp"), value),
+            "nodes": st.lists(st.one_of(good, good, node, node_with_config, value), max_size=4),
+        },
+        optional={"edges": st.lists(st.one_of(edge, value), max_size=3), "context": value},
+    )
+
+    @hypothesis.settings(max_examples=400, deadline=None, derandomize=True)
+    @hypothesis.given(doc_)
+    def agree(data: dict[str, Any]) -> None:
+        verdict = split_verdict(data)
+        assert verdict is full_verdict(data)
+        seen.add(verdict)
+
+    seen: set[bool] = set()
+    agree()
+    assert seen == {True, False}  # both answers were exercised
