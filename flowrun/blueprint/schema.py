@@ -14,7 +14,7 @@ import functools
 import json
 import math
 import re
-from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowrun.blueprint import schemacache
@@ -34,7 +34,12 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 @functools.cache
 def schema_text() -> str:
     """The blueprint JSON Schema (Draft 2020-12), as shipped: what `flowrun schema` prints."""
-    return resources.files("flowrun.blueprint").joinpath("schema.json").read_text(encoding="utf-8")
+    try:  # the file beside this module: importlib.resources costs more than the read itself
+        return Path(__file__).with_name("schema.json").read_text(encoding="utf-8")
+    except OSError:  # installed where modules are not files (a zip)
+        from importlib import resources
+
+        return resources.files("flowrun.blueprint").joinpath("schema.json").read_text("utf-8")
 
 
 @functools.cache
