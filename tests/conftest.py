@@ -3,7 +3,12 @@ and subprocess runs alike), never to the user's cache."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import tempfile
 
-os.environ["FLOWRUN_CACHE_DIR"] = tempfile.mkdtemp(prefix="flowrun-test-cache-")
+_CACHE = tempfile.mkdtemp(prefix="flowrun-test-cache-")
+os.environ["FLOWRUN_CACHE_DIR"] = _CACHE
+atexit.register(functools.partial(shutil.rmtree, _CACHE, ignore_errors=True))
