@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,8 @@ def remember(digest: str) -> None:
     path = cache_file()
     if path is None:
         return
+    import tempfile  # only a miss writes: a hit must not pay for this import
+
     entries = [e for e in _entries(path) if e != digest][-(MAX_ENTRIES - 1) :]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
