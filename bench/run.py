@@ -11,8 +11,12 @@ Workloads (keys for --only):
   W3        three chained batches of ~50 us pure-Python items over 10,000 items, concurrency 8
   startup   `flowrun --version` and `flowrun validate blueprints/batch-workflow.yaml`,
             against `python -c pass`
+  oneshot   `flowrun run blueprints/batch-workflow.yaml --no-progress` (3 items), against
+            bench/oneshot_peer.py: PyYAML + the same functions on a ThreadPoolExecutor
   validate  `flowrun validate` of generated 10,000-node blueprints (a chain and a wide fan),
-            against parsing the same YAML with PyYAML
+            against parsing the same YAML with PyYAML; the schema cache is off (a cold check)
+  dag       2,000 independent task nodes, against bench/dag_peer.py: PyYAML + graphlib +
+            ThreadPoolExecutor
   events    W1 at 100k items with `--events FILE` against the same run without it
   store     W1 at 100k items with the durable store against a store that records nothing
   capture   W1 at 100k items with node output capture against capture switched off
@@ -21,7 +25,9 @@ Workloads (keys for --only):
             loop of 10,000 no-op iterations against one of 10
 
 Every flowrun run is `python -m flowrun run FILE --no-progress --state-dir <fresh dir>`: the
-defaults a user gets otherwise (the durable store is always on), display off. Variants
+defaults a user gets otherwise (the durable store is always on), display off. The schema
+cache (`FLOWRUN_CACHE_DIR`) is a directory of this bench run, so warm-up runs fill it as a
+user's earlier runs would; the 10,000-node validate rows turn it off. Variants
 of one workload alternate (A B B A ...); the table shows medians and the ratio of medians, and
 the notes the range of the per-repetition ratios. The full run writes bench/RESULTS.md;
 --quick and --only write bench/out/RESULTS.md unless --output says otherwise.
@@ -67,10 +73,11 @@ class Plan:
     events_items: int
     live_items: int = 50_000
     subflow_items: int = 10_000
+    dag_nodes: int = 2_000
 
 
 FULL = Plan(5, (1_000, 10_000, 100_000, 1_000_000), 2, 1_000, (10, 50), 10_000, 10, 10_000, 100_000)
-QUICK = Plan(2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000, 5_000, 2_000)
+QUICK = Plan(2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000, 5_000, 2_000, 500)
 
 W2_SLEEP_S = 0.02
 W2_TARGET = 1.05  # makespan / ideal
@@ -300,6 +307,46 @@ def startup(ctx: Context) -> list[Row]:
     return rows
 
 
+def oneshot(ctx: Context) -> list[Row]:
+    """What a user types once: the console script, a fresh state directory, display off."""
+    bp = ROOT / "blueprints" / "batch-workflow.yaml"
+    argv = [*flowrun_bin(), "run", str(bp), "--no-progress", "--state-dir", f"{SCRATCH}/state"]
+    cmds = {
+        "flowrun": Command(argv, ROOT, expect_line("sum-results: 120")),
+        "peer": Command(
+            [PY, str(BENCH / "oneshot_peer.py"), str(bp)], ROOT, expect_line("sum-results: 120")
+        ),
+    }
+    res = alternate(cmds, ctx.plan.startup_reps)
+    label = "one-shot: flowrun run blueprints/batch-workflow.yaml --no-progress (3 items)"
+    ctx.keep(label, res)
+    row = Row(label, res["flowrun"].wall, res["peer"].wall)
+    row.notes.append("baseline: bench/oneshot_peer.py (PyYAML + ThreadPoolExecutor); target ≤ 2×")
+    row.notes.append(f"+{(res['flowrun'].wall - res['peer'].wall) * 1000:.0f} ms over the peer")
+    row.notes.append(_spread(res, "flowrun", "peer"))
+    return [_done(row)]
+
+
+def dag(ctx: Context) -> list[Row]:
+    n = ctx.plan.dag_nodes
+    bp = workloads.write_independent(ctx.workdir, n)
+    last = f"t{n - 1}: 1"
+    cmds = {
+        "flowrun": flowrun_run(bp, 8, inspect=expect_line(last)),
+        "peer": Command(
+            [PY, str(BENCH / "dag_peer.py"), str(bp), "8"], ctx.workdir, expect_line(last)
+        ),
+    }
+    res = alternate(cmds, ctx.plan.reps)
+    label = f"DAG: {n:,} independent task nodes, c=8"
+    ctx.keep(label, res)
+    row = Row(label, res["flowrun"].wall, res["peer"].wall)
+    row.notes.append("baseline: bench/dag_peer.py (PyYAML + graphlib + ThreadPoolExecutor)")
+    row.notes.append(f"{(res['flowrun'].wall - res['peer'].wall) / n * 1e6:+.0f} µs/node")
+    row.notes.append(_spread(res, "flowrun", "peer"))
+    return [_done(row)]
+
+
 def _version_inspect(scratch: Path, stdout: str) -> Mapping[str, float]:
     if not stdout.startswith("flowrun "):
         raise measure.BenchError(f"unexpected --version output {stdout!r}")
@@ -318,8 +365,10 @@ def validate(ctx: Context) -> list[Row]:
         "yaml.load(open(sys.argv[1], 'rb'), Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader))"
     )
     cmds: dict[str, Command] = {}
+    cold = {**measure.base_env(), "FLOWRUN_CACHE_DIR": ""}  # every run checks the schema
     for kind, path in files.items():
-        cmds[kind] = Command([*fr, "validate", str(path)], ctx.workdir, expect_line(f"{path}: ok"))
+        ok = expect_line(f"{path}: ok")
+        cmds[kind] = Command([*fr, "validate", str(path)], ctx.workdir, ok, env=cold)
         cmds[f"{kind}-yaml"] = Command([PY, "-c", parse, str(path)], ctx.workdir)
     res = alternate(cmds, ctx.plan.reps)
     ctx.keep("validate", res)
@@ -335,6 +384,7 @@ def validate(ctx: Context) -> list[Row]:
         verdict = "ok" if fl.wall <= VALIDATE_TARGET_S else "OVER"
         row.notes.append(f"target ≤ {VALIDATE_TARGET_S:g} s: {verdict}")
         row.notes.append("baseline: python + PyYAML (libyaml) load of the same file")
+        row.notes.append("schema cache off")
         row.notes.append(f"{files[kind].stat().st_size / 1e6:.1f} MB of YAML")
         row.notes.append(_spread(res, kind, f"{kind}-yaml"))
         rows.append(_done(row))
@@ -447,7 +497,9 @@ WORKLOADS: dict[str, Callable[[Context], list[Row]]] = {
     "W3": w3,
     "startup": startup,
     "composition": composition,
+    "oneshot": oneshot,
     "validate": validate,
+    "dag": dag,
     "events": events,
     "store": store_cost,
     "capture": capture_cost,
@@ -599,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = ("quick" if args.quick else "full") + (f", only {args.only}" if args.only else "")
     header = environment(mode)
     with tempfile.TemporaryDirectory(prefix="flowrun-bench-work-") as tmp:
+        os.environ["FLOWRUN_CACHE_DIR"] = os.path.join(tmp, "cache")
         spin, spin_us = workloads.calibrate_spin()
         workdir = Path(tmp)
         workloads.write_nodes(workdir, spin)

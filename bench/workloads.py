@@ -31,6 +31,10 @@ def count_up(x=None):
     return (x or 0) + 1
 
 
+def tick():
+    return 1
+
+
 def nap(x, seconds=0.02):
     time.sleep(seconds)
     return x
@@ -223,4 +227,13 @@ def write_loop(workdir: Path, n: int) -> Path:
         "edges:\n  - {source: spin, target: count}\n",
         encoding="utf-8",
     )
+
+
+def write_independent(workdir: Path, n: int) -> Path:
+    """`n` task nodes (`tick`, no input) and no edges: every node is ready at once."""
+    lines = [f"id: dag-{n}", "nodes:"]
+    for i in range(n):
+        lines += [f"  - id: t{i}", f"    uses: {NODE_MODULE}.tick"]
+    path = workdir / f"dag-{n}.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -17,11 +17,12 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowrun import errors
-from flowrun.blueprint.loader import Document
 from flowrun.errors import PathT, Problem, did_you_mean
 
 if TYPE_CHECKING:  # only annotations: `schema` stays the one module that runs jsonschema
     from jsonschema import ValidationError  # type: ignore[import-untyped]
+
+    from flowrun.blueprint.loader import Document
 
 DURATION_HELP = "a number of milliseconds (250) or a string with a unit (250ms, 2s, 1.5m, 1h)"
 

@@ -30,17 +30,19 @@ from flowrun.display.plain import (
     BatchRecord,
     Clock,
     Mode,
-    PlainReporter,
+    NullReporter,
+    QuietReporter,
     Reporter,
     RunRecord,
     cancelling_text,
     failure_text,
     fmt_rate,
     fmt_seconds,
+    make_line_reporter,
 )
 from flowrun.display.streams import FdRouter
 
-__all__ = ["Mode", "Reporter", "choose_mode", "make_reporter"]
+__all__ = ["Mode", "NullReporter", "QuietReporter", "Reporter", "choose_mode", "make_reporter"]
 
 #: running nodes shown before "+N more": render cost grows with rows, not with events
 MAX_ROWS = 20
@@ -91,36 +93,12 @@ def make_reporter(
     refresh_per_second: float = 10,
 ) -> Reporter:
     """The sink for `mode`; `get_time` measures durations, `wall_clock` stamps plain lines."""
-    record = RunRecord(get_time)
     if mode == "live":
-        return LiveReporter(console, record, refresh_per_second)
-    if mode == "plain":
-        return PlainReporter(console, record, wall_clock)
-    if mode == "quiet":
-        return QuietReporter(console, record)
-    if mode == "off":
-        return NullReporter(console, record)
-    raise ValueError(f"unknown progress mode {mode!r}")
-
-
-class QuietReporter(Reporter):
-    """`--quiet`: nothing while the run goes; at the end, the failures no fallback covered."""
-
-    mode: ClassVar[Mode] = "quiet"
-
-    def print_summary(self) -> None:
-        """Each uncovered failure with its traceback, and nothing else."""
-        self.print_failures(include_recovered=False)
-
-
-class NullReporter(Reporter):
-    """`--no-progress`: a sink that ignores every event and prints nothing."""
-
-    mode: ClassVar[Mode] = "off"
-
-    def __init__(self, console: Console, record: RunRecord) -> None:
-        super().__init__(console, record)
-        self._dispatch = {}
+        return LiveReporter(console, RunRecord(get_time), refresh_per_second)
+    reporter = make_line_reporter(mode, console, get_time=get_time, wall_clock=wall_clock)
+    if reporter is None:
+        raise ValueError(f"unknown progress mode {mode!r}")
+    return reporter
 
 
 class LiveView:
@@ -275,6 +253,7 @@ class LiveReporter(Reporter):
     """A rich `Live` display refreshed on rich's own thread; the sink never calls rich."""
 
     mode: ClassVar[Mode] = "live"
+    console: Console
 
     def __init__(self, console: Console, record: RunRecord, refresh_per_second: float) -> None:
         super().__init__(console, record)

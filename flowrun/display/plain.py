@@ -2,16 +2,21 @@
 
 `Reporter` feeds each event to a `RunRecord` (`display.record`) and prints the summary once;
 `PlainReporter` adds timestamped lines without ANSI codes, with batch items shown only as
-throttled progress lines. The live rich view is in `progress.py`.
+throttled progress lines. The live rich view is in `display.live`.
+
+Nothing here imports rich: plain, quiet and `--no-progress` runs write through `PlainConsole`
+(what rich's `Console.out` writes, without rich's import cost), and `quick_mode` picks those
+modes without asking rich whenever the answer does not depend on rich's terminal detection.
 """
 
 from __future__ import annotations
 
+import sys
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar, Literal, Self
-
-from rich.console import Console
+from typing import IO, Any, ClassVar, Literal, Protocol, Self
 
 from flowrun.display.record import (
     MAX_ITEM_TRACEBACKS,
@@ -47,7 +52,11 @@ __all__ = [
     "Clock",
     "Mode",
     "NodeRecord",
+    "NullReporter",
+    "Out",
+    "PlainConsole",
     "PlainReporter",
+    "QuietReporter",
     "Reporter",
     "RunRecord",
     "SummaryRow",
@@ -57,7 +66,9 @@ __all__ = [
     "fmt_rate",
     "fmt_seconds",
     "logs_text",
+    "make_line_reporter",
     "progress_text",
+    "quick_mode",
     "retry_text",
 ]
 
@@ -65,6 +76,81 @@ __all__ = [
 PROGRESS_EVERY_S = 5.0
 
 Mode = Literal["live", "plain", "quiet", "off"]
+
+
+class Out(Protocol):
+    """What a line-based display writes to: rich's `Console`, or `PlainConsole`."""
+
+    @property
+    def file(self) -> IO[str]: ...
+
+    def out(self, *objects: Any, highlight: bool | None = None) -> None: ...
+
+
+#: what rich's `Text` drops from printed text (BEL, BS, VT, FF, CR)
+_CONTROL = dict.fromkeys(map(ord, "\x07\x08\x0b\x0c\r"))
+
+
+class PlainConsole:
+    """Writes exactly what rich's `Console.out(text, highlight=False)` writes to a file that is
+    not a terminal: the text with rich's control characters removed and tabs expanded to
+    8-cell stops, then a newline, flushed at once (plain lines are read live from logs)."""
+
+    def __init__(self, file: IO[str] | None = None) -> None:
+        self._file = file
+
+    @property
+    def file(self) -> IO[str]:
+        return self._file if self._file is not None else sys.stderr
+
+    def out(self, *objects: Any, highlight: bool | None = None) -> None:
+        text = " ".join(str(o) for o in objects).translate(_CONTROL)
+        if "\t" in text:
+            text = "\n".join(_expand_tabs(line) for line in text.split("\n"))
+        stream = self.file
+        stream.write(text + "\n")
+        stream.flush()
+
+
+def _expand_tabs(line: str) -> str:
+    out: list[str] = []
+    cells = 0
+    for char in line:
+        if char == "\t":
+            pad = 8 - cells % 8
+            out.append(" " * pad)
+            cells += pad
+        else:
+            out.append(char)
+            cells += _cell_width(char)
+    return "".join(out)
+
+
+def _cell_width(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def quick_mode(
+    stream: IO[str], *, quiet: bool, no_progress: bool, env: Mapping[str, str]
+) -> Mode | None:
+    """The display mode when it can be told without rich, else None (ask `live.choose_mode`).
+
+    Agrees with `choose_mode`: `off` and `quiet` come from the flags, and a stream that is not
+    a terminal is `plain` unless an environment variable makes rich call it a terminal
+    (`TTY_COMPATIBLE=1`, `TTY_INTERACTIVE`, or FORCE_COLOR, which `choose_mode` also handles)."""
+    if no_progress:
+        return "off"
+    if quiet:
+        return "quiet"
+    if env.get("TTY_COMPATIBLE") == "1" or "TTY_INTERACTIVE" in env:
+        return None
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty else "plain"
 
 
 class Reporter:
@@ -76,7 +162,7 @@ class Reporter:
 
     mode: ClassVar[Mode] = "off"
 
-    def __init__(self, console: Console, record: RunRecord) -> None:
+    def __init__(self, console: Out, record: RunRecord) -> None:
         self.console = console
         self.record = record
         self._dispatch: dict[type[Event], Handler] = record.handlers
@@ -136,7 +222,7 @@ class PlainReporter(Reporter):
 
     mode: ClassVar[Mode] = "plain"
 
-    def __init__(self, console: Console, record: RunRecord, wall_clock: Clock) -> None:
+    def __init__(self, console: Out, record: RunRecord, wall_clock: Clock) -> None:
         super().__init__(console, record)
         self.wall_clock = wall_clock
         self._width = 16
@@ -250,6 +336,40 @@ class PlainReporter(Reporter):
 
 #: lines of a failed node's captured output printed under its traceback (all are stored)
 MAX_LOG_LINES = 40
+
+
+class QuietReporter(Reporter):
+    """`--quiet`: nothing while the run goes; at the end, the failures no fallback covered."""
+
+    mode: ClassVar[Mode] = "quiet"
+
+    def print_summary(self) -> None:
+        """Each uncovered failure with its traceback, and nothing else."""
+        self.print_failures(include_recovered=False)
+
+
+class NullReporter(Reporter):
+    """`--no-progress`: a sink that ignores every event and prints nothing."""
+
+    mode: ClassVar[Mode] = "off"
+
+    def __init__(self, console: Out, record: RunRecord) -> None:
+        super().__init__(console, record)
+        self._dispatch = {}
+
+
+def make_line_reporter(
+    mode: Mode, console: Out, *, get_time: Clock, wall_clock: Clock
+) -> Reporter | None:
+    """The sink for a mode that writes lines (`plain`, `quiet`, `off`); None for `live`."""
+    record = RunRecord(get_time)
+    if mode == "plain":
+        return PlainReporter(console, record, wall_clock)
+    if mode == "quiet":
+        return QuietReporter(console, record)
+    if mode == "off":
+        return NullReporter(console, record)
+    return None
 
 
 def failure_text(rec: NodeRecord) -> str:

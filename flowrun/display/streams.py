@@ -17,10 +17,10 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.text import Text
+if TYPE_CHECKING:  # rich is imported only where a live display runs (`FdRouter`)
+    from rich.console import Console
 
 
 def _fileno(stream: Any) -> int | None:
@@ -115,6 +115,8 @@ class FdRouter:
 
     def _print(self, text: str) -> None:
         with contextlib.suppress(Exception):
+            from rich.text import Text  # a live display runs: rich is loaded already
+
             self.console.print(Text(text), soft_wrap=True, highlight=False)
 
     def stop(self) -> None:

@@ -9,19 +9,21 @@ that cannot be stored fails its own node with a clear message.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowrun.engine import capture
 from flowrun.node import FatalError, NodeContext, Result, SharedContext
+
+if TYPE_CHECKING:  # imported on the first `async def` node: most runs never need asyncio
+    import asyncio
 
 
 @dataclass(slots=True)
@@ -130,6 +132,8 @@ def _loop() -> asyncio.AbstractEventLoop:
     """The event loop this worker thread owns, for `async def` nodes."""
     loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
+        import asyncio
+
         loop = asyncio.new_event_loop()
         _local.loop = loop
     return loop
@@ -139,7 +143,7 @@ def _call(fn: Callable[..., Any], is_async: bool, args: Sequence[Any], kwargs: A
     if is_async:
         return _loop().run_until_complete(fn(*args, **kwargs))
     value = fn(*args, **kwargs)
-    if asyncio.iscoroutine(value):  # a sync wrapper that returned a coroutine
+    if isinstance(value, Coroutine):  # a sync wrapper that returned a coroutine
         return _loop().run_until_complete(value)
     return value
 
