@@ -279,7 +279,7 @@ def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     problem = only(node("    uses: a.b\n    zzz: 1\n"))
     assert (
         problem.message
-        == "node 'n': unknown key 'zzz'; expected one of: id, uses, params, inputs, config, batch"
+        == "node 'n': unknown key 'zzz'; expected one of: id, uses, params, inputs, config, shell, batch"
     )
 
 
@@ -429,8 +429,8 @@ def test_node_kinds() -> None:
         "$.nodes[0].uses",
     )
     assert (
-        problem.message == "node 'n': a node needs 'uses' (the Python callable to run) "
-        "or 'batch' (a worker run for each item of a list)"
+        problem.message == "node 'n': a node needs 'uses' (the Python callable to run), "
+        "'shell' (a command) or 'batch' (a worker run for each item of a list)"
     )
     found = problems_of(
         node("    uses: a.b\n    params: {}\n    batch: {uses: a.c, inputKey: x}\n")

@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flowrun.blueprint import params
 from flowrun.errors import BlueprintError, PathT, Problem
 from flowrun.expr.compiler import ExprError, compile_expr
 from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, Kind, NodeSpec
@@ -90,7 +91,7 @@ def _column_in_value(source: str, line: int, column: int, text: str, offset: int
 def expand(bp: Blueprint) -> Graph:
     """Build the expanded graph; raise `BlueprintError` listing every problem found."""
     chk = _Checker(bp)
-    specs = _unique_nodes(bp, chk)
+    specs = params.compile_all(bp, _unique_nodes(bp, chk), chk.add)
     nodes = _graph_nodes(specs)
     producers = _producers(specs, chk)
     edges = _edges(bp, specs, nodes, chk)

@@ -74,9 +74,12 @@ def _unknown_keys(
 
 def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> Problem:
     key = path[-1]
+    if "else" in error.schema_path and len(path) > 2 and path[-2] == "batch":
+        message = f"{label}: a batch needs 'uses' (the worker) or 'shell' (a command per item)"
+        return doc.problem(path, "schema.node-kind", message)
     if "else" in error.schema_path:  # the node-kind rule: a node without `batch` needs `uses`
         message = (
-            f"{label}: a node needs 'uses' (the Python callable to run) "
+            f"{label}: a node needs 'uses' (the Python callable to run), 'shell' (a command) "
             "or 'batch' (a worker run for each item of a list)"
         )
         return doc.problem(path, "schema.node-kind", message)
@@ -85,6 +88,20 @@ def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> 
 
 def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int, Problem]]:
     node = _get(doc.data, path)
+    if isinstance(node, dict) and "shell" in node and "uses" in node:
+        where = "its worker" if path[-1:] == ("batch",) else "the node"
+        message = (
+            f"{label}: has both 'uses' and 'shell'; 'shell' stands for "
+            f"'uses: flowrun.std.shell' as {where}, so keep one of them"
+        )
+        yield 1, doc.problem((*path, "uses"), "schema.node-kind", message, key=True)
+        return
+    if isinstance(node, dict) and "shell" in node and "batch" in node:
+        message = (
+            f"{label}: has both 'shell' and 'batch'; a batch runs its command per item, "
+            "so move 'shell' into 'batch'"
+        )
+        yield 1, doc.problem((*path, "shell"), "schema.node-kind", message, key=True)
     if isinstance(node, dict) and "uses" in node:
         message = (
             f"{label}: has both 'uses' and 'batch'; a batch node names its worker in "

@@ -26,6 +26,7 @@ from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.routing import InputError, Router
 from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.expr.compiler import ExprEvalError
+from flowrun.expr.template import with_kwargs
 from flowrun.model import Graph, GraphNode, Kind
 from flowrun.node import SharedContext
 from flowrun.report import NodeReport, RunReport
@@ -277,7 +278,7 @@ class Driver:
         spec = node.spec
         assert spec.uses is not None
         call = Call(
-            node.id, spec.uses, args, {**kwargs, **spec.params}, 1, None, spec.config.timeout
+            node.id, spec.uses, args, with_kwargs(kwargs, spec.params), 1, None, spec.config.timeout
         )
         self.queued.append(Work(call, node.id, input_kwargs=kwargs))
 
@@ -439,8 +440,8 @@ class Driver:
         spec = self.graph.nodes[fb].spec
         assert spec.uses is not None
         # The fallback receives the failed node's input, never its params.
-        call = Call(fb, spec.uses, work.call.args, {**(work.input_kwargs or {}), **spec.params},
-                    1, work.call.index, spec.config.timeout)  # fmt: skip
+        call = Call(fb, spec.uses, work.call.args, with_kwargs(work.input_kwargs or {},
+                    spec.params), 1, work.call.index, spec.config.timeout)  # fmt: skip
         self.queued.append(Work(call, fb, None, work, out))
 
     def _recovered(self, work: Work, out: Outcome) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from flowrun.expr.template import Params
 from flowrun.node import NodeContext, Result, SharedContext
 
 
@@ -187,8 +188,11 @@ def run_attempt(
             context=context,
             cancelled=attempt_cancel,
         )
-        kwargs = {**kwargs, "ctx": ctx}
     try:
+        if isinstance(kwargs, Params):  # `${{ }}` in params: rendered for this call
+            kwargs = kwargs.render(call.args, context.data)
+        if ctx is not None:
+            kwargs = {**kwargs, "ctx": ctx}
         if call.timeout is None:
             value = _call(fn, is_async, call.args, kwargs)
         else:

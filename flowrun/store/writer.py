@@ -15,9 +15,9 @@ What a ``kill -9`` can lose: per batch, the successes not yet handed over (fewer
 ``GROUP_MAX``; none once the run has waited for work), plus what the writer holds uncommitted
 (``MAX_BACKLOG`` items at most, counting a chunk as its items), plus what was running.
 
-This module records; its neighbours hold the rest, and every public name is importable from
-in the package: ``store.db`` the run directory, database file, schema and lock, ``store.records`` the
-records and their SQL, ``store.read`` reading runs back.
+This module records; its neighbours hold the rest, and every public name is importable
+from the package: ``store.db`` the run directory, database file, schema and lock,
+``store.records`` the records and their SQL, ``store.read`` reading runs back.
 """
 
 from __future__ import annotations

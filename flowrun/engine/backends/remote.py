@@ -24,6 +24,7 @@ from typing import Any
 
 from flowrun.blueprint.resolve import Target, describe, load_callable, use_search_path
 from flowrun.engine.invoke import Call, Outcome, run_attempt
+from flowrun.expr.template import Params
 from flowrun.node import SharedContext
 
 
@@ -54,7 +55,8 @@ class ContextPacker:
 
     def pack(self, calls: Sequence[Call]) -> bytes | None:
         """The pickled snapshot when some call's function takes `ctx`, else None."""
-        if not any(self._wants_ctx(c.uses) for c in calls):
+        # A call whose params hold `${{ }}` reads the context too (node ids, `context`).
+        if not any(self._wants_ctx(c.uses) or isinstance(c.kwargs, Params) for c in calls):
             return None
         snapshot = self._context.snapshot()
         # The driver replaces values (`context.set`), it never mutates them in place, so the
