@@ -285,6 +285,9 @@ def _signals(r: object, reporter: object) -> Iterator[None]:
         if r.cancelled.is_set():  # type: ignore[attr-defined]
             with contextlib.suppress(Exception):
                 reporter.stop()  # type: ignore[attr-defined]
+            from flowrun.std.shell import kill_all
+
+            kill_all()  # shell nodes run in sessions of their own: they would outlive us
             os._exit(130)
         print("flowrun: interrupted; finishing running nodes (Ctrl-C again to quit now)",
               file=sys.stderr)  # fmt: skip

@@ -26,6 +26,7 @@ from flowrun.blueprint.resolve import Target, describe, load_callable, use_searc
 from flowrun.engine.invoke import Call, Outcome, run_attempt
 from flowrun.expr.template import Params
 from flowrun.node import SharedContext
+from flowrun.std.shell import kill_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,9 @@ def init_process() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # an in-process Dask worker: signals belong to the host program
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Cancel terminates this process; commands it started run in sessions of their own, so
+    # they would outlive it: end their process groups first.
+    signal.signal(signal.SIGTERM, _terminated)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
@@ -164,8 +168,14 @@ def init_process() -> None:
         ).start()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    kill_all()
+    os._exit(1)
+
+
 def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
     parent.join()
+    kill_all()
     os._exit(1)
 
 
