@@ -6,6 +6,7 @@ The CLI is a thin layer over these functions; they are also the Python API
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -16,13 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowrun import events as ev
-from flowrun.blueprint import loader, schema
+from flowrun.blueprint import loader, schema, select
 from flowrun.blueprint.expand import expand, suggest
 from flowrun.blueprint.resolve import Target, resolve, search_path
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
-from flowrun.report import RunReport
+from flowrun.report import NodeReport, RunReport
 
 if TYPE_CHECKING:
     from flowrun.store import StoredRun
@@ -157,6 +158,24 @@ class RunOptions:
     state_dir: str | os.PathLike[str] = ".flowrun"
     sinks: Sequence[ev.Sink] = field(default_factory=list)
     cancelled: threading.Event | None = None
+    targets: Sequence[str] = ()  # --target: only these nodes and what they need
+    rerun_from: Sequence[str] = ()  # --from (with --resume): re-run these and what follows
+    dry_run: bool = False  # plan only: nothing called, nothing written
+
+
+def check_usage(options: RunOptions) -> None:
+    """Flags that have no effect together are usage errors (exit 2), before anything is read."""
+    wrong = []
+    if options.address is not None and options.executor != "dask":
+        wrong.append("--address needs --executor dask (it names a Dask scheduler)")
+    if options.allow_changed and options.resume is None:
+        wrong.append("--allow-changed needs --resume (it allows resuming a changed blueprint)")
+    if options.rerun_from and options.resume is None:
+        wrong.append("--from needs --resume RUN_ID|latest (it re-runs part of an earlier run)")
+    if options.concurrency < 1:
+        wrong.append("--concurrency must be at least 1")
+    if wrong:
+        raise UsageError("; ".join(wrong))
 
 
 class Run:
@@ -169,11 +188,19 @@ class Run:
     def __init__(self, path: str | os.PathLike[str], options: RunOptions) -> None:
         from flowrun import store
 
-        if options.concurrency < 1:
-            raise UsageError("--concurrency must be at least 1")
+        check_usage(options)
         self.options = options
         self.path = str(path)
         self.prepared = prepare(path)
+        self.full_graph = self.prepared.graph
+        self.skipped: tuple[str, ...] = ()
+        if options.targets:
+            keep = select.selected(self.full_graph, options.targets)
+            self.prepared = dataclasses.replace(
+                self.prepared, graph=select.targeted(self.full_graph, keep)
+            )
+            self.skipped = tuple(s.id for s in self.full_graph.blueprint.nodes if s.id not in keep)
+        self.rerun = select.downstream(self.full_graph, options.rerun_from)
         self.cancelled = options.cancelled or threading.Event()
         self.stored: StoredRun | None = None
         state_dir = Path(options.state_dir)
@@ -182,6 +209,11 @@ class Run:
             assert self.stored is not None
             ctx = dict(self.stored.meta.context)
             ctx.update(self.stored.context_updates)
+            if options.dry_run:
+                self.store.close()
+        elif options.dry_run:
+            ctx = initial_context(self.prepared.graph, options.sets, options.context_file)
+            self.store = None
         else:
             ctx = initial_context(self.prepared.graph, options.sets, options.context_file)
             meta = store.RunMeta(
@@ -196,7 +228,7 @@ class Run:
             )  # fmt: skip
             self.store = store.RunStore.create(state_dir, meta)
             ctx = dict(ctx)
-        self.run_id: str = self.store.run_id
+        self.run_id: str = self.store.run_id if self.store is not None else ""
         self.context = SharedContext(ctx)
         self._driver: Any = None
 
@@ -240,16 +272,41 @@ class Run:
         if self.stored is None:
             return None
         ok = ("succeeded", "recovered")
+        # --from: what follows those nodes runs again, whatever it did before.
         nodes = {
             k: (n.status, n.output, n.action, n.attempts or 1)
             for k, n in self.stored.nodes.items()
-            if n.status in ok and "[" not in k
+            if n.status in ok and "[" not in k and k not in self.rerun
         }
         items = {
             b: {i: n.output for i, n in its.items() if n.status in ok}
             for b, its in self.stored.items.items()
+            if b not in self.rerun
         }
         return Stored(nodes, items)
+
+    def plan(self) -> dict[str, Any]:
+        """What a run would do, per node: `run`, `reuse` (from the resumed run) or `skip`
+        (not selected by --target). Nothing is called and nothing is written."""
+        stored = self._resume_state()
+        nodes: dict[str, dict[str, Any]] = {}
+        for spec in self.full_graph.blueprint.nodes:
+            entry: dict[str, Any] = {"plan": "run"}
+            if spec.id in self.skipped:
+                entry = {"plan": "skip", "reason": "not needed by --target"}
+            elif stored is not None and spec.id in stored.nodes:
+                entry = {"plan": "reuse"}
+            elif stored is not None and spec.batch is not None and stored.items.get(spec.id):
+                entry["itemsReused"] = len(stored.items[spec.id])
+            if spec.id in self.rerun:
+                entry["reason"] = "--from"
+            nodes[spec.id] = entry
+        return {
+            "blueprint": self.full_graph.blueprint.id,
+            "runId": self.run_id or None,
+            "dryRun": True,
+            "nodes": nodes,
+        }
 
     def start(self) -> RunReport:
         """Drive the run to its end; the store is closed (everything committed) on return."""
@@ -257,6 +314,8 @@ class Run:
         from flowrun.engine.driver import Driver, Options
 
         opts = self.options
+        if self.store is None:
+            raise UsageError("a dry run has no run to start; call plan()")
         try:
             backend = make_backend(
                 opts.executor,
@@ -284,10 +343,14 @@ class Run:
             idle=bus.idle,
         )
         try:
-            return self._driver.run()  # type: ignore[no-any-return]
+            report: RunReport = self._driver.run()
         finally:
             backend.close(cancel=self.cancelled.is_set())
             self.store.close()
+        if self.skipped:  # --target: the nodes left out are in the report, as skipped
+            reports = {s.id: report.nodes.get(s.id) for s in self.full_graph.blueprint.nodes}
+            report.nodes = {k: v or NodeReport("skipped") for k, v in reports.items()}
+        return report
 
 
 def run(path: str | os.PathLike[str], **kwargs: Any) -> RunReport:

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 app = typer.Typer(
     name="flowrun",
     help="Run YAML/JSON workflow blueprints: DAGs with batch fan-out, retries and resume.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -56,7 +57,12 @@ FileArg = Annotated[
 ]
 StateDir = Annotated[
     Path,
-    typer.Option("--state-dir", metavar="DIR", help="Where run state is kept: DIR/runs/<runId>/."),
+    typer.Option(
+        "--state-dir",
+        metavar="DIR",
+        envvar="FLOWRUN_STATE_DIR",
+        help="Where run state is kept: DIR/runs/<runId>/ (default .flowrun, or FLOWRUN_STATE_DIR).",
+    ),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for flowrun errors.")]
 
@@ -73,8 +79,18 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    directory: Annotated[
+        Path | None,
+        typer.Option("-C", metavar="DIR", help="Run as if flowrun was started in DIR."),
+    ] = None,
 ) -> None:
     """flowrun: run workflow blueprints."""
+    if directory is not None:
+        try:
+            os.chdir(directory)
+        except OSError as exc:
+            print(f"flowrun: error: -C {directory}: {exc.strerror}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
 
 def _fail(exc: FlowrunError, debug: bool) -> NoReturn:
@@ -209,12 +225,34 @@ def run(
         ),
     ] = False,
     state_dir: StateDir = Path(".flowrun"),
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan (run/reuse/skip per node); run nothing."),
+    ] = False,
+    targets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target", metavar="NODE", help="Run only NODE and what it needs. Repeatable."
+        ),
+    ] = None,
+    rerun_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            metavar="NODE",
+            help="With --resume: re-run NODE and everything after it. Repeatable.",
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", metavar="FILE", help="Write a JUnit XML report to FILE."),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Run a blueprint. Exit 0 completed, 1 failed, 2 invalid input, 130 interrupted."""
     from rich.console import Console
 
-    from flowrun import api
+    from flowrun import api, ci
     from flowrun.display.live import choose_mode, make_reporter
     from flowrun.eventlog import EventLog
 
@@ -223,8 +261,9 @@ def run(
     # --no-progress hides the display, not the run's errors: those print as --quiet prints them.
     reporter = make_reporter("quiet" if mode == "off" else mode, console)
     log = None
+    failures = ci.Failures()
     try:
-        log = EventLog(events) if events is not None else None
+        log = EventLog(events) if events is not None and not dry_run else None
         options = api.RunOptions(
             concurrency=concurrency,
             sets=sets or (),
@@ -235,9 +274,15 @@ def run(
             resume=resume,
             allow_changed=allow_changed,
             state_dir=state_dir,
-            sinks=[s for s in (reporter, log) if s is not None],
+            sinks=[s for s in (reporter, log, failures) if s is not None],
+            targets=targets or (),
+            rerun_from=rerun_from or (),
+            dry_run=dry_run,
         )
         r = api.Run(file, options)
+        if dry_run:
+            _print_plan(r.plan(), as_json)
+            raise typer.Exit(0)
         with _signals(r, reporter), reporter:
             report = r.start()
     except FlowrunError as exc:
@@ -247,11 +292,51 @@ def run(
             log.close()
     reporter.summary()
     _print_unannounced(report.errors, reporter.record)
+    _ci_outputs(r, report, failures, junit)
     if as_json:
         print(report.to_json())
     elif mode != "quiet":
         _print_results(r, report)
     _exit(report.exit_code)
+
+
+def _print_plan(plan: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(plan, indent=2))
+        return
+    nodes: dict[str, dict[str, object]] = plan["nodes"]  # type: ignore[assignment]
+    resumed = f" (resuming {plan['runId']})" if plan["runId"] else ""
+    print(f"plan for {plan['blueprint']}{resumed}: nothing is run")
+    width = max(len(n) for n in nodes)
+    for node, entry in nodes.items():
+        notes = [str(entry[k]) for k in ("reason",) if k in entry]
+        if "itemsReused" in entry:
+            notes.append(f"{entry['itemsReused']} items reused")
+        note = f"  ({', '.join(notes)})" if notes else ""
+        print(f"  {entry['plan']:<6} {node:<{width}}{note}".rstrip())
+
+
+def _ci_outputs(r: object, report: object, failures: object, junit: Path | None) -> None:
+    """GitHub Actions annotations and step summary, and the --junit file."""
+    from flowrun import ci
+
+    assert isinstance(failures, ci.Failures)
+    graph = r.full_graph  # type: ignore[attr-defined]
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        ci.github_report(report, failures, ci.locator(graph), sys.stderr)  # type: ignore[arg-type]
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            try:
+                with open(summary, "a", encoding="utf-8") as fh:
+                    fh.write(ci.summary_markdown(report, failures))  # type: ignore[arg-type]
+            except OSError as exc:
+                print(f"flowrun: cannot write GITHUB_STEP_SUMMARY {summary}: {exc}",
+                      file=sys.stderr)  # fmt: skip
+    if junit is not None:
+        try:
+            ci.write_junit(str(junit), report, failures)  # type: ignore[arg-type]
+        except OSError as exc:
+            print(f"flowrun: cannot write --junit {junit}: {exc.strerror}", file=sys.stderr)
 
 
 def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:

@@ -278,8 +278,8 @@ def test_unknown_key_that_belongs_elsewhere_says_where() -> None:
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     problem = only(node("    uses: a.b\n    zzz: 1\n"))
     assert (
-        problem.message
-        == "node 'n': unknown key 'zzz'; expected one of: id, uses, params, inputs, config, shell, batch"
+        problem.message == "node 'n': unknown key 'zzz'; expected one of: "
+        "id, uses, params, inputs, config, shell, batch"
     )
 
 

@@ -248,7 +248,7 @@ def test_bad_shell_params_and_templates_are_located(tmp_path: Path) -> None:
     found = [(p.line, p.column, p.code, p.message) for p in validate_file(path)]
     assert found[0][:3] == (4, 22, "expr-interpolation")
     assert "did you mean 'input'" in found[0][3]
-    assert (7, 23, "params.command") == found[1][:3]
+    assert found[1][:3] == (7, 23, "params.command")
     assert found[2][:3] == (7, 26, "params.unknown-key")
     assert "did you mean 'output'" in found[2][3]
     assert found[3][2] == "expr-interpolation" and found[3][0] == 9
