@@ -285,6 +285,14 @@ class Run:
         }
         return Stored(nodes, items)
 
+    def _reused(self, node: str, stored: Any) -> bool:
+        if node in stored.nodes:
+            return True
+        # A batch whose every item is stored: only its scatter and gather run again.
+        batch = self.stored.batches.get(node) if self.stored is not None else None
+        done = stored.items.get(node, {})
+        return batch is not None and batch.status == "succeeded" and len(done) == batch.total
+
     def plan(self) -> dict[str, Any]:
         """What a run would do, per node: `run`, `reuse` (from the resumed run) or `skip`
         (not selected by --target). Nothing is called and nothing is written."""
@@ -294,7 +302,7 @@ class Run:
             entry: dict[str, Any] = {"plan": "run"}
             if spec.id in self.skipped:
                 entry = {"plan": "skip", "reason": "not needed by --target"}
-            elif stored is not None and spec.id in stored.nodes:
+            elif stored is not None and self._reused(spec.id, stored):
                 entry = {"plan": "reuse"}
             elif stored is not None and spec.batch is not None and stored.items.get(spec.id):
                 entry["itemsReused"] = len(stored.items[spec.id])
