@@ -79,7 +79,7 @@ def calls(tmp_path: Path) -> list[str]:
     ],
 )
 def test_usage_errors_exit_2_and_write_nothing(pipe: Path, args: list[str], says: str) -> None:
-    code, out, err = cli("run", str(pipe), "--no-progress", *args)
+    code, _out, err = cli("run", str(pipe), "--no-progress", *args)
     assert code == 2
     assert says in err
     assert "Traceback" not in err
@@ -91,7 +91,7 @@ def test_usage_errors_exit_2_and_write_nothing(pipe: Path, args: list[str], says
 
 
 def test_dry_run_prints_the_plan_and_runs_nothing(pipe: Path) -> None:
-    code, out, err = cli("run", str(pipe), "--dry-run", "--target", "lint")
+    code, out, _err = cli("run", str(pipe), "--dry-run", "--target", "lint")
     assert code == 0
     assert out.splitlines() == [
         "plan for pipe: nothing is run",
@@ -118,7 +118,7 @@ def test_target_runs_the_node_and_what_it_needs(pipe: Path) -> None:
 def test_from_reruns_downstream_and_reuses_the_rest(pipe: Path) -> None:
     assert cli("run", str(pipe), "--no-progress")[0] == 0
     (pipe.parent / "calls.txt").unlink()
-    code, out, _ = cli("run", str(pipe), "--resume", "latest", "--from", "test", "--dry-run",
+    _code, out, _ = cli("run", str(pipe), "--resume", "latest", "--from", "test", "--dry-run",
                        "--json")  # fmt: skip
     plan = {k: v["plan"] for k, v in json.loads(out)["nodes"].items()}
     assert plan == {"fetch": "reuse", "lint": "reuse", "test": "run", "package": "run",
