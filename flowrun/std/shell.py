@@ -56,7 +56,8 @@ def shell(
     if output not in OUTPUTS:
         raise ValueError(f"output {output!r}: choose one of {', '.join(OUTPUTS)}")
     where = os.path.join(_dir or os.getcwd(), cwd or "")
-    environ = {**os.environ, **{str(k): _text(v) for k, v in (env or {}).items()}}
+    # None inherits the environment as it is: no copy to encode for each command.
+    environ = {**os.environ, **{str(k): _text(v) for k, v in env.items()}} if env else None
     cancelled = ctx.cancelled if ctx is not None else threading.Event()
     try:
         proc = subprocess.Popen(
