@@ -7,6 +7,7 @@ The CLI is a thin layer over these functions; they are also the Python API
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import threading
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowrun import events as ev
-from flowrun.blueprint import loader, schema
+from flowrun.blueprint import loader, schema, select
 from flowrun.blueprint.resolve import Target, resolve, search_path
 from flowrun.blueprint.signature import check_calls
 from flowrun.engine import capture
@@ -26,7 +27,7 @@ from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
 from flowrun.model import Graph, is_item_id
 from flowrun.node import SharedContext
-from flowrun.report import RunReport
+from flowrun.report import NodeReport, RunReport
 
 if TYPE_CHECKING:
     from flowrun.engine.driver import Driver
@@ -92,7 +93,8 @@ def _check(path: str | os.PathLike[str], *, imports: bool = True) -> _Checked:
     except BlueprintError as exc:
         keep(exc.problems)
     if out.graph is not None and out.targets is not None:
-        keep(check_calls(out.graph, out.targets))
+        if not seen:  # a salvaged blueprint's calls are not the ones its author wrote
+            keep(check_calls(out.graph, out.targets))
         children, found = _resolve_children(out.graph, dict(out.targets), out.dirs)
         out.problems += found
         out.targets = children
@@ -212,6 +214,24 @@ class RunOptions:
     state_dir: str | os.PathLike[str] = ".flowrun"
     sinks: Sequence[ev.Sink] = field(default_factory=list)
     cancelled: threading.Event | None = None
+    targets: Sequence[str] = ()  # --target: only these nodes and what they need
+    rerun_from: Sequence[str] = ()  # --from (with --resume): re-run these and what follows
+    dry_run: bool = False  # plan only: nothing called, nothing written
+
+
+def check_usage(options: RunOptions) -> None:
+    """Flags that have no effect together are usage errors (exit 2), before anything is read."""
+    wrong = []
+    if options.address is not None and options.executor != "dask":
+        wrong.append("--address needs --executor dask (it names a Dask scheduler)")
+    if options.allow_changed and options.resume is None:
+        wrong.append("--allow-changed needs --resume (it allows resuming a changed blueprint)")
+    if options.rerun_from and options.resume is None:
+        wrong.append("--from needs --resume RUN_ID|latest (it re-runs part of an earlier run)")
+    if options.concurrency < 1:
+        wrong.append("--concurrency must be at least 1")
+    if wrong:
+        raise UsageError("; ".join(wrong))
 
 
 class Run:
@@ -226,8 +246,7 @@ class Run:
 
     def __init__(self, path: str | os.PathLike[str], options: RunOptions) -> None:
 
-        if options.concurrency < 1:
-            raise UsageError("--concurrency must be at least 1")
+        check_usage(options)
         self.options = options
         self.path = str(path)
         # Before the node modules are imported: a logging handler made at import time then
@@ -243,14 +262,28 @@ class Run:
         from flowrun import store
 
         self.prepared = prepare(path)
+        self.full_graph = self.prepared.graph
+        self.skipped: tuple[str, ...] = ()
+        if options.targets:
+            keep = select.selected(self.full_graph, options.targets)
+            self.prepared = dataclasses.replace(
+                self.prepared, graph=select.targeted(self.full_graph, keep)
+            )
+            self.skipped = tuple(s.id for s in self.full_graph.blueprint.nodes if s.id not in keep)
+        self.rerun = select.downstream(self.full_graph, options.rerun_from)
         self.cancelled = options.cancelled or threading.Event()
         self.stored: StoredRun | None = None
+        self.store: RunStore | None = None  # none for a dry run: nothing is written
         state_dir = Path(options.state_dir)
         if options.resume is not None:
-            self.store = self._reopen(state_dir, options.resume)
+            self.store = reopened = self._reopen(state_dir, options.resume)
             assert self.stored is not None
             ctx = dict(self.stored.meta.context)
             ctx.update(self.stored.context_updates)
+            if options.dry_run:
+                reopened.close()
+        elif options.dry_run:
+            ctx = initial_context(self.prepared.graph, options.sets, options.context_file)
         else:
             ctx = initial_context(self.prepared.graph, options.sets, options.context_file)
             meta = store.RunMeta(
@@ -265,7 +298,7 @@ class Run:
             )  # fmt: skip
             self.store = store.RunStore.create(state_dir, meta, on_failure=self._store_failed)
             ctx = dict(ctx)
-        self.run_id: str = self.store.run_id
+        self.run_id: str = self.store.run_id if self.store is not None else ""
         self.context = SharedContext(ctx)
         self._driver: Driver | None = None
 
@@ -277,7 +310,8 @@ class Run:
 
     def close(self) -> None:
         """Release the run's state (committing what was recorded); safe to call twice."""
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
     def _reopen(self, state_dir: Path, run_id: str) -> RunStore:
         from flowrun import store
@@ -326,16 +360,49 @@ class Run:
         if self.stored is None:
             return None
         ok = ("succeeded", "recovered")
+        # --from: what follows those nodes runs again, whatever it did before.
         nodes = {
             k: (n.status, n.output, n.action, n.attempts or 1)
             for k, n in self.stored.nodes.items()
-            if n.status in ok and not is_item_id(k)
+            if n.status in ok and not is_item_id(k) and k not in self.rerun
         }
         items = {
             b: {i: n.output for i, n in its.items() if n.status in ok}
             for b, its in self.stored.items.items()
+            if b not in self.rerun
         }
         return Stored(nodes, items)
+
+    def _reused(self, node: str, stored: Any) -> bool:
+        if node in stored.nodes:
+            return True
+        # A batch whose every item is stored: only its scatter and gather run again.
+        batch = self.stored.batches.get(node) if self.stored is not None else None
+        done = stored.items.get(node, {})
+        return batch is not None and batch.status == "succeeded" and len(done) == batch.total
+
+    def plan(self) -> dict[str, Any]:
+        """What a run would do, per node: `run`, `reuse` (from the resumed run) or `skip`
+        (not selected by --target). Nothing is called and nothing is written."""
+        stored = self._resume_state()
+        nodes: dict[str, dict[str, Any]] = {}
+        for spec in self.full_graph.blueprint.nodes:
+            entry: dict[str, Any] = {"plan": "run"}
+            if spec.id in self.skipped:
+                entry = {"plan": "skip", "reason": "not needed by --target"}
+            elif stored is not None and self._reused(spec.id, stored):
+                entry = {"plan": "reuse"}
+            elif stored is not None and spec.batch is not None and stored.items.get(spec.id):
+                entry["itemsReused"] = len(stored.items[spec.id])
+            if spec.id in self.rerun:
+                entry["reason"] = "--from"
+            nodes[spec.id] = entry
+        return {
+            "blueprint": self.full_graph.blueprint.id,
+            "runId": self.run_id or None,
+            "dryRun": True,
+            "nodes": nodes,
+        }
 
     def start(self) -> RunReport:
         """Drive the run to its end; the store is closed (everything committed) on return."""
@@ -348,6 +415,9 @@ class Run:
         from flowrun.engine.backends import make_backend
         from flowrun.engine.driver import Driver, Options
 
+        if self.store is None:
+            raise UsageError("a dry run has no run to start; call plan()")
+        store = self.store
         try:
             backend = make_backend(
                 opts.executor,
@@ -365,9 +435,9 @@ class Run:
                 },
             )
         except BaseException:
-            self.store.close()
+            store.close()
             raise
-        bus = ev.Bus([self.store, *opts.sinks])
+        bus = ev.Bus([store, *opts.sinks])
         self._driver = Driver(
             self.prepared.graph,
             backend,
@@ -383,12 +453,15 @@ class Run:
             report: RunReport = self._driver.run()
         except BaseException:
             backend.close(cancel=self.cancelled.is_set())
-            self.store.close()
+            store.close()
             raise
         backend.close(cancel=self.cancelled.is_set())
         with contextlib.suppress(StateError):
-            self.store.close()  # a failure is the store's `failure`, reported below
-        return _unrecorded(report, self.store.failure, self.path, self.run_id)
+            store.close()  # a failure is the store's `failure`, reported below
+        if self.skipped:  # --target: the nodes left out are in the report, as skipped
+            reports = {s.id: report.nodes.get(s.id) for s in self.full_graph.blueprint.nodes}
+            report.nodes = {k: v or NodeReport("skipped") for k, v in reports.items()}
+        return _unrecorded(report, store.failure, self.path, self.run_id)
 
 
 def _unrecorded(report: RunReport, failure: StateError | None, path: str, run_id: str) -> RunReport:

@@ -23,13 +23,15 @@ from flowrun.errors import BlueprintError, FlowrunError
 if TYPE_CHECKING:
     from flowrun.api import Run, RunOptions
     from flowrun.display.plain import Mode, Reporter, RunRecord
+    from flowrun.events import Sink
     from flowrun.report import RunReport
 
 app = typer.Typer(
     name="flowrun",
     help="Run YAML/JSON workflow blueprints: DAGs with batch fan-out, retries and resume.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -59,7 +61,12 @@ FileArg = Annotated[
 ]
 StateDir = Annotated[
     Path,
-    typer.Option("--state-dir", metavar="DIR", help="Where run state is kept: DIR/runs/<runId>/."),
+    typer.Option(
+        "--state-dir",
+        metavar="DIR",
+        envvar="FLOWRUN_STATE_DIR",
+        help="Where run state is kept: DIR/runs/<runId>/ (default .flowrun, or FLOWRUN_STATE_DIR).",
+    ),
 ]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for flowrun errors.")]
 
@@ -76,8 +83,18 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    directory: Annotated[
+        Path | None,
+        typer.Option("-C", metavar="DIR", help="Run as if flowrun was started in DIR."),
+    ] = None,
 ) -> None:
     """flowrun: run workflow blueprints."""
+    if directory is not None:
+        try:
+            os.chdir(directory)
+        except OSError as exc:
+            print(f"flowrun: error: -C {directory}: {exc.strerror}", file=sys.stderr)
+            raise typer.Exit(2) from None
 
 
 def _fail(exc: FlowrunError, debug: bool) -> NoReturn:
@@ -224,29 +241,60 @@ def run(
         ),
     ] = False,
     state_dir: StateDir = Path(".flowrun"),
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan (run/reuse/skip per node); run nothing."),
+    ] = False,
+    targets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target", metavar="NODE", help="Run only NODE and what it needs. Repeatable."
+        ),
+    ] = None,
+    rerun_from: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from",
+            metavar="NODE",
+            help="With --resume: re-run NODE and everything after it. Repeatable.",
+        ),
+    ] = None,
+    junit: Annotated[
+        Path | None,
+        typer.Option("--junit", metavar="FILE", help="Write a JUnit XML report to FILE."),
+    ] = None,
     debug: Debug = False,
 ) -> None:
     """Run a blueprint. Exit 0 completed, 1 failed, 2 invalid input, 130 interrupted."""
-    from flowrun import api
+    from flowrun import api, ci
     from flowrun.display.streams import reserve_stdout
 
     mode, reporter = _display(quiet=quiet, no_progress=no_progress)
+    failures = ci.Failures()
     # With --json stdout holds the document alone: whatever nodes (or their modules, at import
     # time, or their children) write to it goes to stderr until the document is printed.
-    with reserve_stdout(as_json):
-        r, report = _run(file, reporter, events, debug, api.RunOptions(
-            concurrency=concurrency,
-            sets=sets or (),
-            context_file=str(context) if context else None,
-            fail_fast=fail_fast,
-            executor=executor.value,
-            address=address,
-            resume=resume,
-            allow_changed=allow_changed,
-            state_dir=state_dir,
-        ))  # fmt: skip
+    try:
+        with reserve_stdout(as_json):
+            r, report = _run(file, reporter, events, debug, failures, api.RunOptions(
+                concurrency=concurrency,
+                sets=sets or (),
+                context_file=str(context) if context else None,
+                fail_fast=fail_fast,
+                executor=executor.value,
+                address=address,
+                resume=resume,
+                allow_changed=allow_changed,
+                state_dir=state_dir,
+                targets=targets or (),
+                rerun_from=rerun_from or (),
+                dry_run=dry_run,
+            ))  # fmt: skip
+    except _Planned as planned:  # printed once stdout is stdout again
+        _print_plan(planned.plan, as_json)
+        raise typer.Exit(0) from None
     reporter.summary()
     _print_unannounced(report.errors, reporter.record)
+    _ci_outputs(r, report, failures, junit)
     if mode in ("live", "plain") and report.status in ("failed", "cancelled"):
         print(f"resume with: {resume_command(file, report.run_id, state_dir)}", file=sys.stderr)
     if as_json:
@@ -290,24 +338,80 @@ def resume_command(file: Path, run_id: str, state_dir: Path) -> str:
     return cmd
 
 
+class _Planned(Exception):
+    """A dry run's plan, carried out of the block that keeps stdout for the document."""
+
+    def __init__(self, plan: dict[str, object]) -> None:
+        super().__init__("dry run")
+        self.plan = plan
+
+
 def _run(
-    file: Path, reporter: Reporter, events: Path | None, debug: bool, options: RunOptions
+    file: Path,
+    reporter: Reporter,
+    events: Path | None,
+    debug: bool,
+    failures: Sink,
+    options: RunOptions,
 ) -> tuple[Run, RunReport]:
-    """Prepare and drive the run with the display and the --events file attached."""
+    """Prepare and drive the run with the display, the CI record and the --events file
+    attached; a dry run prints its plan and exits 0."""
     from flowrun import api
     from flowrun.eventlog import EventLog
 
     log = None
     try:
-        log = EventLog(events) if events is not None else None
-        options.sinks = [s for s in (reporter, log) if s is not None]
-        with api.Run(file, options) as r, _signals(r, reporter), reporter:
-            return r, r.start()
+        log = EventLog(events) if events is not None and not options.dry_run else None
+        options.sinks = [s for s in (reporter, log, failures) if s is not None]
+        with api.Run(file, options) as r:
+            if options.dry_run:
+                raise _Planned(r.plan())
+            with _signals(r, reporter), reporter:
+                return r, r.start()
     except FlowrunError as exc:
         _fail(exc, debug)
     finally:
         if log is not None:
             log.close()
+
+
+def _print_plan(plan: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(plan, indent=2))
+        return
+    nodes: dict[str, dict[str, object]] = plan["nodes"]  # type: ignore[assignment]
+    resumed = f" (resuming {plan['runId']})" if plan["runId"] else ""
+    print(f"plan for {plan['blueprint']}{resumed}: nothing is run")
+    width = max(len(n) for n in nodes)
+    for node, entry in nodes.items():
+        notes = [str(entry[k]) for k in ("reason",) if k in entry]
+        if "itemsReused" in entry:
+            notes.append(f"{entry['itemsReused']} items reused")
+        note = f"  ({', '.join(notes)})" if notes else ""
+        print(f"  {entry['plan']:<6} {node:<{width}}{note}".rstrip())
+
+
+def _ci_outputs(r: object, report: object, failures: object, junit: Path | None) -> None:
+    """GitHub Actions annotations and step summary, and the --junit file."""
+    from flowrun import ci
+
+    assert isinstance(failures, ci.Failures)
+    graph = r.full_graph  # type: ignore[attr-defined]
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        ci.github_report(report, failures, ci.locator(graph), sys.stderr)  # type: ignore[arg-type]
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            try:
+                with open(summary, "a", encoding="utf-8") as fh:
+                    fh.write(ci.summary_markdown(report, failures))  # type: ignore[arg-type]
+            except OSError as exc:
+                print(f"flowrun: cannot write GITHUB_STEP_SUMMARY {summary}: {exc}",
+                      file=sys.stderr)  # fmt: skip
+    if junit is not None:
+        try:
+            ci.write_junit(str(junit), report, failures)  # type: ignore[arg-type]
+        except OSError as exc:
+            print(f"flowrun: cannot write --junit {junit}: {exc.strerror}", file=sys.stderr)
 
 
 def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
@@ -341,6 +445,9 @@ def _signals(r: Run, reporter: Reporter) -> Iterator[None]:
         if r.cancelled.is_set():
             with contextlib.suppress(Exception):
                 reporter.stop()
+            from flowrun.std.shell import kill_all
+
+            kill_all()  # shell nodes run in sessions of their own: they would outlive us
             os._exit(130)
         print("flowrun: interrupted; finishing running nodes (Ctrl-C again to quit now)",
               file=sys.stderr)  # fmt: skip

@@ -71,6 +71,7 @@ def test_every_example_has_its_expected_result_checked_here() -> None:
     checked = {
         "batch-workflow.yaml",
         "batch-workflow.json",
+        "ci.yaml",
         "etl.yaml",
         "resilience.yaml",
         # composition (tests/test_composition_examples.py)
@@ -126,6 +127,33 @@ def test_seed_set_factor_from_its_comment(tmp_path: Path) -> None:
     assert code == 0
     context = json.loads(out)["context"]
     assert context == {**SEED_CONTEXT, "factor": 3, "doubled": [30, 60, 90], "sum-results": 180}
+
+
+# -- ci ----------------------------------------------------------------------------------------
+
+CI_FILES = ["project/mathlib/__init__.py", "project/mathlib/stats.py",
+            "project/mathlib/text.py", "project/test_mathlib.py"]  # fmt: skip
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_ci(concurrency: int, tmp_path: Path) -> None:
+    """From the comment: the file list, one `ok` per file, the tests' verdict, the package."""
+    dist = tmp_path / "dist"
+    code, out, _ = cli(
+        "run", EXAMPLES / "ci.yaml", "--set", f"dist={dist}", "--json", "-c", str(concurrency),
+        "--state-dir", tmp_path / "state",
+    )  # fmt: skip
+    assert code == 0
+    context = json.loads(out)["context"]
+    assert context == {
+        "dist": str(dist),
+        "files": CI_FILES,
+        "lint": [f"ok {f}" for f in CI_FILES],
+        "test": "OK",
+        "package": f"{dist}/mathlib.tar.gz",
+    }
+    assert (dist / "mathlib.tar.gz").stat().st_size > 0
+    assert not list((EXAMPLES / "project").rglob("__pycache__"))
 
 
 # -- etl ---------------------------------------------------------------------------------------

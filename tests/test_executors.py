@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
@@ -92,6 +93,8 @@ CASES = {
     "review-escalate": ("review.yaml", []),
     "review-notify": ("review.yaml", ["doc_id=promo-9"]),  # condition and transform
     "resilience": ("resilience.yaml", []),  # retries, a timeout, a fallback
+    # shell nodes, `${{ }}` in commands, the blueprint's directory as the working directory
+    "ci": ("ci.yaml", [f"dist={tempfile.gettempdir()}/flowrun-test-ci-dist"]),
 }
 
 

@@ -279,8 +279,8 @@ def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     problem = only(node("    uses: a.b\n    zzz: 1\n"))
     assert (
         problem.message
-        == "node 'n': unknown key 'zzz'; expected one of: id, uses, params, inputs, config, batch, "
-        "loop, subflow"
+        == "node 'n': unknown key 'zzz'; expected one of: id, uses, params, inputs, config, shell, "
+        "batch, loop, subflow"
     )
 
 
@@ -430,8 +430,8 @@ def test_node_kinds() -> None:
     )
     assert (
         problem.message == "node 'n': a node needs 'uses' (the Python callable to run), "
-        "'batch' (a worker run for each item of a list), 'loop' (a body run again while a "
-        "condition holds) or 'subflow' (another blueprint)"
+        "'shell' (a command), 'batch' (a worker run for each item of a list), 'loop' (a body run "
+        "again while a condition holds) or 'subflow' (another blueprint)"
     )
     found = problems_of(
         node("    uses: a.b\n    params: {}\n    batch: {uses: a.c, inputKey: x}\n")

@@ -246,7 +246,7 @@ def test_latest_is_the_most_recently_started_run(tmp_path: Path) -> None:
     record(tmp_path, "20260921-100005-0000", started=T0 + 5.5)  # same second, started later
     with RunStore.open(tmp_path, "latest") as store:
         assert store.run_id == "20260921-100005-0000"
-    with pytest.raises(StateError, match="holds no runs"):
+    with pytest.raises(StateError, match=r"no run to resume in .*: it does not exist"):
         RunStore.open(tmp_path / "empty", "latest")
 
 

@@ -74,9 +74,12 @@ def _unknown_keys(
 
 def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> Problem:
     key = path[-1]
+    if "else" in error.schema_path and len(path) > 2 and path[-2] == "batch":
+        message = f"{label}: a batch needs 'uses' (the worker) or 'shell' (a command per item)"
+        return doc.problem(path, "schema.node-kind", message)
     if "else" in error.schema_path:  # the node-kind rule: a node without `batch` needs `uses`
         message = (
-            f"{label}: a node needs 'uses' (the Python callable to run), "
+            f"{label}: a node needs 'uses' (the Python callable to run), 'shell' (a command), "
             "'batch' (a worker run for each item of a list), 'loop' (a body run again "
             "while a condition holds) or 'subflow' (another blueprint)"
         )
@@ -89,6 +92,20 @@ def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int,
     node = _get(doc.data, path)
     if not isinstance(node, dict):
         return
+    if "shell" in node and "uses" in node:
+        where = "its worker" if path[-1:] == ("batch",) else "the node"
+        message = (
+            f"{label}: has both 'uses' and 'shell'; 'shell' stands for "
+            f"'uses: flowrun.std.shell' as {where}, so keep one of them"
+        )
+        yield 1, doc.problem((*path, "uses"), "schema.node-kind", message, key=True)
+        return
+    if "shell" in node and "batch" in node:
+        message = (
+            f"{label}: has both 'shell' and 'batch'; a batch runs its command per item, "
+            "so move 'shell' into 'batch'"
+        )
+        yield 1, doc.problem((*path, "shell"), "schema.node-kind", message, key=True)
     kind = next((k for k in ("batch", "loop", "subflow") if k in node), "batch")
     called = {"batch": "worker", "loop": "body", "subflow": "blueprint"}[kind]
     if "uses" in node and kind == "subflow":
@@ -103,8 +120,8 @@ def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int,
     if "params" in node:
         message = f"{label}: a {kind} node has no 'params' of its own; move them to '{kind}.params'"
         yield 1, doc.problem((*path, "params"), "schema.node-kind", message, key=True)
-    for other in ("loop", "subflow"):
-        if other != kind and other in node:
+    for other in ("loop", "subflow", "shell"):
+        if other != kind and other in node and not (other == "shell" and kind == "batch"):
             message = f"{label}: has both '{kind}' and '{other}'; a node is one or the other"
             yield 1, doc.problem((*path, other), "schema.node-kind", message, key=True)
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+SHELL_USES = "flowrun.std.shell"  # what `shell:` on a node or a batch stands for
 
 
 @functools.cache
@@ -290,13 +291,14 @@ class _Builder:
     def _node(self, index: int, raw: dict[str, Any]) -> NodeSpec:
         path = ("nodes", index)
         batch = raw.get("batch")
+        uses, params = self._shell(path, raw)
         return NodeSpec(
             id=raw["id"],
-            uses=raw.get("uses"),
-            params=raw.get("params", {}),
+            uses=uses,
+            params=params,
             inputs=raw.get("inputs"),
             config=self._config((*path, "config"), raw.get("config", {})),
-            batch=None if batch is None else _batch(raw["id"], batch),
+            batch=None if batch is None else self._batch(path, raw["id"], batch),
             path=path,
             loop=None if raw.get("loop") is None else self._loop(path, raw["loop"]),
             subflow=None if raw.get("subflow") is None else _subflow(raw["subflow"]),
@@ -309,6 +311,35 @@ class _Builder:
             max_iterations=int(raw["maxIterations"]),
             params=raw.get("params", {}),
             delay=self._seconds((*path, "loop", "delay"), raw.get("delay", 0)),
+        )
+
+    def _shell(self, path: PathT, raw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """`uses` and `params`, with the `shell:` shorthand written out."""
+        params: dict[str, Any] = raw.get("params", {})
+        if "shell" not in raw:
+            return raw.get("uses"), params
+        if "command" in params:
+            message = (
+                f"{path_label(self.doc.data, path)}: has both 'shell' and 'params.command'; "
+                "'shell' is the command, so remove one of them"
+            )
+            where = (*path, "params", "command")
+            self.problems.append(self.doc.problem(where, "schema.shell-command", message, key=True))
+        return SHELL_USES, {"command": raw["shell"], **params}
+
+    def _batch(self, path: PathT, node_id: str, raw: dict[str, Any]) -> BatchSpec:
+        concurrency = raw.get("concurrency")
+        uses, params = self._shell((*path, "batch"), raw)
+        sub = raw.get("subflow")
+        assert uses is not None or sub is not None  # the schema requires uses, shell or subflow
+        return BatchSpec(
+            uses=uses or "",
+            input_key=raw["inputKey"],
+            output_key=raw.get("outputKey", node_id),
+            params=params,
+            concurrency=None if concurrency is None else int(concurrency),
+            max_failures=int(raw.get("maxFailures", 0)),
+            subflow=None if sub is None else _subflow(sub),
         )
 
     def _config(self, path: PathT, raw: dict[str, Any]) -> Config:
@@ -346,20 +377,6 @@ class _Builder:
 
 def _subflow(raw: dict[str, Any]) -> SubflowSpec:
     return SubflowSpec(raw["blueprint"], raw.get("inputs", {}), raw.get("outputs"))
-
-
-def _batch(node_id: str, raw: dict[str, Any]) -> BatchSpec:
-    concurrency = raw.get("concurrency")
-    sub = raw.get("subflow")
-    return BatchSpec(
-        uses=raw.get("uses", ""),
-        input_key=raw["inputKey"],
-        output_key=raw.get("outputKey", node_id),
-        params=raw.get("params", {}),
-        concurrency=None if concurrency is None else int(concurrency),
-        max_failures=int(raw.get("maxFailures", 0)),
-        subflow=None if sub is None else _subflow(sub),
-    )
 
 
 def _edge(index: int, raw: dict[str, Any]) -> EdgeSpec:
@@ -410,21 +427,31 @@ def _salvage_node(index: int, raw: Any) -> NodeSpec | None:
         inputs = None
     batch = raw.get("batch")
     spec = None
-    if isinstance(batch, dict) and _str(batch, "uses") and _str(batch, "inputKey"):
+    if isinstance(batch, dict) and _str(batch, "inputKey"):
+        uses = _str(batch, "uses") or (SHELL_USES if "shell" in batch else None)
         out = _str(batch, "outputKey") or node_id
-        spec = BatchSpec(batch["uses"], batch["inputKey"], out)
+        spec = BatchSpec(uses, batch["inputKey"], out, _salvage_params(batch)) if uses else None
     config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
     assert isinstance(config, dict)
     fallback = _str(config, "fallback")
     join = config.get("joinStrategy") if config.get("joinStrategy") in ("all", "any") else "all"
     return NodeSpec(
         id=node_id,
-        uses=_str(raw, "uses") if spec is None else None,
+        params=_salvage_params(raw),
+        uses=(_str(raw, "uses") or (SHELL_USES if "shell" in raw else None))
+        if spec is None
+        else None,
         inputs=inputs if isinstance(inputs, str | dict) else None,
         config=Config(fallback=fallback, join=str(join)),
         batch=spec,
         path=("nodes", index),
     )
+
+
+def _salvage_params(raw: dict[str, Any]) -> dict[str, Any]:
+    params = raw.get("params") if isinstance(raw.get("params"), dict) else {}
+    assert isinstance(params, dict)
+    return {"command": raw["shell"], **params} if "shell" in raw else params
 
 
 def _salvage_edge(index: int, raw: Any) -> EdgeSpec | None:

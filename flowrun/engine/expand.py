@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from flowrun.blueprint import params
 from flowrun.engine.kinds import kind_for
 from flowrun.engine.routing import resolve_source
 from flowrun.errors import BlueprintError, PathT, Problem
@@ -70,7 +71,7 @@ def expand(bp: Blueprint, *, chain: tuple[str, ...] = ()) -> Graph:
     """Build the expanded graph; raise `BlueprintError` listing every problem found. `chain`
     holds the files of the blueprints whose subflows led here (to refuse a cycle)."""
     chk = _Checker(bp)
-    specs = _unique_nodes(bp, chk)
+    specs = params.compile_all(bp, _unique_nodes(bp, chk), chk.add)
     nodes = _graph_nodes(specs)
     producers = _producers(specs, chk)
     edges = _edges(bp, specs, nodes, chk)

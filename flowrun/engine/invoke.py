@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flowrun.engine import capture
+from flowrun.expr.template import Params
 from flowrun.node import FatalError, NodeContext, Result, SharedContext
 
 if TYPE_CHECKING:  # imported on the first `async def` node: most runs never need asyncio
@@ -315,7 +316,8 @@ def run_attempt(
     t0 = time.perf_counter()
     capture.begin()
     args = _fresh_args(call.args)
-    kwargs: Any = _fresh_kwargs(call.kwargs)
+    # `${{ }}` params (a `Params`) are rendered below, for this call; plain ones are copied
+    kwargs: Any = call.kwargs if isinstance(call.kwargs, Params) else _fresh_kwargs(call.kwargs)
     ctx = None
     attempt_cancel = None
     if wants_ctx:
@@ -328,8 +330,11 @@ def run_attempt(
             context=context,
             cancelled=attempt_cancel,
         )
-        kwargs = {**kwargs, "ctx": ctx}
     try:
+        if isinstance(kwargs, Params):  # `${{ }}` in params: rendered for this call
+            kwargs = kwargs.render(call.args, context.data)
+        if ctx is not None:
+            kwargs = {**kwargs, "ctx": ctx}
         if call.timeout is None:
             value = _call(fn, is_async, args, kwargs)
         else:

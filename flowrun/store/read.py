@@ -136,9 +136,26 @@ def _latest(state_dir: Path, blueprint_id: str | None) -> str:
     of = "" if blueprint_id is None else f" of blueprint '{blueprint_id}'"
     root = runs_dir(state_dir)
     if not skipped:
-        raise StateError(f"no run to resume: {root} holds no runs{of}")
+        raise StateError(_nothing_to_resume(state_dir, blueprint_id))
     unusable = "; ".join(f"{s.run_id}: {s.error}" for s in skipped)
     raise StateError(f"no run to resume: {root} holds no usable runs{of} (skipped {unusable})")
+
+
+def _nothing_to_resume(state_dir: Path, blueprint_id: str | None) -> str:
+    """Where `--resume latest` looked and what it found there (often: the wrong directory)."""
+    root = runs_dir(state_dir).absolute()
+    of = "" if blueprint_id is None else f" of blueprint '{blueprint_id}'"
+    found = list_runs(state_dir, limit=max(1, len(run_ids(state_dir))))
+    if found:
+        others = sorted({r.blueprint_id or r.blueprint_path for r in found})
+        what = f"it holds {len(found)} run(s) of {', '.join(repr(o) for o in others[:5])}"
+    else:
+        what = "it holds no runs" if root.is_dir() else "it does not exist"
+    return (
+        f"no run to resume{of} in {root}: {what}. Runs are kept under the current directory "
+        "(.flowrun); pass the directory the run started in with -C DIR, or --state-dir DIR "
+        "(or set FLOWRUN_STATE_DIR)"
+    )
 
 
 def read_meta(conn: sqlite3.Connection, db: Path) -> RunMeta:

@@ -25,7 +25,9 @@ from typing import Any
 from flowrun.blueprint.resolve import Target, describe, load_callable, use_search_path
 from flowrun.engine import capture
 from flowrun.engine.invoke import Call, CancelScope, Outcome, crashed, run_attempt
+from flowrun.expr.template import Params
 from flowrun.node import SharedContext
+from flowrun.std.shell import kill_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,8 @@ class ContextPacker:
 
     def pack(self, calls: Sequence[Call]) -> bytes | None:
         """The pickled snapshot when some call's function takes `ctx`, else None."""
-        if not any(self._wants_ctx(c.uses) for c in calls):
+        # A call whose params hold `${{ }}` reads the context too (node ids, `context`).
+        if not any(self._wants_ctx(c.uses) or isinstance(c.kwargs, Params) for c in calls):
             return None
         snapshot = self._context.snapshot()
         # The driver replaces values (`context.set`), it never mutates them in place, so the
@@ -160,6 +163,9 @@ def init_process() -> None:
     if threading.current_thread() is not threading.main_thread():
         return  # an in-process Dask worker: signals belong to the host program
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Cancel terminates this process; commands it started run in sessions of their own, so
+    # they would outlive it: end their process groups first.
+    signal.signal(signal.SIGTERM, _terminated)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
@@ -167,8 +173,14 @@ def init_process() -> None:
         ).start()
 
 
+def _terminated(signum: int, frame: object) -> None:
+    kill_all()
+    os._exit(1)
+
+
 def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
     parent.join()
+    kill_all()
     os._exit(1)
 
 

@@ -27,6 +27,7 @@ from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.errors import PathT, Problem
 from flowrun.expr.compiler import ExprEvalError
+from flowrun.expr.template import with_kwargs
 from flowrun.model import Blueprint, Graph, GraphEdge, GraphNode, NodeSpec
 from flowrun.node import SharedContext
 
@@ -261,7 +262,7 @@ class NodeKind:
     def _start_fallback(self, work: Work, fb: str, out: Outcome) -> None:
         node = self.rt.graph.nodes[fb]
         # The fallback receives the failed node's input, never its params.
-        kwargs = {**(work.input_kwargs or {}), **node.spec.params}
+        kwargs = with_kwargs(work.input_kwargs or {}, node.spec.params)
         call = Call(fb, node.task_uses, work.call.args, kwargs, 1, work.call.index,
                     node.spec.config.timeout)  # fmt: skip
         self.rt.queue(Work(call, fb, self.rt.kinds[node.node_kind], None, work, out))

@@ -12,6 +12,7 @@ from flowrun.engine.kinds.base import NodeKind, Runtime, Work
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
 from flowrun.errors import PathT
+from flowrun.expr.template import with_kwargs
 from flowrun.model import GraphNode, Kind, NodeSpec
 
 
@@ -46,7 +47,7 @@ class Task(NodeKind):
             rt.fail_inline(node.id, "InputError", str(exc), node.id)
             return
         spec = node.spec
-        params = {**kwargs, **spec.params}
+        params = with_kwargs(kwargs, spec.params)
         call = Call(node.id, node.task_uses, args, params, 1, None, spec.config.timeout)
         rt.queue(Work(call, node.id, self, input_kwargs=kwargs))
 

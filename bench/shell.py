@@ -1,0 +1,133 @@
+"""Shell nodes and `${{ }}` interpolation, measured against baselines in the same run.
+
+    python bench/shell.py                 # both measurements, a minute or so on 2 cores
+    python bench/shell.py --items 1000 --reps 5 --w1-items 100000
+
+1. A batch of N shell items (`true ITEM`, a list command: no /bin/sh) at concurrency 8, as a
+   whole `flowrun run` process, against `xargs -P 8 -n 1 true` over the same list. The
+   process spawns dominate both; the ratio of medians is the cost of flowrun around them.
+2. W1 (a no-op batch of N items at concurrency 8) with `params: {tag: "${{ input }}"}` against
+   the same batch with a plain `params: {tag: x}`: the difference per item is what rendering
+   a template costs per call.
+
+Variants alternate (A B B A ...); medians, ratios and per-item costs are printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+NODES = """
+def items(n):
+    return [f"item-{i}" for i in range(n)]
+
+
+def noop(x, tag=None):
+    return x
+"""
+
+
+def blueprint(work: Path, name: str, n: int, batch: str) -> Path:
+    path = work / f"{name}.yaml"
+    path.write_text(
+        f"id: {name}\n"
+        "nodes:\n"
+        "  - id: start\n"
+        "    uses: shellbench.items\n"
+        f"    params: {{n: {n}}}\n"
+        "  - id: each\n"
+        f"    batch: {batch}\n"
+        "edges:\n"
+        "  - {source: start, target: each}\n"
+    )
+    return path
+
+
+def flowrun(path: Path, work: Path) -> Callable[[], float]:
+    def once() -> float:
+        state = tempfile.mkdtemp(dir=work)
+        cmd = [sys.executable, "-m", "flowrun", "run", str(path), "--no-progress",
+               "--state-dir", state, "-c", "8"]  # fmt: skip
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=work)
+        return time.perf_counter() - t0
+
+    return once
+
+
+def xargs(listing: Path) -> Callable[[], float]:
+    def once() -> float:
+        t0 = time.perf_counter()
+        with listing.open() as fh:
+            subprocess.run(["xargs", "-P", "8", "-n", "1", "true"], stdin=fh, check=True)
+        return time.perf_counter() - t0
+
+    return once
+
+
+def alternate(a: Callable[[], float], b: Callable[[], float], reps: int) -> tuple[list[float], ...]:
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(reps):
+        first, second = ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta))
+        first[1].append(first[0]())
+        second[1].append(second[0]())
+    return ta, tb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--w1-items", type=int, default=100_000)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "shellbench.py").write_text(NODES)
+        env_path = os.environ.get("PYTHONPATH", "")
+        os.environ["PYTHONPATH"] = f"{work}{os.pathsep}{env_path}" if env_path else str(work)
+        listing = work / "items.txt"
+        listing.write_text("".join(f"item-{i}\n" for i in range(args.items)))
+
+        shell_bp = blueprint(work, "shell", args.items,
+                             '{shell: ["true", "${{ input }}"], inputKey: start}')  # fmt: skip
+        fl, xa = alternate(flowrun(shell_bp, work), xargs(listing), args.reps)
+        worker = "{uses: shellbench.noop, inputKey: start, params: {tag: %s}}"
+        plain_bp = blueprint(work, "plain", args.w1_items, worker % "x")
+        tmpl_bp = blueprint(work, "tmpl", args.w1_items, worker % '"${{ input }}"')
+        plain, tmpl = alternate(flowrun(plain_bp, work), flowrun(tmpl_bp, work), args.reps)
+
+    med = statistics.median
+    per_item_us = (med(tmpl) - med(plain)) / args.w1_items * 1e6
+    rows = {
+        "shell_items": args.items,
+        "flowrun_s": round(med(fl), 3),
+        "xargs_s": round(med(xa), 3),
+        "ratio": round(med(fl) / med(xa), 2),
+        "w1_items": args.w1_items,
+        "w1_plain_s": round(med(plain), 3),
+        "w1_template_s": round(med(tmpl), 3),
+        "w1_ratio": round(med(tmpl) / med(plain), 3),
+        "interpolation_us_per_item": round(per_item_us, 2),
+    }
+    print("| measurement | flowrun | baseline | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| {args.items} shell items (`true ITEM`), c=8, vs `xargs -P 8 -n 1 true` | "
+          f"{rows['flowrun_s']} s | {rows['xargs_s']} s | {rows['ratio']}x |")  # fmt: skip
+    w1 = f"{rows['w1_template_s']} s | {rows['w1_plain_s']} s | {rows['w1_ratio']}x"
+    print(f"| W1 {args.w1_items} items with `${{{{ input }}}}` in params vs plain params | {w1} |")
+    print(f"\ninterpolation: {per_item_us:.2f} us per item ({args.reps} reps, medians)")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""A tiny package for blueprints/ci.yaml to lint, test and package."""

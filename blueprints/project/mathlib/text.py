@@ -1,0 +1,5 @@
+"""Small text helpers."""
+
+
+def shout(text: str) -> str:
+    return text.upper() + "!"
