@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from flowrun import events as ev
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Verbs, Work
-from flowrun.engine.kinds.task import Task, reuse
+from flowrun.engine.kinds.task import Task, reused
 from flowrun.engine.routing import InputError, Router, resolve_source
 from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.errors import BlueprintError, PathT, Problem
@@ -62,9 +62,7 @@ class Subflow(NodeKind):
 
     def start(self, node: GraphNode) -> None:
         rt = self.rt
-        stored = rt.stored.nodes.get(node.id)
-        if stored is not None and stored[0] in ("succeeded", "recovered"):
-            reuse(rt, node, *stored)
+        if reused(rt, node):
             return
         sub = _spec(node.spec)
         try:

@@ -37,9 +37,7 @@ class Task(NodeKind):
 
     def start(self, node: GraphNode) -> None:
         rt = self.rt
-        stored = rt.stored.nodes.get(node.id)
-        if stored is not None and stored[0] in ("succeeded", "recovered"):
-            reuse(rt, node, *stored)
+        if reused(rt, node):
             return
         try:
             args, kwargs = rt.router.input(node)
@@ -78,6 +76,15 @@ class Task(NodeKind):
             return
         rt.emit(ev.NodeRecovered(time.time(), work.call.node, fallback, out.output))
         rt.sched.finish(work.node, Status.RECOVERED, taken)
+
+
+def reused(rt: Runtime, node: GraphNode) -> bool:
+    """Did an earlier run (`--resume`) finish `node`? Then settle it from what it stored."""
+    stored = rt.stored.nodes.get(node.id)
+    if stored is None or stored[0] not in ("succeeded", "recovered"):
+        return False
+    reuse(rt, node, *stored)
+    return True
 
 
 def reuse(rt: Runtime, node: GraphNode, status: str, output: object, action: str | None,
