@@ -151,9 +151,25 @@ def test_ci(concurrency: int, tmp_path: Path) -> None:
         "lint": [f"ok {f}" for f in CI_FILES],
         "test": "OK",
         "package": f"{dist}/mathlib.tar.gz",
+        "report": "ci finished",
     }
     assert (dist / "mathlib.tar.gz").stat().st_size > 0
     assert not list((EXAMPLES / "project").rglob("__pycache__"))
+
+
+def test_ci_report_step_runs_after_a_failure(tmp_path: Path) -> None:
+    """`runIf: always`: the report step runs at the end even when packaging failed."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, out, _ = cli(
+        "run", EXAMPLES / "ci.yaml", "--set", f"dist={blocker}/dist", "--json",
+        "--state-dir", tmp_path / "state",
+    )  # fmt: skip
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["nodes"]["package"]["status"] == "failed"
+    assert doc["nodes"]["report"]["status"] == "succeeded"
+    assert doc["context"]["report"] == "ci finished"
 
 
 # -- etl ---------------------------------------------------------------------------------------
