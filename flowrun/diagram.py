@@ -135,9 +135,18 @@ def _edge_text(edge: GraphEdge) -> str:
     return "\n".join(_edge_parts(edge))
 
 
-def _node_label(node: GraphNode) -> str:
-    """The raw text of a node's box in a diagram: its id, then what it calls."""
-    return node.id if node.uses is None else f"{node.id}\n{node.uses}"
+def _node_label(node: GraphNode, graph: Graph | None = None) -> str:
+    """The raw text of a node's box in a diagram: its id, then what it calls (and its pool)."""
+    label = node.id if node.uses is None else f"{node.id}\n{node.uses}"
+    pool = _pool(graph, node) if graph is not None else None
+    return label if pool is None else f"{label}\npool {pool}"
+
+
+def _pool(graph: Graph, node: GraphNode) -> str | None:
+    """`api: 4 at once, 10/s` for a node whose calls run in a pool (a task, a batch's worker)."""
+    name = node.spec.pool if node.kind in (Kind.TASK, Kind.WORKER) else None
+    spec = graph.blueprint.pools.get(name) if name is not None else None
+    return None if spec is None else spec.describe()
 
 
 def _fallback(node: GraphNode) -> str | None:
@@ -210,11 +219,15 @@ def _ascii_describe(graph: Graph, node: GraphNode) -> str:
     words = [_ASCII_MARKERS[node.kind]] if node.kind in _ASCII_MARKERS else []
     batch = node.spec.batch
     if node.kind is Kind.SCATTER and batch is not None:
-        words.append(f"over {_plain(batch.input_key)}")
+        source = batch.input_key or f"file {batch.items_from or ''}"
+        words.append(f"over {_plain(source)}")
     if node.kind is Kind.GATHER and batch is not None:
-        words.append(f"into {_plain(batch.output_key)}")
+        target = f"file {batch.output_to}" if batch.output_to else batch.output_key
+        words.append(f"into {_plain(target)}")
     if node.uses is not None:
         words.append(f"uses {_plain(node.uses)}")
+    if (pool := _pool(graph, node)) is not None:
+        words.append(f"[pool {_plain(pool)}]")
     if node.id in graph.fallbacks:
         words.append("(fallback only)")
     return " ".join(words)
@@ -251,7 +264,7 @@ def _render_mermaid(graph: Graph) -> str:
         if batch is not None:
             lines.append(f'    subgraph b{number} ["{_mermaid(batch)}"]')
             indent = "        "
-        lines.extend(indent + _mermaid_node(ids[m], graph.nodes[m]) for m in members)
+        lines.extend(indent + _mermaid_node(ids[m], graph.nodes[m], graph) for m in members)
         if batch is not None:
             lines.append("    end")
     for edge in graph.edges:
@@ -264,9 +277,9 @@ def _render_mermaid(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mermaid_node(ident: str, node: GraphNode) -> str:
+def _mermaid_node(ident: str, node: GraphNode, graph: Graph) -> str:
     opening, closing = _MERMAID_SHAPES[node.kind]
-    return f"{ident}{opening}{_mermaid(_node_label(node))}{closing}"
+    return f"{ident}{opening}{_mermaid(_node_label(node, graph))}{closing}"
 
 
 # --- dot ------------------------------------------------------------------------------------
@@ -282,7 +295,7 @@ def _render_dot(graph: Graph) -> str:
             lines.append(f"    label={_dot(batch)};")
             lines.append("    style=dashed;")
             indent = "    "
-        lines.extend(indent + _dot_node(graph.nodes[m]) for m in members)
+        lines.extend(indent + _dot_node(graph.nodes[m], graph) for m in members)
         if batch is not None:
             lines.append("  }")
     lines.extend("  " + _dot_edge(edge) for edge in graph.edges)
@@ -292,8 +305,8 @@ def _render_dot(graph: Graph) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _dot_node(node: GraphNode) -> str:
-    label = _dot(_node_label(node))
+def _dot_node(node: GraphNode, graph: Graph) -> str:
+    label = _dot(_node_label(node, graph))
     return f"{_dot(node.id)} [label={label}, shape={_DOT_SHAPES[node.kind]}];"
 
 
@@ -306,9 +319,17 @@ def _dot_edge(edge: GraphEdge) -> str:
 # --- json -----------------------------------------------------------------------------------
 
 
+def _json_node(graph: Graph, name: str) -> dict[str, str]:
+    node = graph.nodes[name]
+    out = {"id": name, "kind": node.kind.value}
+    if node.kind in (Kind.TASK, Kind.WORKER) and node.spec.pool is not None:
+        out["pool"] = node.spec.pool
+    return out
+
+
 def _render_json(graph: Graph) -> str:
     document = {
-        "nodes": [{"id": n, "kind": graph.nodes[n].kind.value} for n in graph.order],
+        "nodes": [_json_node(graph, n) for n in graph.order],
         "edges": [
             {
                 "source": edge.source,

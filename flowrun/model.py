@@ -58,6 +58,7 @@ class Config:
     timeout: float | None = None
     fallback: str | None = None
     join: str = "all"  # "all" | "any"
+    pool: str | None = None
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (2 is the first retry)."""
@@ -67,11 +68,35 @@ class Config:
 @dataclass(frozen=True, slots=True)
 class BatchSpec:
     uses: str
-    input_key: str
+    input_key: str | None  # None when the items come from a file (`items_from`)
     output_key: str
     params: Mapping[str, Any] = field(default_factory=dict)
     concurrency: int | None = None
     max_failures: int = 0
+    items_from: str | None = None  # a path (or glob) relative to the blueprint's directory
+    output_to: str | None = None  # a .jsonl path the results are written to, in item order
+    pool: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A `pools:` entry: a shared concurrency cap and a token-bucket rate (starts per second)."""
+
+    name: str
+    concurrency: int | None = None
+    rate: float | None = None  # tokens per second
+    rate_text: str | None = None  # as written: "10/s"
+    burst: int = 1
+    path: PathT = ()
+
+    def describe(self) -> str:
+        """`api: 4 at once, 10/s (burst 2)`, as `graph` and `validate` show it."""
+        parts = []
+        if self.concurrency is not None:
+            parts.append(f"{self.concurrency} at once")
+        if self.rate_text is not None:
+            parts.append(self.rate_text + (f" (burst {self.burst})" if self.burst != 1 else ""))
+        return f"{self.name}: {', '.join(parts) or 'no limit'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +110,13 @@ class NodeSpec:
     config: Config = field(default_factory=Config)
     batch: BatchSpec | None = None
     path: PathT = ()
+
+    @property
+    def pool(self) -> str | None:
+        """The pool this node's calls (a batch's items) run in: `batch.pool`, else `config.pool`."""
+        if self.batch is not None and self.batch.pool is not None:
+            return self.batch.pool
+        return self.config.pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +137,7 @@ class Blueprint:
     description: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
     document: Document | None = None
+    pools: Mapping[str, PoolSpec] = field(default_factory=dict)
 
     @property
     def file(self) -> str:

@@ -22,10 +22,11 @@ from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
 from flowrun.blueprint.loader import Document
 from flowrun.blueprint.messages import DURATION_HELP, path_label, translate, value_text
 from flowrun.errors import BlueprintError, PathT, Problem
-from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, NodeSpec
+from flowrun.model import BatchSpec, Blueprint, Config, EdgeSpec, NodeSpec, PoolSpec
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
 
 
 def schema_text() -> str:
@@ -54,6 +55,15 @@ def parse_duration(value: int | float | str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"invalid duration {value!r}: expected {DURATION_HELP}")
     return seconds
+
+
+def parse_rate(text: str) -> float:
+    """Starts per second in a pool rate (`10/s`, `600/m`, `1000/h`)."""
+    match = _RATE.fullmatch(text)
+    rate = float(match[1]) / _UNIT_SECONDS[match[2]] if match else math.nan
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"invalid rate {text!r}: expected N/s, N/m or N/h with N above zero")
+    return rate
 
 
 def check(doc: Document) -> Blueprint:
@@ -131,7 +141,22 @@ class _Builder:
             description=data.get("description"),
             context=data.get("context", {}),
             document=self.doc,
+            pools={k: self._pool(k, v) for k, v in data.get("pools", {}).items()},
         )
+
+    def _pool(self, name: str, raw: dict[str, Any]) -> PoolSpec:
+        path: PathT = ("pools", name)
+        rate_text = raw.get("rate")
+        rate = None
+        if rate_text is not None:
+            try:
+                rate = parse_rate(rate_text)
+            except ValueError as exc:
+                message = f"{path_label(self.doc.data, (*path, 'rate'))}: {exc}"
+                self.problems.append(self.doc.problem((*path, "rate"), "schema.rate", message))
+        conc = raw.get("concurrency")
+        return PoolSpec(name, None if conc is None else int(conc), rate, rate_text,
+                        int(raw.get("burst", 1)), path)  # fmt: skip
 
     def _node(self, index: int, raw: dict[str, Any]) -> NodeSpec:
         path = ("nodes", index)
@@ -142,9 +167,12 @@ class _Builder:
             params=raw.get("params", {}),
             inputs=raw.get("inputs"),
             config=self._config((*path, "config"), raw.get("config", {})),
-            batch=None if batch is None else _batch(raw["id"], batch),
+            batch=None if batch is None else self._batch(path, raw["id"], batch),
             path=path,
         )
+
+    def _batch(self, path: PathT, node_id: str, raw: dict[str, Any]) -> BatchSpec:
+        return _batch(node_id, raw)
 
     def _config(self, path: PathT, raw: dict[str, Any]) -> Config:
         timeout = raw.get("timeout")
@@ -155,6 +183,7 @@ class _Builder:
             timeout=None if timeout is None else self._seconds((*path, "timeout"), timeout),
             fallback=raw.get("fallback"),
             join=raw.get("joinStrategy", "all"),
+            pool=raw.get("pool"),
         )
 
     def _seconds(self, path: PathT, value: Any) -> float:
@@ -181,11 +210,14 @@ def _batch(node_id: str, raw: dict[str, Any]) -> BatchSpec:
     concurrency = raw.get("concurrency")
     return BatchSpec(
         uses=raw["uses"],
-        input_key=raw["inputKey"],
+        input_key=raw.get("inputKey"),
         output_key=raw.get("outputKey", node_id),
         params=raw.get("params", {}),
         concurrency=None if concurrency is None else int(concurrency),
         max_failures=int(raw.get("maxFailures", 0)),
+        items_from=raw.get("itemsFrom"),
+        output_to=raw.get("outputTo"),
+        pool=raw.get("pool"),
     )
 
 
@@ -214,12 +246,15 @@ def salvage(doc: Document) -> Blueprint | None:
     raw_edges = data["edges"] if isinstance(data.get("edges"), list) else []
     edges = [e for i, raw in enumerate(raw_edges) if (e := _salvage_edge(i, raw)) is not None]
     context = data.get("context")
+    pools = data.get("pools") if isinstance(data.get("pools"), dict) else {}
+    assert isinstance(pools, dict)
     return Blueprint(
         id=str(data.get("id", "")),
         nodes=tuple(nodes),
         edges=tuple(edges),
         context=context if isinstance(context, dict) else {},
         document=doc,
+        pools={str(k): PoolSpec(str(k), path=("pools", str(k))) for k in pools},
     )
 
 
@@ -237,9 +272,16 @@ def _salvage_node(index: int, raw: Any) -> NodeSpec | None:
         inputs = None
     batch = raw.get("batch")
     spec = None
-    if isinstance(batch, dict) and _str(batch, "uses") and _str(batch, "inputKey"):
+    if (
+        isinstance(batch, dict)
+        and _str(batch, "uses")
+        and (_str(batch, "inputKey") or _str(batch, "itemsFrom"))
+    ):
         out = _str(batch, "outputKey") or node_id
-        spec = BatchSpec(batch["uses"], batch["inputKey"], out)
+        spec = BatchSpec(
+            batch["uses"], _str(batch, "inputKey"), out, items_from=_str(batch, "itemsFrom"),
+            output_to=_str(batch, "outputTo"), pool=_str(batch, "pool"),
+        )  # fmt: skip
     config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
     assert isinstance(config, dict)
     fallback = _str(config, "fallback")
@@ -248,7 +290,7 @@ def _salvage_node(index: int, raw: Any) -> NodeSpec | None:
         id=node_id,
         uses=_str(raw, "uses") if spec is None else None,
         inputs=inputs if isinstance(inputs, str | dict) else None,
-        config=Config(fallback=fallback, join=str(join)),
+        config=Config(fallback=fallback, join=str(join), pool=_str(config, "pool")),
         batch=spec,
         path=("nodes", index),
     )

@@ -29,6 +29,7 @@ from flowrun.events import (
     NodeSkipped,
     NodeStarted,
     NodeSucceeded,
+    PoolWaiting,
     RunFinished,
     RunStarted,
 )
@@ -70,6 +71,7 @@ class BatchRecord:
     finished_at: float | None = None
     failures: list[NodeRecord] = field(default_factory=list)  # at most MAX_ITEM_TRACEBACKS
     omitted: int = 0  # failed items whose traceback was not kept
+    waiting: str = ""  # "waiting on pool api: 10/s" once its items waited on a pool's rate
 
     @property
     def done(self) -> int:
@@ -111,6 +113,7 @@ class RunRecord:
             NodeRecovered: self.on_recovered,
             BatchStarted: self.on_batch_started,
             BatchFinished: self.on_batch_finished,
+            PoolWaiting: self.on_pool_waiting,
             RunFinished: self.on_run_finished,
         }
 
@@ -203,6 +206,10 @@ class RunRecord:
         batch = self.batch(e.node)
         batch.total, batch.resumed, batch.started_at = e.total, e.done, self.now()
 
+    def on_pool_waiting(self, e: PoolWaiting) -> None:
+        if e.node in self.batches:
+            self.batches[e.node].waiting = pool_text(e)
+
     def on_batch_finished(self, e: BatchFinished) -> None:
         batch = self.batch(e.node)
         # the event's counts are authoritative (they include items resumed from a prior run)
@@ -269,6 +276,10 @@ class RunRecord:
 
 _STATUSES = ("succeeded", "failed", "skipped", "recovered", "pending", "unfinished")
 _ALWAYS = frozenset({"succeeded", "failed", "skipped"})
+
+
+def pool_text(e: PoolWaiting) -> str:
+    return f"waiting on pool {e.pool}: {e.rate}"
 
 
 def error_line(error_type: str, message: str) -> str:

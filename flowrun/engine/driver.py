@@ -26,6 +26,7 @@ from flowrun.engine.backends import Backend
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work
 from flowrun.engine.kinds.base import group
+from flowrun.engine.pools import Pools
 from flowrun.engine.routing import Router
 from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.expr.compiler import ExprEvalError
@@ -74,6 +75,7 @@ class Driver:
         self.clock, self.idle = clock, idle
         self.sched = Scheduler(graph)
         self.router = Router(graph, context.data, self.sched)
+        self.pools = Pools(graph, clock, self.emit)
         self.kinds: dict[str, NodeKind] = {name: k(self) for name, k in BY_NAME.items()}
         self._entries = {
             s.id: BY_NAME[graph.nodes[s.id].node_kind].entry(s) for s in graph.blueprint.nodes
@@ -130,7 +132,8 @@ class Driver:
         return deadline is not None and self.clock() >= deadline
 
     def _next(self, deadline: float | None) -> Done | None:
-        waits = [t for t in (deadline, self.timers[0][0] if self.timers else None) if t]
+        timer = self.timers[0][0] if self.timers else None
+        waits = [t for t in (deadline, timer, self.pools.wake_at()) if t]
         timeout = max(0.0, min(waits) - self.clock()) if waits else None
         if timeout is None and not self.inflight and not self.stopping:
             raise RuntimeError("flowrun internal error: nothing in flight and nothing ready")
@@ -159,12 +162,17 @@ class Driver:
             self._emit_skips()
             if not ready:
                 break
+        held: list[Work] = []  # waiting for their pool
         while self.queued and self.free() > 0:
             work = self.queued.popleft()
+            if self.pools.room(work.node) <= 0:
+                held.append(work)
+                continue
             work.owner.queued(work)
             c = work.call
             self.emit(ev.NodeStarted(time.time(), c.node, c.attempt, group(work), c.index))
             self.submit([work])
+        self.queued.extendleft(reversed(held))
         for kind in self.kinds.values():
             kind.fill()
 
@@ -183,6 +191,7 @@ class Driver:
 
     def submit(self, works: list[Work]) -> None:
         fut = self.backend.submit([w.call for w in works])
+        self.pools.started(works[0].node, len(works))
         self.inflight += 1
         fut.add_done_callback(functools.partial(self._returned, works))
 
@@ -221,6 +230,7 @@ class Driver:
     # -- completions -----------------------------------------------------------------------
     def _complete(self, works: list[Work], fut: Future[list[Outcome]]) -> None:
         self.inflight -= 1
+        self.pools.finished(works[0].node, len(works))
         try:
             outcomes = fut.result()
         except BaseException as exc:  # the backend itself failed (a worker process died...)

@@ -20,6 +20,7 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from flowrun import events as ev
@@ -29,6 +30,7 @@ from flowrun.model import Graph, GraphEdge, GraphNode, NodeSpec
 from flowrun.node import SharedContext
 
 if TYPE_CHECKING:
+    from flowrun.engine.pools import Pools
     from flowrun.engine.routing import Router
     from flowrun.engine.scheduler import Scheduler
 
@@ -60,6 +62,7 @@ class Runtime(Protocol):
     graph: Graph
     sched: Scheduler
     router: Router
+    pools: Pools  # every submission is gated by `pools.room(node)`
     context: SharedContext
     emit: ev.Sink
     stored: Stored
@@ -145,6 +148,12 @@ class NodeKind:
     @classmethod
     def reads(cls, spec: NodeSpec) -> Sequence[tuple[PathT, str]]:
         """(document path, source text) of every context source the node reads."""
+        return []
+
+    @classmethod
+    def problems(cls, spec: NodeSpec, base: Path | None) -> Sequence[tuple[PathT, str, str]]:
+        """(document path, code, message) of what is wrong with the node that only the file
+        system can tell (`base` is the blueprint's directory, None without a file)."""
         return []
 
     @classmethod

@@ -1,0 +1,108 @@
+"""Pools (`pools:`): concurrency caps and start rates shared by the nodes that name them.
+
+Every submission is gated here, on top of `--concurrency`: `room(node)` says how many calls of
+blueprint node `node` may start now, `started`/`finished` count them in and out. A rate is a
+token bucket (`rate` tokens a second, holding at most `burst`, full at the start) on the
+driver's clock: nothing sleeps. A pool out of tokens records when its next token comes, and
+the driver's loop takes `wake_at()` as one of its deadlines, so waiting on a rate never holds a
+worker thread. The first time a node waits on a rate, `PoolWaiting` says so (the displays
+show it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from flowrun import events as ev
+from flowrun.model import Graph, PoolSpec
+
+UNLIMITED = 1 << 30
+_EPS = 1e-9  # float slack: a token due now is not due "in 1e-16 s"
+
+
+@dataclass(slots=True)
+class Bucket:
+    """One pool's state: calls running, and tokens (for a rate)."""
+
+    spec: PoolSpec
+    tokens: float
+    last: float
+    running: int = 0
+    waited: set[str] = field(default_factory=set)  # nodes already announced as waiting
+
+    def refill(self, now: float) -> None:
+        rate = self.spec.rate
+        if rate is not None and now > self.last:
+            self.tokens = min(float(self.spec.burst), self.tokens + (now - self.last) * rate)
+        self.last = max(self.last, now)
+
+
+class Pools:
+    """The run's pools; `emit` gets a `PoolWaiting` the first time a node waits on a rate."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        clock: Callable[[], float] = time.monotonic,
+        emit: ev.Sink | None = None,
+    ) -> None:
+        self.clock, self.emit = clock, emit
+        now = clock()
+        self.buckets = {
+            name: Bucket(spec, float(spec.burst), now)
+            for name, spec in graph.blueprint.pools.items()
+        }
+        self._pool_of = {n.id: n.pool for n in graph.blueprint.nodes if n.pool is not None}
+        self._wake: float | None = None
+
+    def pool_of(self, node: str) -> Bucket | None:
+        name = self._pool_of.get(node)
+        return None if name is None else self.buckets.get(name)
+
+    def room(self, node: str) -> int:
+        """How many calls of blueprint node `node` may start now."""
+        b = self.pool_of(node)
+        if b is None:
+            return UNLIMITED
+        n = UNLIMITED if b.spec.concurrency is None else b.spec.concurrency - b.running
+        rate = b.spec.rate
+        if rate is not None:
+            now = self.clock()
+            b.refill(now)
+            n = min(n, math.floor(b.tokens + _EPS))
+            if b.tokens + _EPS < 1:
+                self._due(now + (1 - b.tokens) / rate)
+                self._announce(b, node)
+        return max(0, n)
+
+    def started(self, node: str, calls: int) -> None:
+        """`calls` calls of `node` were submitted (they took their tokens)."""
+        b = self.pool_of(node)
+        if b is not None:
+            b.running += calls
+            if b.spec.rate is not None:
+                b.refill(self.clock())
+                b.tokens -= calls
+
+    def finished(self, node: str, calls: int) -> None:
+        b = self.pool_of(node)
+        if b is not None:
+            b.running -= calls
+
+    def wake_at(self) -> float | None:
+        """When the earliest waited-for token comes (then forgotten: `room` records it again
+        while a node still waits)."""
+        wake, self._wake = self._wake, None
+        return wake
+
+    def _due(self, at: float) -> None:
+        self._wake = at if self._wake is None else min(self._wake, at)
+
+    def _announce(self, b: Bucket, node: str) -> None:
+        if node in b.waited or self.emit is None:
+            return
+        b.waited.add(node)
+        self.emit(ev.PoolWaiting(time.time(), node, b.spec.name, b.spec.rate_text or ""))
