@@ -6,8 +6,8 @@ settles one, naming the successors whose edge was taken and the value sent over 
 `bind()` gives a batch its N items when its scatter has read the list (or counted a file's);
 `take_items()` hands out item indices in increasing order (a streamed batch reads its file in
 step) and `item_done()` settles them; `break_batch()` fails a batch as a whole. When every
-item has settled the batch's gather becomes ready. Skips and upstream failures propagate; `skipped` collects the nodes
-skipped since it was last drained.
+item has settled the batch's gather becomes ready. Skips and upstream failures propagate;
+`skipped` collects the nodes skipped since it was last drained.
 """
 
 from __future__ import annotations
