@@ -126,7 +126,7 @@ class _Server:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (the http.server name)
+            def do_GET(self) -> None:
                 with owner.lock:
                     owner.starts.append(time.monotonic())
                     owner.active += 1

@@ -2,8 +2,8 @@
 
 Every submission is gated here, on top of `--concurrency`: `room(node)` says how many calls of
 blueprint node `node` may start now, `started`/`finished` count them in and out. A rate is a
-token bucket (`rate` tokens a second, holding at most `burst`, full at the start) on the
-driver's clock: nothing sleeps. A pool out of tokens records when its next token comes, and
+token bucket (`rate` tokens a second, holding at most `burst`, full at the start; see
+`Bucket`) on the driver's clock: nothing sleeps. A pool out of tokens records when its next token comes, and
 the driver's loop takes `wake_at()` as one of its deadlines, so waiting on a rate never holds a
 worker thread. The first time a node waits on a rate, `PoolWaiting` says so (the displays
 show it).
@@ -21,23 +21,34 @@ from flowrun.model import Graph, PoolSpec
 
 UNLIMITED = 1 << 30
 _EPS = 1e-9  # float slack: a token due now is not due "in 1e-16 s"
+LATE_TOKENS = 0.1  # how late (in token intervals) a start may come and keep the schedule
 
 
 @dataclass(slots=True)
 class Bucket:
-    """One pool's state: calls running, and tokens (for a rate)."""
+    """One pool's state: calls running, and (for a rate) when its next start is due.
+
+    The rate is kept as the time the next start is due (`due`, the generic cell rate
+    algorithm's theoretical arrival time), which is a token bucket of `burst` tokens: `k`
+    starts are allowed while `due` is at most `(burst - 1) / rate` ahead of now. A start that
+    comes a little after it was due (the loop woke up late) keeps the schedule, up to
+    `LATE_TOKENS` of a token interval, so late wake-ups do not lower the rate; after a longer
+    quiet spell the schedule restarts from now."""
 
     spec: PoolSpec
-    tokens: float
-    last: float
+    due: float
     running: int = 0
     waited: set[str] = field(default_factory=set)  # nodes already announced as waiting
 
-    def refill(self, now: float) -> None:
-        rate = self.spec.rate
-        if rate is not None and now > self.last:
-            self.tokens = min(float(self.spec.burst), self.tokens + (now - self.last) * rate)
-        self.last = max(self.last, now)
+    def allowed(self, now: float, rate: float) -> int:
+        return max(
+            0, min(self.spec.burst, math.floor((now - self.due) * rate + self.spec.burst + _EPS))
+        )
+
+    def take(self, now: float, rate: float, calls: int) -> None:
+        if self.due < now - LATE_TOKENS / rate:
+            self.due = now
+        self.due += calls / rate
 
 
 class Pools:
@@ -51,10 +62,7 @@ class Pools:
     ) -> None:
         self.clock, self.emit = clock, emit
         now = clock()
-        self.buckets = {
-            name: Bucket(spec, float(spec.burst), now)
-            for name, spec in graph.blueprint.pools.items()
-        }
+        self.buckets = {name: Bucket(spec, now) for name, spec in graph.blueprint.pools.items()}
         self._pool_of = {n.id: n.pool for n in graph.blueprint.nodes if n.pool is not None}
         self._wake: float | None = None
 
@@ -71,10 +79,10 @@ class Pools:
         rate = b.spec.rate
         if rate is not None:
             now = self.clock()
-            b.refill(now)
-            n = min(n, math.floor(b.tokens + _EPS))
-            if b.tokens + _EPS < 1:
-                self._due(now + (1 - b.tokens) / rate)
+            tokens = b.allowed(now, rate)
+            n = min(n, tokens)
+            if tokens < 1:
+                self._due(b.due - (b.spec.burst - 1) / rate)
                 self._announce(b, node)
         return max(0, n)
 
@@ -84,8 +92,7 @@ class Pools:
         if b is not None:
             b.running += calls
             if b.spec.rate is not None:
-                b.refill(self.clock())
-                b.tokens -= calls
+                b.take(self.clock(), b.spec.rate, calls)
 
     def finished(self, node: str, calls: int) -> None:
         b = self.pool_of(node)
