@@ -4,9 +4,9 @@ Every submission is gated here, on top of `--concurrency`: `room(node)` says how
 blueprint node `node` may start now, `started`/`finished` count them in and out. A rate is a
 token bucket (`rate` tokens a second, holding at most `burst`, full at the start; see
 `Bucket`) on the driver's clock: nothing sleeps. A pool out of tokens records when its next
-token comes, and the driver's loop takes `wake_at()` as one of its deadlines, so waiting on a rate never holds a
-worker thread. The first time a node waits on a rate, `PoolWaiting` says so (the displays
-show it).
+token comes, and the driver's loop takes `wake_at()` as one of its deadlines, so waiting on
+a rate never holds a worker thread. The first time a node waits on a rate, `PoolWaiting`
+says so (the displays show it).
 """
 
 from __future__ import annotations
