@@ -71,7 +71,9 @@ def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
         ["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True, check=True
     )
     took = time.perf_counter() - t0
-    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)[1])  # type: ignore[index]
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
+    assert found is not None
+    rss = int(found[1])
     return took, rss / 1024
 
 

@@ -176,6 +176,7 @@ def test_http_fanout_example_keeps_the_pool(tmp_path: Path, server: _Server) -> 
     assert all(f'"url":"{base}{p}"' in line for p, line in zip(paths, out[:-1], strict=False))
     assert report.errors[-1]["node"] == "fetch[24]"  # the 404, after its retry
     assert server.most <= 4
-    # The bucket holds one token and refills 20 a second: start k is never before k/20 s.
+    # The bucket holds one token and refills 20 a second: start k is never before k/20 s
+    # (less the jitter of request set-up, which the first request may pay more of).
     first = server.starts[0]
-    assert all(t - first >= k / 20 - 0.005 for k, t in enumerate(server.starts))
+    assert all(t - first >= k / 20 - 0.02 for k, t in enumerate(server.starts))
