@@ -11,6 +11,7 @@ today's in-memory batch (a node returns `list(range(N))`, results gathered in th
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -110,15 +111,20 @@ def rate_accuracy(items: int = 200) -> None:
         (d / "items.jsonl").write_text("".join(f"{i}\n" for i in range(items)))
         log = d / "starts.log"
         (d / "rate.yaml").write_text(RATE.replace("LOG", str(log)))
-        subprocess.run([*flowrun_cmd(), "run", "rate.yaml", "--no-progress"], cwd=d, check=True)
-        starts = sorted(float(x) for x in log.read_text().split())
-        rate = (len(starts) - 1) / (starts[-1] - starts[0])
-        # With a one-token bucket, start k may not come before start 0 + k/50 s.
-        ahead = max(starts[0] + k / 50 - t for k, t in enumerate(starts))
-        print(
-            f"rate: {len(starts)} starts at {rate:.3f}/s ({(rate / 50 - 1) * 100:+.2f}% of 50/s); "
-            f"most ahead of the bucket: {ahead * 1000:.3f} ms (<= 0 means never ahead)"
-        )
+        cmd = [*flowrun_cmd(), "run", "rate.yaml", "--no-progress", "--events", "ev.jsonl"]
+        subprocess.run(cmd, cwd=d, check=True, capture_output=True)
+        events = [json.loads(line) for line in (d / "ev.jsonl").read_text().splitlines()]
+        submitted = sorted(e["ts"] for e in events if e["event"] == "node_started")
+        observed = sorted(float(x) for x in log.read_text().split())
+        for what, starts in (("submitted (node_started)", submitted), ("in the worker", observed)):
+            rate = (len(starts) - 1) / (starts[-1] - starts[0])
+            # With a one-token bucket, start k may not come before start 0 + k/50 s.
+            ahead = max(starts[0] + k / 50 - t for k, t in enumerate(starts))
+            print(
+                f"rate, {what}: {len(starts)} starts at {rate:.3f}/s "
+                f"({(rate / 50 - 1) * 100:+.2f}% of 50/s); most ahead of start 0 + k/50: "
+                f"{ahead * 1000:.3f} ms (<= 0: never ahead)"
+            )
 
 
 def main() -> None:
