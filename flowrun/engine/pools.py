@@ -38,6 +38,7 @@ class Bucket:
     spec: PoolSpec
     due: float
     running: int = 0
+    late_ok: bool = False  # a node is waiting for the next token
     waited: set[str] = field(default_factory=set)  # nodes already announced as waiting
 
     def allowed(self, now: float, rate: float) -> int:
@@ -46,8 +47,11 @@ class Bucket:
         )
 
     def take(self, now: float, rate: float, calls: int) -> None:
-        if self.due < now - LATE_TOKENS / rate:
-            self.due = now
+        # Keep the schedule only for a start that waited for its token and came late; any
+        # other start (the first one, one after a quiet spell) schedules from now.
+        if not self.late_ok or self.due < now - LATE_TOKENS / rate:
+            self.due = max(self.due, now)
+        self.late_ok = False
         self.due += calls / rate
 
 
@@ -82,6 +86,7 @@ class Pools:
             tokens = b.allowed(now, rate)
             n = min(n, tokens)
             if tokens < 1:
+                b.late_ok = True
                 self._due(b.due - (b.spec.burst - 1) / rate)
                 self._announce(b, node)
         return max(0, n)
