@@ -21,7 +21,7 @@ from flowrun.model import Graph, PoolSpec
 
 UNLIMITED = 1 << 30
 _EPS = 1e-9  # float slack: a token due now is not due "in 1e-16 s"
-LATE_TOKENS = 0.1  # how late (in token intervals) a start may come and keep the schedule
+LATE_TOKENS = 0.5  # how late (in token intervals) a waiting start may come and keep the schedule
 
 
 @dataclass(slots=True)
