@@ -85,7 +85,7 @@ def write_items(path: Path, n: int) -> None:
             f.write("".join(f'{{"i": {i}}}\n' for i in range(lo, min(n, lo + step))))
 
 
-def memory_and_speed(sizes: list[int]) -> None:
+def memory_and_speed(sizes: list[int], shapes: tuple[str, ...] = ("memory", "stream")) -> None:
     print("| shape | items | wall s | µs/item | peak RSS MB |")
     print("|---|---|---|---|---|")
     for n in sizes:
@@ -95,7 +95,7 @@ def memory_and_speed(sizes: list[int]) -> None:
             write_items(d / "items.jsonl", n)
             (d / "stream.yaml").write_text(STREAM)
             (d / "memory.yaml").write_text(MEMORY.replace("N", str(n)))
-            for shape in ("memory", "stream"):
+            for shape in shapes:
                 cmd = [*flowrun_cmd(), "run", f"{shape}.yaml", "--no-progress"]
                 took, rss = timed(cmd, d)
                 print(f"| {shape} | {n:,} | {took:.1f} | {took / n * 1e6:.2f} | {rss:.0f} |")
@@ -131,10 +131,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--items", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--rate-only", action="store_true")
+    parser.add_argument("--stream-only", action="store_true", help="skip the in-memory batch")
     args = parser.parse_args()
     rate_accuracy()
     if not args.rate_only:
-        memory_and_speed(args.items)
+        memory_and_speed(args.items, ("stream",) if args.stream_only else ("memory", "stream"))
 
 
 if __name__ == "__main__":

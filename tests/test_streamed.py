@@ -213,3 +213,13 @@ def test_validation_reports_every_file_problem_at_once(tmp_path: Path) -> None:
     ]
     assert "no such file" in found[0].message and "unsupported extension" in found[1].message
     assert "does not exist" in found[2].message and "must be a .jsonl" in found[3].message
+
+
+def test_a_batch_whose_last_items_are_unreadable_still_finishes(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text("{\n[\n")
+    path = blueprint(
+        tmp_path, "{uses: builtins.abs, itemsFrom: in.jsonl, outputTo: out.jsonl, maxFailures: 2}"
+    )
+    report = run(path, concurrency=1)
+    assert report.status == "completed" and report.context["B"]["failed"] == 2
+    assert lines(tmp_path / "out.jsonl") == [None, None]

@@ -175,6 +175,8 @@ class Driver:
         self.queued.extendleft(reversed(held))
         for kind in self.kinds.values():
             kind.fill()
+        if self.sched.has_ready():  # a kind settled something while filling (an unreadable item)
+            self._schedule()
 
     def _emit_skips(self) -> None:
         for name in self.sched.drain_skipped():

@@ -96,6 +96,10 @@ class Scheduler:
         """`{predecessor: value sent over its taken edge}` for a node about to run."""
         return self._taken.get(name, {})
 
+    def has_ready(self) -> bool:
+        """Are nodes waiting to be handed out by `ready()`?"""
+        return bool(self._ready)
+
     def is_active(self) -> bool:
         """Is anything ready, running, or a batch still unsettled?"""
         return bool(self._ready) or self._running > 0
