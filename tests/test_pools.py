@@ -180,3 +180,29 @@ def test_http_fanout_example_keeps_the_pool(tmp_path: Path, server: _Server) -> 
     # (less the jitter of request set-up, which the first request may pay more of).
     first = server.starts[0]
     assert all(t - first >= k / 20 - 0.02 for k, t in enumerate(server.starts))
+
+
+def test_a_batch_waiting_on_its_rate_says_so(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from flowrun.display.live import _batch_detail, make_reporter
+
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        "id: w\ncontext: {xs: [1, 2, 3]}\npools:\n  api: {rate: 200/s}\nnodes:\n"
+        "  - id: B\n    batch: {uses: builtins.abs, inputKey: xs, pool: api}\n"
+    )
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    reporter = make_reporter("plain", console)
+    seen: list[ev.Event] = []
+    flowrun.api.run(path, state_dir=tmp_path / ".flowrun", sinks=[reporter, seen.append])
+    waits = [e for e in seen if isinstance(e, ev.PoolWaiting)]
+    assert [(e.node, e.pool, e.rate) for e in waits] == [("B", "api", "200/s")]
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert any(line.split()[1:3] == ["B", "waiting"] and "on pool api: 200/s" in line
+               for line in text.splitlines())  # fmt: skip
+    batch = reporter.record.batches["B"]
+    batch.finished_at = None  # as while it runs
+    assert "waiting on pool api: 200/s" in _batch_detail(batch, {}, 0.0).plain
