@@ -138,7 +138,8 @@ def validate(
             for p in found:
                 print(p)
             if not found:
-                print(f"{f}: ok")
+                pools = api.pool_lines(f)
+                print(f"{f}: ok" + (f" (pools: {'; '.join(pools)})" if pools else ""))
     if fmt is ValidateFormat.json:
         print(json.dumps([p.as_dict() for p in problems], indent=2))
     elif fmt is ValidateFormat.github:

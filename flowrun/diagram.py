@@ -147,11 +147,21 @@ def _edge_text(edge: GraphEdge) -> str:
     return "\n".join(_edge_parts(edge))
 
 
-def _node_label(node: GraphNode) -> str:
-    """The raw text of a node's box in a diagram: its id, then what it calls."""
+def _node_label(node: GraphNode, graph: Graph | None = None) -> str:
+    """The raw text of a node's box in a diagram: its id, then what it calls (and its pool)."""
     if node.spec.subflow is not None and node.kind is Kind.SUBFLOW:
-        return f"{node.id}\n{_subflow_file(node)}"
-    return node.id if node.uses is None else f"{node.id}\n{node.uses}"
+        label = f"{node.id}\n{_subflow_file(node)}"
+    else:
+        label = node.id if node.uses is None else f"{node.id}\n{node.uses}"
+    pool = _pool(graph, node) if graph is not None else None
+    return label if pool is None else f"{label}\npool {pool}"
+
+
+def _pool(graph: Graph, node: GraphNode) -> str | None:
+    """`api: 4 at once, 10/s` for a node whose calls run in a pool (a task, a batch's worker)."""
+    name = node.spec.pool if node.kind in (Kind.TASK, Kind.WORKER) else None
+    spec = graph.blueprint.pools.get(name) if name is not None else None
+    return None if spec is None else spec.describe()
 
 
 def _subflow_file(node: GraphNode) -> str:
@@ -235,13 +245,17 @@ def _ascii_describe(graph: Graph, node: GraphNode) -> str:
     words = [_ASCII_MARKERS[node.kind]] if node.kind in _ASCII_MARKERS else []
     batch = node.spec.batch
     if node.kind is Kind.SCATTER and batch is not None:
-        words.append(f"over {_plain(batch.input_key)}")
+        source = batch.input_key or f"file {batch.items_from or ''}"
+        words.append(f"over {_plain(source)}")
     if node.kind is Kind.GATHER and batch is not None:
-        words.append(f"into {_plain(batch.output_key)}")
+        target = f"file {batch.output_to}" if batch.output_to else batch.output_key
+        words.append(f"into {_plain(target)}")
     if node.uses is not None:
         words.append(f"uses {_plain(node.uses)}")
     if node.id in graph.children and node.id == node.owner:
         words.append(f"runs {_plain(_subflow_file(node))}")
+    if (pool := _pool(graph, node)) is not None:
+        words.append(f"[pool {_plain(pool)}]")
     if node.id in graph.fallbacks:
         words.append("(fallback only)")
     return " ".join(words)
@@ -285,10 +299,10 @@ def _mermaid_body(graph: Graph, expand: bool, prefix: str, group: str, pad: str)
         for m in members:
             node, child = graph.nodes[m], graph.children.get(m) if expand else None
             if child is None or m != node.owner:
-                lines.append(indent + _mermaid_node(ids[m], node))
+                lines.append(indent + _mermaid_node(ids[m], node, graph))
                 continue
             # The subflow is a subgraph of its own: edges to and from it reach the box.
-            lines.append(f'{indent}subgraph {ids[m]} ["{_mermaid(_node_label(node))}"]')
+            lines.append(f'{indent}subgraph {ids[m]} ["{_mermaid(_node_label(node, graph))}"]')
             lines += _mermaid_body(child, expand, ids[m] + "_", ids[m] + "_", indent + "    ")
             lines.append(f"{indent}end")
         if batch is not None:
@@ -303,9 +317,9 @@ def _mermaid_body(graph: Graph, expand: bool, prefix: str, group: str, pad: str)
     return lines
 
 
-def _mermaid_node(ident: str, node: GraphNode) -> str:
+def _mermaid_node(ident: str, node: GraphNode, graph: Graph) -> str:
     opening, closing = _MERMAID_SHAPES[node.kind]
-    return f"{ident}{opening}{_mermaid(_node_label(node))}{closing}"
+    return f"{ident}{opening}{_mermaid(_node_label(node, graph))}{closing}"
 
 
 # --- dot ------------------------------------------------------------------------------------
@@ -322,7 +336,7 @@ def _render_dot(graph: Graph, expand: bool = False) -> str:
             lines.append(f"    label={_dot(batch)};")
             lines.append("    style=dashed;")
             indent = "    "
-        lines.extend(indent + _dot_node(graph.nodes[m]) for m in members)
+        lines.extend(indent + _dot_node(graph.nodes[m], graph) for m in members)
         if batch is not None:
             lines.append("  }")
     lines.extend("  " + _dot_edge(edge) for edge in graph.edges)
@@ -343,7 +357,7 @@ def _dot_children(graph: Graph, prefix: str) -> list[str]:
         lines.append("    style=dashed;")
         for node_id in child.order:
             node = child.nodes[node_id]
-            label, shape = _dot(_node_label(node)), _DOT_SHAPES[node.kind]
+            label, shape = _dot(_node_label(node, child)), _DOT_SHAPES[node.kind]
             lines.append(f"    {_dot(name + '/' + node_id)} [label={label}, shape={shape}];")
         for edge in child.edges:
             text = _edge_text(edge)
@@ -360,8 +374,8 @@ def _dot_children(graph: Graph, prefix: str) -> list[str]:
     return lines
 
 
-def _dot_node(node: GraphNode) -> str:
-    label = _dot(_node_label(node))
+def _dot_node(node: GraphNode, graph: Graph) -> str:
+    label = _dot(_node_label(node, graph))
     return f"{_dot(node.id)} [label={label}, shape={_DOT_SHAPES[node.kind]}];"
 
 
@@ -380,10 +394,13 @@ def _render_json(graph: Graph, expand: bool = False) -> str:
 
 def _json_doc(graph: Graph, expand: bool) -> dict[str, object]:
     def node(n: str) -> dict[str, object]:
-        out: dict[str, object] = {"id": n, "kind": graph.nodes[n].kind.value}
+        gnode = graph.nodes[n]
+        out: dict[str, object] = {"id": n, "kind": gnode.kind.value}
+        if gnode.kind in (Kind.TASK, Kind.WORKER) and gnode.spec.pool is not None:
+            out["pool"] = gnode.spec.pool
         child = graph.children.get(n)
-        if child is not None and n == graph.nodes[n].owner:
-            out["blueprint"] = _subflow_file(graph.nodes[n])
+        if child is not None and n == gnode.owner:
+            out["blueprint"] = _subflow_file(gnode)
             if expand:
                 out["graph"] = _json_doc(child, expand)
         return out

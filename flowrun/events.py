@@ -166,6 +166,16 @@ class RunCancelling(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PoolWaiting(Event):
+    """Node (a batch, for its items) waits for its pool's rate; said once per node and run."""
+
+    event: ClassVar[str] = "pool_waiting"
+    node: str = ""
+    pool: str = ""
+    rate: str = ""  # as written: "10/s"
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished(Event):
     event: ClassVar[str] = "run_finished"
     private: ClassVar[frozenset[str]] = frozenset({"context"})

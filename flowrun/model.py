@@ -60,6 +60,7 @@ class Config:
     join: str = "all"  # "all" | "any"
     run_if: str = "success"  # "success" | "failure" | "always"
     retry_on: tuple[str, ...] | None = None  # exception class names; None: every failure
+    pool: str | None = None
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (2 is the first retry)."""
@@ -78,12 +79,15 @@ class SubflowSpec:
 @dataclass(frozen=True, slots=True)
 class BatchSpec:
     uses: str
-    input_key: str
+    input_key: str | None  # None when the items come from a file (`items_from`)
     output_key: str
     params: Mapping[str, Any] = field(default_factory=dict)
     concurrency: int | None = None
     max_failures: int = 0
     subflow: SubflowSpec | None = None  # instead of `uses`: a child run per item
+    items_from: str | None = None  # a path (or glob) relative to the blueprint's directory
+    output_to: str | None = None  # a .jsonl path the results are written to, in item order
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +99,27 @@ class LoopSpec:
     max_iterations: int
     params: Mapping[str, Any] = field(default_factory=dict)
     delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """A `pools:` entry: a shared concurrency cap and a token-bucket rate (starts per second)."""
+
+    name: str
+    concurrency: int | None = None
+    rate: float | None = None  # tokens per second
+    rate_text: str | None = None  # as written: "10/s"
+    burst: int = 1
+    path: PathT = ()
+
+    def describe(self) -> str:
+        """`api: 4 at once, 10/s (burst 2)`, as `graph` and `validate` show it."""
+        parts = []
+        if self.concurrency is not None:
+            parts.append(f"{self.concurrency} at once")
+        if self.rate_text is not None:
+            parts.append(self.rate_text + (f" (burst {self.burst})" if self.burst != 1 else ""))
+        return f"{self.name}: {', '.join(parts) or 'no limit'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +145,13 @@ class NodeSpec:
             return ((self.loop.uses, ("loop", "uses")),)
         return () if self.uses is None else ((self.uses, ("uses",)),)
 
+    @property
+    def pool(self) -> str | None:
+        """The pool this node's calls (a batch's items) run in: `batch.pool`, else `config.pool`."""
+        if self.batch is not None and self.batch.pool is not None:
+            return self.batch.pool
+        return self.config.pool
+
 
 @dataclass(frozen=True, slots=True)
 class EdgeSpec:
@@ -139,6 +171,7 @@ class Blueprint:
     description: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
     document: Document | None = None
+    pools: Mapping[str, PoolSpec] = field(default_factory=dict)
 
     @property
     def file(self) -> str:

@@ -136,6 +136,34 @@ def test_batch_binds_items_and_gathers_after_all_settle() -> None:
     assert s.batches["B"].results == ["a", "b", "c"]
 
 
+def test_streamed_batch_keeps_counts_not_results_and_skips_what_its_file_holds() -> None:
+    s = Scheduler(graph([batch("B", "xs")], context={"xs": []}))
+    assert s.ready() == ["B_scatter"]
+    # items 0-3 are in the output file already, 5 is in the store
+    s.bind("B", 8, {5: "five", 9: "beyond"}, keep_results=False, first=4)
+    state = s.batches["B"]
+    assert (state.succeeded, state.remaining, state.results) == (5, 3, [])
+    assert s.take_items("B", 10) == [4, 6, 7]
+    for i in (7, 4, 6):
+        s.item_done("B", i, True, i)
+    assert state.results == [] and s.ready() == ["B_gather"]
+
+
+def test_a_broken_batch_fails_once_its_items_in_flight_settle() -> None:
+    s = Scheduler(graph([batch("B", "xs")], context={"xs": []}))
+    s.ready()
+    s.bind("B", 10)
+    assert s.take_items("B", 2) == [0, 1]
+    s.break_batch("B")
+    assert s.open_batches() == [] and s.take_items("B", 5) == []
+    s.item_done("B", 0, True, 0)
+    assert s.status["B"] is Status.RUNNING
+    s.item_done("B", 1, True, 1)
+    assert s.status["B"] is Status.FAILED
+    s.break_batch("B")  # once settled, nothing more happens
+    assert s.status["B"] is Status.FAILED
+
+
 def test_empty_batch_gathers_at_once() -> None:
     s = Scheduler(graph([batch("B", "xs")], context={"xs": []}))
     assert s.ready() == ["B_scatter"]

@@ -291,7 +291,13 @@ def test_required_keys() -> None:
     ]
     problem = only(node("    batch: {uses: a.b}\n"))
     assert (problem.line, problem.column, problem.path) == (4, 12, "$.nodes[0].batch.inputKey")
-    assert problem.message == "node 'n': batch: missing required key 'inputKey'"
+    assert problem.message == (
+        "node 'n': batch: needs 'inputKey' (a list in the run context) or 'itemsFrom' "
+        "(a file of items)"
+    )
+    problem = only(node("    batch: {uses: a.b, inputKey: x, itemsFrom: x.txt}\n"))
+    assert (problem.code, problem.path) == ("schema.batch-items", "$.nodes[0].batch.itemsFrom")
+    assert "has both 'inputKey' and 'itemsFrom'" in problem.message
 
 
 def test_wrong_types_say_expected_and_found() -> None:

@@ -49,6 +49,12 @@ def translate(
         found = f"{value_text(error.instance)}{_type_hint(error.instance, error.validator_value)}"
         message = f"{label}: expected {_types(error.validator_value)}, found {found}"
         yield 0, doc.problem(path, "schema.type", message)
+    elif error.validator == "not" and isinstance(error.instance, dict):  # a batch's items
+        message = (
+            f"{label}: has both 'inputKey' and 'itemsFrom'; a batch reads its items from one "
+            "of them, so remove one"
+        )
+        yield 1, doc.problem((*path, "itemsFrom"), "schema.batch-items", message, key=True)
     elif error.validator == "not":
         suffix = str(error.instance).rsplit("_", 1)[-1]
         message = (
@@ -74,8 +80,17 @@ def _unknown_keys(
 
 def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> Problem:
     key = path[-1]
+    if key == "inputKey":
+        message = (
+            f"{label}: needs 'inputKey' (a list in the run context) or 'itemsFrom' (a file "
+            "of items)"
+        )
+        return doc.problem(path, "schema.required", message)
     if "else" in error.schema_path and len(path) > 2 and path[-2] == "batch":
-        message = f"{label}: a batch needs 'uses' (the worker) or 'shell' (a command per item)"
+        message = (
+            f"{label}: a batch needs 'uses' (the worker), 'shell' (a command per item) or "
+            "'subflow' (a blueprint per item)"
+        )
         return doc.problem(path, "schema.node-kind", message)
     if "else" in error.schema_path:  # the node-kind rule: a node without `batch` needs `uses`
         message = (
@@ -135,6 +150,8 @@ _PATTERN_HELP = {
     "target": "a node id (letters, digits, '_', '.' or '-')",
     "fallback": "a node id (letters, digits, '_', '.' or '-')",
     "uses": "a dotted import path such as 'package.module.function' or 'package.module:function'",
+    "pool": "a pool name (letters, digits, '_', '.' or '-')",
+    "rate": "a rate N/s, N/m or N/h with N above zero (10/s, 600/m, 1000/h)",
 }
 
 

@@ -27,6 +27,7 @@ from flowrun.model import (
     EdgeSpec,
     LoopSpec,
     NodeSpec,
+    PoolSpec,
     SubflowSpec,
 )
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
 SHELL_USES = "flowrun.std.shell"  # what `shell:` on a node or a batch stands for
 
 
@@ -72,6 +74,15 @@ def parse_duration(value: int | float | str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"invalid duration {value!r}: expected {DURATION_HELP}")
     return seconds
+
+
+def parse_rate(text: str) -> float:
+    """Starts per second in a pool rate (`10/s`, `600/m`, `1000/h`)."""
+    match = _RATE.fullmatch(text)
+    rate = float(match[1]) / _UNIT_SECONDS[match[2]] if match else math.nan
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"invalid rate {text!r}: expected N/s, N/m or N/h with N above zero")
+    return rate
 
 
 def check(doc: Document) -> Blueprint:
@@ -286,7 +297,22 @@ class _Builder:
             description=data.get("description"),
             context=data.get("context", {}),
             document=self.doc,
+            pools={k: self._pool(k, v) for k, v in data.get("pools", {}).items()},
         )
+
+    def _pool(self, name: str, raw: dict[str, Any]) -> PoolSpec:
+        path: PathT = ("pools", name)
+        rate_text = raw.get("rate")
+        rate = None
+        if rate_text is not None:
+            try:
+                rate = parse_rate(rate_text)
+            except ValueError as exc:
+                message = f"{path_label(self.doc.data, (*path, 'rate'))}: {exc}"
+                self.problems.append(self.doc.problem((*path, "rate"), "schema.rate", message))
+        conc = raw.get("concurrency")
+        return PoolSpec(name, None if conc is None else int(conc), rate, rate_text,
+                        int(raw.get("burst", 1)), path)  # fmt: skip
 
     def _node(self, index: int, raw: dict[str, Any]) -> NodeSpec:
         path = ("nodes", index)
@@ -334,12 +360,15 @@ class _Builder:
         assert uses is not None or sub is not None  # the schema requires uses, shell or subflow
         return BatchSpec(
             uses=uses or "",
-            input_key=raw["inputKey"],
+            input_key=raw.get("inputKey"),
             output_key=raw.get("outputKey", node_id),
             params=params,
             concurrency=None if concurrency is None else int(concurrency),
             max_failures=int(raw.get("maxFailures", 0)),
             subflow=None if sub is None else _subflow(sub),
+            items_from=raw.get("itemsFrom"),
+            output_to=raw.get("outputTo"),
+            pool=raw.get("pool"),
         )
 
     def _config(self, path: PathT, raw: dict[str, Any]) -> Config:
@@ -353,6 +382,7 @@ class _Builder:
             join=raw.get("joinStrategy", "all"),
             run_if=raw.get("runIf", "success"),
             retry_on=None if "retryOn" not in raw else tuple(raw["retryOn"]),
+            pool=raw.get("pool"),
         )
 
     def _seconds(self, path: PathT, value: Any) -> float:
@@ -404,12 +434,15 @@ def salvage(doc: Document) -> Blueprint | None:
     raw_edges = data["edges"] if isinstance(data.get("edges"), list) else []
     edges = [e for i, raw in enumerate(raw_edges) if (e := _salvage_edge(i, raw)) is not None]
     context = data.get("context")
+    pools = data.get("pools") if isinstance(data.get("pools"), dict) else {}
+    assert isinstance(pools, dict)
     return Blueprint(
         id=str(data.get("id") or default_id(doc)),
         nodes=tuple(nodes),
         edges=tuple(edges),
         context=context if isinstance(context, dict) else {},
         document=doc,
+        pools={str(k): PoolSpec(str(k), path=("pools", str(k))) for k in pools},
     )
 
 
@@ -427,10 +460,18 @@ def _salvage_node(index: int, raw: Any) -> NodeSpec | None:
         inputs = None
     batch = raw.get("batch")
     spec = None
-    if isinstance(batch, dict) and _str(batch, "inputKey"):
+    if isinstance(batch, dict) and (_str(batch, "inputKey") or _str(batch, "itemsFrom")):
         uses = _str(batch, "uses") or (SHELL_USES if "shell" in batch else None)
         out = _str(batch, "outputKey") or node_id
-        spec = BatchSpec(uses, batch["inputKey"], out, _salvage_params(batch)) if uses else None
+        spec = (
+            BatchSpec(
+                uses, _str(batch, "inputKey"), out, _salvage_params(batch),
+                items_from=_str(batch, "itemsFrom"), output_to=_str(batch, "outputTo"),
+                pool=_str(batch, "pool"),
+            )
+            if uses
+            else None
+        )  # fmt: skip
     config = raw.get("config") if isinstance(raw.get("config"), dict) else {}
     assert isinstance(config, dict)
     fallback = _str(config, "fallback")
@@ -442,7 +483,7 @@ def _salvage_node(index: int, raw: Any) -> NodeSpec | None:
         if spec is None
         else None,
         inputs=inputs if isinstance(inputs, str | dict) else None,
-        config=Config(fallback=fallback, join=str(join)),
+        config=Config(fallback=fallback, join=str(join), pool=_str(config, "pool")),
         batch=spec,
         path=("nodes", index),
     )

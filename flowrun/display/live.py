@@ -208,6 +208,8 @@ def _batch_detail(
     if batch.retries:
         parts.append(f"{batch.retries} retries")
     if batch.finished_at is None:
+        if batch.waiting:
+            parts.append(batch.waiting)
         parts.append(fmt_rate(batch, now))
         if eta:  # a cancelling run has no ETA: it will not finish the batch
             parts.append(f"ETA {_eta(batch, now)}")

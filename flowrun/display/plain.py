@@ -30,6 +30,7 @@ from flowrun.display.record import (
     fmt_ms,
     fmt_seconds,
     is_item_child,
+    pool_text,
 )
 from flowrun.events import (
     BatchFinished,
@@ -41,6 +42,7 @@ from flowrun.events import (
     NodeSkipped,
     NodeStarted,
     NodeSucceeded,
+    PoolWaiting,
     RunCancelling,
     RunStarted,
 )
@@ -238,6 +240,7 @@ class PlainReporter(Reporter):
             NodeRecovered: self._recovered,
             BatchStarted: self._batch_started,
             BatchFinished: self._batch_finished,
+            PoolWaiting: self._pool_waiting,
         }
 
     def _line(self, node: str, status: str, detail: str = "") -> None:
@@ -297,6 +300,10 @@ class PlainReporter(Reporter):
         self._throttles[e.node] = _Throttle(step, (e.done // step + 1) * step, self.record.now())
         resumed = f", {e.done} already done" if e.done else ""
         self._line(e.node, "batch", f"{e.total} items{resumed}")
+
+    def _pool_waiting(self, e: PoolWaiting) -> None:
+        self.record.on_pool_waiting(e)
+        self._line(e.node, "waiting", pool_text(e).removeprefix("waiting "))
 
     def _batch_finished(self, e: BatchFinished) -> None:
         self.record.on_batch_finished(e)

@@ -30,6 +30,7 @@ from flowrun.events import (
     NodeSkipped,
     NodeStarted,
     NodeSucceeded,
+    PoolWaiting,
     RunCancelling,
     RunFinished,
     RunStarted,
@@ -73,6 +74,7 @@ class BatchRecord:
     finished_at: float | None = None
     failures: list[NodeRecord] = field(default_factory=list)  # at most MAX_ITEM_TRACEBACKS
     omitted: int = 0  # failed items whose traceback was not kept
+    waiting: str = ""  # "waiting on pool api: 10/s" once its items waited on a pool's rate
 
     @property
     def done(self) -> int:
@@ -120,6 +122,7 @@ class RunRecord:
             NodeRecovered: self.on_recovered,
             BatchStarted: self.on_batch_started,
             BatchFinished: self.on_batch_finished,
+            PoolWaiting: self.on_pool_waiting,
             RunFinished: self.on_run_finished,
         }
 
@@ -228,6 +231,10 @@ class RunRecord:
         batch = self.batch(e.node)
         batch.total, batch.resumed, batch.started_at = e.total, e.done, self.now()
 
+    def on_pool_waiting(self, e: PoolWaiting) -> None:
+        if e.node in self.batches:
+            self.batches[e.node].waiting = pool_text(e)
+
     def on_batch_finished(self, e: BatchFinished) -> None:
         batch = self.batch(e.node)
         # the event's counts are authoritative (they include items resumed from a prior run)
@@ -310,6 +317,10 @@ def is_item_child(node: str) -> bool:
 def is_child(node: str) -> bool:
     """Is `node` a node of a subflow's child run (`parent/child`, `batch[3]/child`)?"""
     return "/" in node and _CHILD.match(node) is not None
+
+
+def pool_text(e: PoolWaiting) -> str:
+    return f"waiting on pool {e.pool}: {e.rate}"
 
 
 def error_line(error_type: str, message: str) -> str:

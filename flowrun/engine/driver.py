@@ -25,6 +25,7 @@ from flowrun.engine.backends import Backend
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work, entries_of
 from flowrun.engine.kinds.base import Verbs, group
+from flowrun.engine.pools import Pools
 from flowrun.engine.routing import Router
 from flowrun.engine.scheduler import Scheduler
 from flowrun.model import Graph
@@ -72,6 +73,7 @@ class Driver(Verbs):
         self.clock, self.idle = clock, idle
         self.sched = Scheduler(graph)
         self.router = Router(graph, context.data, self.sched)
+        self.pools = Pools(graph, clock, self.emit)
         self._kinds: dict[str, NodeKind] = {name: k(self) for name, k in BY_NAME.items()}
         self.entries = entries_of(graph)
         self.done_q: queue.SimpleQueue[Done | None] = queue.SimpleQueue()
@@ -128,7 +130,8 @@ class Driver(Verbs):
         return deadline is not None and self.clock() >= deadline
 
     def _next(self, deadline: float | None) -> Done | None:
-        waits = [t for t in (deadline, self.timers[0][0] if self.timers else None) if t]
+        timer = self.timers[0][0] if self.timers else None
+        waits = [t for t in (deadline, timer, self.pools.wake_at()) if t]
         timeout = max(0.0, min(waits) - self.clock()) if waits else None
         if timeout is None and not self.inflight and not self.stopping:
             raise RuntimeError("flowrun internal error: nothing in flight and nothing ready")
@@ -156,19 +159,27 @@ class Driver(Verbs):
         while True:
             self.start_ready()
             self._submit_queued()
+            queued = len(self.queued)
             for kind in self._kinds.values():
                 kind.fill()
-            # A kind may have settled nodes or queued work while filling (a subflow that ended)
-            if not (self.sched.has_ready() or (self.queued and self.free() > 0)):
-                return
+            # A kind may have settled nodes while filling (a subflow that ended, an unreadable
+            # item that closed a batch), or queued new work (a child run's calls)
+            if self.sched.has_ready() or (len(self.queued) > queued and self.free() > 0):
+                continue
+            return
 
     def _submit_queued(self) -> None:
+        held: list[Work] = []  # waiting for their pool
         while self.queued and self.free() > 0:
             work = self.queued.popleft()
+            if self.pools.room(work.node) <= 0:
+                held.append(work)
+                continue
             work.owner.queued(work)
             c = work.call
             self.emit(ev.NodeStarted(time.time(), c.node, c.attempt, group(work), c.index))
             self.submit([work])
+        self.queued.extendleft(reversed(held))
 
     # -- the Runtime the kinds use -----------------------------------------------------------
     @property
@@ -183,6 +194,7 @@ class Driver(Verbs):
 
     def submit(self, works: list[Work]) -> None:
         fut = self.backend.submit([w.call for w in works])
+        self.pools.started(works[0].node, len(works))
         self.inflight += 1
         fut.add_done_callback(functools.partial(self._returned, works))
 
@@ -203,6 +215,7 @@ class Driver(Verbs):
     # -- completions -----------------------------------------------------------------------
     def _complete(self, works: list[Work], fut: Future[list[Outcome]]) -> None:
         self.inflight -= 1
+        self.pools.finished(works[0].node, len(works))
         try:
             outcomes = fut.result()
         except BaseException as exc:  # the backend itself failed (a worker process died...)

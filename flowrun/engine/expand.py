@@ -83,6 +83,7 @@ def expand(bp: Blueprint, *, chain: tuple[str, ...] = ()) -> Graph:
     order = _order(nodes, preds, bp, chk)
     if order:
         _check_sources(specs, producers, preds, bp, chk)
+    _check_files_and_pools(specs, bp, chk)
     if chk.problems:
         raise BlueprintError(sorted(chk.problems, key=lambda p: (p.line, p.column)))
     return Graph(
@@ -368,6 +369,30 @@ def _check_sources(
                     f"node '{spec.id}' reads '{src.key}', but '{src.key}' does not run before "
                     f"it; add an edge from '{src.key}' (directly or through other nodes)",
                 )
+
+
+def _check_files_and_pools(specs: Mapping[str, NodeSpec], bp: Blueprint, chk: _Checker) -> None:
+    base = bp.document.path.parent if bp.document is not None else None
+    for spec in specs.values():
+        for path, code, message in kind_for(spec).problems(spec, base):
+            chk.add(path, code, message)
+        for where, pool in _pool_refs(spec):
+            if pool not in bp.pools:
+                chk.add(
+                    where,
+                    "unknown-pool",
+                    f"node '{spec.id}' names pool '{pool}', which is not under `pools:`"
+                    f"{suggest(pool, bp.pools)}",
+                )
+
+
+def _pool_refs(spec: NodeSpec) -> list[tuple[PathT, str]]:
+    refs: list[tuple[PathT, str]] = []
+    if spec.config.pool is not None:
+        refs.append(((*spec.path, "config", "pool"), spec.config.pool))
+    if spec.batch is not None and spec.batch.pool is not None:
+        refs.append(((*spec.path, "batch", "pool"), spec.batch.pool))
+    return refs
 
 
 def _upstream(writer: str, reader: str, preds: Mapping[str, tuple[GraphEdge, ...]]) -> bool:

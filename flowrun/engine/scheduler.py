@@ -3,10 +3,11 @@ no clocks, no I/O: the executor drives it, like `graphlib.TopologicalSorter`.
 
 Verbs: `ready()` hands out graph nodes that may start (tasks, scatters, gathers); `finish()`
 settles one, naming the successors whose edge was taken and the value sent over each;
-`bind()` gives a batch its N items when its scatter has read the list; `take_items()` hands
-out item indices and `item_done()` settles them. When every item has settled the batch's
-gather becomes ready. Skips and upstream failures propagate; `skipped` collects the nodes
-skipped since it was last drained.
+`bind()` gives a batch its N items when its scatter has read the list (or counted a file's);
+`take_items()` hands out item indices in increasing order (a streamed batch reads its file in
+step) and `item_done()` settles them; `break_batch()` fails a batch as a whole. When every
+item has settled the batch's gather becomes ready. Skips and upstream failures propagate;
+`skipped` collects the nodes skipped since it was last drained.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ class BatchState:
     failed: int = 0
     exhausted: bool = False
     failed_items: list[int] = field(default_factory=list)
+    broken: bool = False  # failed as a whole (its output could not be written): hand out no more
+    keep_results: bool = True  # False when the results go elsewhere (a file): `results` stays []
 
     @property
     def over_budget(self) -> bool:
-        return self.failed > self.max_failures
+        return self.broken or self.failed > self.max_failures
 
 
 class Scheduler:
@@ -119,17 +122,31 @@ class Scheduler:
         self._any_failed = self._any_failed or status is Status.FAILED
         self._settle_out(name, status, taken or {})
 
-    def bind(self, batch: str, total: int, done: Mapping[int, Any] | None = None) -> None:
-        """The scatter of `batch` read a list of `total` items; `done` holds items that already
-        succeeded in an earlier run (index -> output) and are not run again."""
+    def bind(
+        self,
+        batch: str,
+        total: int,
+        done: Mapping[int, Any] | None = None,
+        *,
+        keep_results: bool = True,
+        first: int = 0,
+    ) -> None:
+        """The scatter of `batch` found `total` items; `done` holds items that already
+        succeeded in an earlier run (index -> output) and are not run again, and so do all items
+        below `first` (a streamed batch's output file already holds them). With `keep_results`
+        false the scheduler keeps counts only: a streamed batch's outputs go to its file, and
+        its memory must not grow with the number of items."""
         spec = self.graph.nodes[batch].batch_spec
-        done = done or {}
-        results: list[Any] = [None] * total
-        for i, value in done.items():
-            results[i] = value
-        pending = (i for i in range(total) if i not in done)
-        state = BatchState(total, spec.max_failures, pending, results, total - len(done))
-        state.succeeded = len(done)
+        done = {i: v for i, v in (done or {}).items() if first <= i < total}
+        results: list[Any] = [None] * total if keep_results else []
+        if keep_results:
+            for i, value in done.items():
+                results[i] = value
+        pending = (i for i in range(first, total) if i not in done)
+        settled = min(first, total) + len(done)
+        state = BatchState(total, spec.max_failures, pending, results, total - settled)
+        state.succeeded = settled
+        state.keep_results = keep_results
         self.batches[batch] = state
         self.finish(scatter_id(batch), Status.SUCCEEDED, {batch: None})
         # finish() made the worker template ready; it "runs" until every item settles
@@ -168,10 +185,20 @@ class Scheduler:
         state.remaining -= 1
         if ok:
             state.succeeded += 1
-            state.results[index] = output
+            if state.keep_results:
+                state.results[index] = output
         else:
             state.failed += 1
             state.failed_items.append(index)
+        self._maybe_close(batch)
+
+    def break_batch(self, batch: str) -> None:
+        """`batch` fails as a whole (not through its items): hand out no more of its items; it
+        settles as failed once those in flight have."""
+        state = self.batches[batch]
+        if state.broken or self.status[batch] is not Status.RUNNING:
+            return
+        state.broken = True
         self._maybe_close(batch)
 
     def _maybe_close(self, batch: str) -> None:

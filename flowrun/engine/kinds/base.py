@@ -20,6 +20,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from flowrun import events as ev
@@ -32,6 +33,7 @@ from flowrun.model import Blueprint, Graph, GraphEdge, GraphNode, NodeSpec
 from flowrun.node import SharedContext
 
 if TYPE_CHECKING:
+    from flowrun.engine.pools import Pools
     from flowrun.engine.routing import Router
 
 
@@ -62,6 +64,7 @@ class Runtime(Protocol):
     graph: Graph
     sched: Scheduler
     router: Router
+    pools: Pools  # every submission is gated by `pools.room(node)`
     context: SharedContext
     stored: Stored
     concurrency: int
@@ -176,6 +179,12 @@ class NodeKind:
         """The expanded blueprint this node runs as a subflow (None for most kinds), and the
         problems found loading it."""
         return None, []
+
+    @classmethod
+    def problems(cls, spec: NodeSpec, base: Path | None) -> Sequence[tuple[PathT, str, str]]:
+        """(document path, code, message) of what is wrong with the node that only the file
+        system can tell (`base` is the blueprint's directory, None without a file)."""
+        return []
 
     @classmethod
     def reader(cls, spec: NodeSpec) -> str:

@@ -4,19 +4,28 @@ writes the results in item order to the batch's `outputKey`.
 Items are handed out in chunks sized so one chunk takes about `CHUNK_TARGET_MS` (which amortises
 the hand-off between threads for fast items, as dask.bag does), never more than the concurrency
 and `batch.concurrency` allow, so a million-item batch keeps a few futures alive.
+
+A streamed batch reads its items from a file (`itemsFrom`, `engine.itemsources`) as it hands
+them out, and with `outputTo` writes the results to a file in item order
+(`engine.outputfile`) instead of gathering them: its memory is bounded by what is in flight.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from flowrun import events as ev
 from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.itemsources import ItemSource, Malformed, input_problem, open_source
+from flowrun.engine.itemsources import output_problem as output_file_problem
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
 from flowrun.engine.kinds.subflow import ChildRun, load_child
+from flowrun.engine.outputfile import MAX_AHEAD, OrderedWriter
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
 from flowrun.errors import PathT, Problem
@@ -35,6 +44,7 @@ from flowrun.model import (
 
 CHUNK_TARGET_MS = 2.0
 MAX_CHUNK = 256
+_SETTLED = object()  # an item that failed while it was read: nothing to call
 
 
 class Batch(NodeKind):
@@ -78,7 +88,9 @@ class Batch(NodeKind):
         batch = spec.batch
         if batch is None:
             return []
-        out = [((*spec.path, "batch", "inputKey"), batch.input_key)]
+        out = []
+        if batch.input_key is not None:
+            out.append(((*spec.path, "batch", "inputKey"), batch.input_key))
         if batch.subflow is not None:
             at = (*spec.path, "batch", "subflow", "inputs")
             out += [((*at, k), v) for k, v in batch.subflow.inputs.items()]
@@ -93,10 +105,27 @@ class Batch(NodeKind):
         at = (*spec.path, "batch", "subflow")
         return load_child(spec, spec.batch.subflow, bp, chain, at)
 
+    @classmethod
+    def problems(cls, spec: NodeSpec, base: Path | None) -> Sequence[tuple[PathT, str, str]]:
+        b = spec.batch
+        assert b is not None
+        out: list[tuple[PathT, str, str]] = []
+        if b.items_from is not None and base is not None and "${{" not in b.items_from:
+            why = input_problem(b.items_from, base)
+            if why is not None:
+                out.append(((*spec.path, "batch", "itemsFrom"), "items-from", why))
+        if b.output_to is not None and base is not None:
+            why = output_file_problem(b.output_to, base)
+            if why is not None:
+                out.append(((*spec.path, "batch", "outputTo"), "output-to", why))
+        return out
+
     # -- run time ----------------------------------------------------------------------------
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self.items: dict[str, list[Any]] = {}  # batch -> its list
+        self.sources: dict[str, ItemSource] = {}  # streamed batch -> its item file
+        self.writers: dict[str, OrderedWriter] = {}  # batch with outputTo -> its file
         self.inflight: dict[str, int] = {}  # batch -> chunks in flight
         self.item_ms: dict[str, float] = {}  # batch -> moving average of an item's time
         self.over: set[str] = set()  # batches that failed past their budget (announced once)
@@ -112,6 +141,9 @@ class Batch(NodeKind):
     def _scatter(self, node: GraphNode) -> None:
         rt, batch = self.rt, node.owner
         key = node.batch_spec.input_key
+        if key is None:
+            self._stream(node)
+            return
         try:
             value = rt.router.read(key)
         except InputError as exc:
@@ -128,9 +160,64 @@ class Batch(NodeKind):
         rt.emit(ev.BatchStarted(time.time(), batch, len(value), len(done)))
         rt.sched.bind(batch, len(value), done)
 
+    def _base(self) -> Path:
+        doc = self.rt.graph.blueprint.document
+        return doc.path.parent if doc is not None else Path.cwd()
+
+    def _stream(self, node: GraphNode) -> None:
+        """Open the item file (and the output file), count the items, bind the batch."""
+        rt, batch, spec = self.rt, node.owner, node.batch_spec
+        assert spec.items_from is not None
+        done = rt.stored.items.get(batch, {})
+        try:
+            source = open_source(spec.items_from, self._base())
+        except (OSError, ValueError) as exc:
+            rt.fail_inline(batch, type(exc).__name__, f"batch '{batch}': {exc}", node.id)
+            return
+        first = 0
+        if spec.output_to is not None:
+            path = self._base() / spec.output_to
+            try:
+                if batch in rt.stored.items or rt.stored.nodes:
+                    writer = OrderedWriter.resume(path, done)
+                else:
+                    writer = OrderedWriter.create(path)
+            except OSError as exc:
+                source.close()
+                rt.fail_inline(
+                    batch, type(exc).__name__, f"batch '{batch}': outputTo: {exc}", node.id
+                )
+                return
+            self.writers[batch] = writer
+            first = min(writer.next, source.total)
+        self.sources[batch] = source
+        keep = spec.output_to is None
+        rt.emit(
+            ev.BatchStarted(
+                time.time(),
+                batch,
+                source.total,
+                first + sum(1 for i in done if first <= i < source.total),
+            )
+        )
+        rt.sched.bind(batch, source.total, done, keep_results=keep, first=first)
+
     def _gather(self, node: GraphNode) -> None:
         rt, batch = self.rt, node.owner
-        results = list(rt.sched.batches[batch].results)
+        state = rt.sched.batches[batch]
+        source = self.sources.pop(batch, None)
+        if source is not None:
+            source.close()
+        writer = self.writers.pop(batch, None)
+        if writer is None:
+            results: Any = list(state.results)
+        else:
+            try:
+                writer.close()
+            except OSError as exc:
+                self._write_failed(batch, exc, node.id)
+                return
+            results = {"path": str(writer.path), "count": writer.next, "failed": state.failed}
         rt.context.set(node.batch_spec.output_key, results)
         try:
             taken = rt.router.edges(node.id, results, None)
@@ -142,6 +229,8 @@ class Batch(NodeKind):
         rt.sched.finish(node.id, Status.SUCCEEDED, taken)
 
     def _finished(self, batch: str, status: str, output: Any = None) -> None:
+        if status == "failed":
+            self._release(batch)
         state = self.rt.sched.batches[batch]
         spec = self.rt.graph.nodes[batch].batch_spec
         self.rt.emit(
@@ -150,6 +239,15 @@ class Batch(NodeKind):
                 spec.output_key, output,
             )
         )  # fmt: skip
+
+    def _release(self, batch: str) -> None:
+        """Close a failed streamed batch's files (writing what is in order, if the disk lets)."""
+        source, writer = self.sources.pop(batch, None), self.writers.pop(batch, None)
+        if source is not None:
+            source.close()
+        if writer is not None:
+            with contextlib.suppress(OSError):  # the store holds every recorded item, and
+                writer.close()  # `--resume` rewrites the file from there
 
     def fill(self) -> None:
         rt = self.rt
@@ -160,16 +258,32 @@ class Batch(NodeKind):
             if spec.subflow is not None:
                 continue  # opened below, with the children already running
             uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
-            items, emit, inflight = self.items[batch], rt.emit, self.inflight
+            source, writer = self.sources.get(batch), self.writers.get(batch)
+            items = self.items[batch] if source is None else None
+            emit, inflight = rt.emit, self.inflight
             while rt.free() > 0 and inflight.get(batch, 0) < cap:
-                idx = rt.sched.take_items(batch, self._chunk_size(batch))
+                if writer is not None and writer.ahead >= MAX_AHEAD:
+                    break  # the first unfinished item holds the file back: wait for it
+                room = rt.pools.room(batch)
+                if room <= 0:
+                    break  # its pool is full, or out of tokens (the loop wakes for the next)
+                idx = rt.sched.take_items(batch, min(room, self._chunk_size(batch)))
                 if not idx:
                     break
+                if items is not None:
+                    values = [items[i] for i in idx]
+                else:
+                    assert source is not None
+                    values = self._read(batch, source, idx)
+                    idx = [i for i, v in zip(idx, values, strict=True) if v is not _SETTLED]
+                    values = [v for v in values if v is not _SETTLED]
+                    if not idx:
+                        continue
                 # The per-item path is the hot one: no lookups or helper calls inside it.
                 works = [
-                    Work(Call(item_id(batch, i), uses, (items[i],), params, 1, i, timeout), batch,
+                    Work(Call(item_id(batch, i), uses, (v,), params, 1, i, timeout), batch,
                          self, i)
-                    for i in idx
+                    for i, v in zip(idx, values, strict=True)
                 ]  # fmt: skip
                 inflight[batch] = inflight.get(batch, 0) + 1
                 now = time.time()
@@ -236,6 +350,22 @@ class Batch(NodeKind):
             rt.sched.item_done(batch, i, True, output)
         self._after_item(batch)
 
+    def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
+        """The items at `idx`; an unreadable one fails at once (it is never called), and its
+        place in the result is `_SETTLED`."""
+        values = [source.read(i) for i in idx]
+        for n, (i, value) in enumerate(zip(idx, values, strict=True)):
+            if isinstance(value, Malformed):
+                values[n] = _SETTLED
+                node = item_id(batch, i)
+                self.rt.emit(ev.NodeStarted(time.time(), node, 1, batch, i))
+                self.rt.emit(
+                    ev.NodeFailed(time.time(), node, 1, 0.0, "ItemError", value.message, "",
+                                  batch, i)
+                )  # fmt: skip
+                self._settle_item(batch, i, False, "null")
+        return values
+
     def _chunk_size(self, batch: str) -> int:
         ms = self.item_ms.get(batch)
         if ms is None:
@@ -270,18 +400,46 @@ class Batch(NodeKind):
                 out.logs,
             )
         )  # fmt: skip
-        self.rt.sched.item_done(work.node, cast(int, call.index), True, out.output)
-        self._after_item(work.node)
+        self._settle_item(work.node, cast(int, call.index), True, out.output_json, out.output)
 
     def failed(self, work: Work, out: Outcome) -> None:
-        self.rt.sched.item_done(work.node, cast(int, work.index), False)
-        self._after_item(work.node)
+        self._settle_item(work.node, cast(int, work.index), False, "null")
 
     def recovered(self, work: Work, out: Outcome, fallback: str) -> None:
         rt = self.rt
         rt.emit(ev.NodeRecovered(time.time(), work.call.node, fallback, out.output))
-        rt.sched.item_done(work.node, cast(int, work.index), True, out.output)
-        self._after_item(work.node)
+        text = json.dumps(out.output, allow_nan=False)
+        self._settle_item(work.node, cast(int, work.index), True, text, out.output)
+
+    def _settle_item(self, batch: str, index: int, ok: bool, text: str, output: Any = None) -> None:
+        writer = self.writers.get(batch)
+        if writer is not None:
+            try:
+                writer.put(index, text)
+            except OSError as exc:
+                self._write_failed(batch, exc, scatter_id(batch))
+        self.rt.sched.item_done(batch, index, ok, output)
+        self._after_item(batch)
+
+    def _write_failed(self, batch: str, exc: OSError, graph_node: str) -> None:
+        """The output file could not be written (a full disk...): the batch fails; what the
+        store recorded stays, and `--resume` writes the file from there."""
+        rt = self.rt
+        writer = self.writers.pop(batch, None)
+        if writer is not None:
+            writer.abandon()
+        message = (
+            f"batch '{batch}': cannot write outputTo {exc.filename or ''}: {exc.strerror or exc}"
+        )
+        rt.emit(ev.NodeFailed(time.time(), batch, 0, 0.0, type(exc).__name__, message, ""))
+        rt.run_failed()
+        if rt.sched.status[batch] is Status.RUNNING:
+            rt.sched.break_batch(batch)
+        else:
+            rt.sched.finish(graph_node, Status.FAILED)
+        if batch not in self.over:
+            self.over.add(batch)
+            self._finished(batch, "failed")
 
     def _after_item(self, batch: str) -> None:
         state = self.rt.sched.batches[batch]

@@ -164,6 +164,7 @@ class ChildRun(Verbs):
         stored = parent.stored
         self.stored = _strip(stored, self.prefix) if stored.nodes or stored.items else stored
         self.concurrency, self.dispatch_ms = parent.concurrency, parent.dispatch_ms
+        self.pools = parent.pools
         shape = _SHAPES.get(id(graph))
         if shape is None or shape[0] is not graph:
             kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}

@@ -1,0 +1,234 @@
+"""Where a streamed batch's items come from (`batch.itemsFrom`): a file read line by line.
+
+A source is opened when the batch's scatter runs. It counts its items first, in one pass that
+holds a buffer, not the file (so the progress bars and the store know the total), then hands
+out items as the batch takes them, in increasing index order, skipping the ones it is not
+asked for (finished in an earlier run) without parsing them. A line that cannot be read is
+not an exception: it becomes a `Malformed` value naming `file:line`, and that item fails.
+
+- `.jsonl`: one JSON value per line (every line is an item; an empty line is malformed);
+- `.csv`: a header row, then each row a mapping of column to string (`csv.DictReader`);
+- `.txt`: each line a string, its line break removed;
+- a glob (`data/*.csv`): the sorted matching paths, each a string.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+SUFFIXES = (".jsonl", ".csv", ".txt")
+_COUNT_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """An item whose line could not be read: the item fails with `message`."""
+
+    message: str
+
+
+class ItemSource(Protocol):
+    name: str  # the file (or glob) as it is shown in messages
+    total: int
+
+    def read(self, index: int) -> Any:
+        """Item `index` (never less than the last one read), or a `Malformed`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def open_source(text: str, base: Path) -> ItemSource:
+    """The source for `itemsFrom: text`, relative to directory `base`; raises `OSError` (the
+    file is missing or unreadable) or `ValueError` (an extension no source reads)."""
+    path = base / text
+    if is_glob(text):
+        return GlobSource(str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return LineSource(path, _json_line)
+    if suffix == ".txt":
+        return LineSource(path, _text_line)
+    if suffix == ".csv":
+        return CsvSource(path)
+    raise ValueError(f"{path}: unsupported extension {suffix or '(none)'!r}; {_EXT_HELP}")
+
+
+_EXT_HELP = "itemsFrom reads .jsonl, .csv or .txt files, or a glob of paths"
+
+
+def input_problem(text: str, base: Path) -> str | None:
+    """What is wrong with a literal `itemsFrom` before the run starts, or None."""
+    if is_glob(text):
+        return None  # no match is an empty batch: the files may come from an upstream node
+    path = base / text
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        return f"itemsFrom '{text}' has unsupported extension {suffix or '(none)'!r}; {_EXT_HELP}"
+    if not path.exists():
+        return f"itemsFrom '{text}': no such file ({path})"
+    if path.is_dir():
+        return f"itemsFrom '{text}' is a directory; name a file, or a glob such as '{text}/*'"
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return f"itemsFrom '{text}' cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def output_problem(text: str, base: Path) -> str | None:
+    """What is wrong with an `outputTo` path before the run starts, or None."""
+    path = base / text
+    if path.suffix.lower() != ".jsonl":
+        return f"outputTo '{text}' must be a .jsonl file (one JSON result per line)"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"outputTo '{text}': directory {parent} does not exist; create it first"
+    if path.is_dir():
+        return f"outputTo '{text}' is a directory; name a .jsonl file"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"outputTo '{text}': {path if path.exists() else parent} is not writable"
+    return None
+
+
+def _json_line(line: bytes, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return Malformed(f"{where}: not a JSON value ({why})")
+
+
+def _text_line(line: bytes, where: str) -> Any:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Malformed(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+def _strip(line: bytes) -> bytes:
+    if line.endswith(b"\n"):
+        line = line[:-1]
+        if line.endswith(b"\r"):
+            line = line[:-1]
+    return line
+
+
+def count_lines(path: Path) -> int:
+    """Lines in a file (a last line without a line break counts), reading 1 MiB at a time."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(_COUNT_CHUNK):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+class LineSource:
+    """A `.jsonl` or `.txt` file: item i is line i + 1."""
+
+    def __init__(self, path: Path, parse: Any) -> None:
+        self.name = str(path)
+        self.total = count_lines(path)
+        self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self._parse = parse
+        self._next = 0
+
+    def read(self, index: int) -> Any:
+        f = self._file
+        while self._next < index:  # an item finished earlier: skip its line unparsed
+            f.readline()
+            self._next += 1
+        line = f.readline()
+        self._next += 1
+        if not line:
+            return Malformed(
+                f"{self.name}: ended before line {index + 1}; it changed during the run"
+            )
+        return self._parse(_strip(line), f"{self.name}:{index + 1}")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class CsvSource:
+    """A `.csv` file with a header row: item i is the mapping of data row i + 1."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            self.total = max(0, sum(1 for row in csv.reader(f) if row) - 1)
+        self._file = open(path, newline="", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self._reader = csv.reader(self._file)
+        self._header: list[str] | None = None
+        self._next = 0
+
+    def _row(self) -> list[str] | Malformed | None:
+        try:
+            row = next(self._reader, None)
+            while row == []:  # a blank line is no row (as csv.DictReader has it)
+                row = next(self._reader, None)
+            return row
+        except (csv.Error, UnicodeDecodeError) as exc:
+            return Malformed(f"{self.name}:{self._reader.line_num}: unreadable row ({exc})")
+
+    def read(self, index: int) -> Any:
+        if self._header is None:
+            header = self._row()
+            self._header = header if isinstance(header, list) else []
+        while self._next < index:
+            self._row()
+            self._next += 1
+        row = self._row()
+        self._next += 1
+        if row is None:
+            return Malformed(
+                f"{self.name}: ended before row {index + 1}; it changed during the run"
+            )
+        if isinstance(row, Malformed):
+            return row
+        if len(row) != len(self._header):
+            where = f"{self.name}:{self._reader.line_num}"
+            return Malformed(
+                f"{where}: row has {len(row)} fields, the header has {len(self._header)}"
+            )
+        return dict(zip(self._header, row, strict=True))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class GlobSource:
+    """The sorted paths matching a glob (the paths themselves are the items)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.name = pattern
+        self._paths = sorted(glob.glob(pattern))
+        self.total = len(self._paths)
+
+    def read(self, index: int) -> Any:
+        return self._paths[index]
+
+    def close(self) -> None:
+        self._paths = []
+
+
+def iter_items(source: ItemSource) -> Iterator[Any]:
+    """Every item of `source`, in order (for tests and tools)."""
+    try:
+        for i in range(source.total):
+            yield source.read(i)
+    finally:
+        source.close()

@@ -1,0 +1,225 @@
+"""Streamed batches (SPEC §11): items from a file, results to a file, resume without repeats."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import distributed
+import pytest
+
+import flowrun.api
+from flowrun.engine import outputfile
+from flowrun.engine.itemsources import Malformed, iter_items, open_source
+from flowrun.engine.outputfile import OrderedWriter
+
+NODES = """
+import os
+
+def record(x, log):
+    with open(log, "a") as f:
+        f.write(f"{x}\\n")
+    if os.path.exists(os.path.join(os.path.dirname(log), "fail-" + str(x))):
+        raise ValueError(f"told to fail on {x}")
+    return {"x": x}
+
+def size(row):
+    return len(row)
+"""
+
+
+@pytest.fixture(scope="module")
+def address() -> Iterator[str]:
+    cluster = distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0"
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def blueprint(tmp: Path, batch: str, name: str = "bp.yaml") -> Path:
+    (tmp / "streamnodes.py").write_text(NODES)
+    path = tmp / name
+    path.write_text(f"id: s\nnodes:\n  - id: B\n    batch: {batch}\n")
+    return path
+
+
+def run(path: Path, **kw: object) -> flowrun.api.RunReport:
+    return flowrun.api.run(path, state_dir=path.parent / ".flowrun", **kw)  # type: ignore[arg-type]
+
+
+def lines(path: Path) -> list[object]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# -- the sources ----------------------------------------------------------------------------
+
+
+def test_sources_read_each_format_and_name_the_bad_line(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text('1\n{"k": 2}\nnot json\n[3]')
+    got = list(iter_items(open_source("a.jsonl", tmp_path)))
+    assert got[:2] == [1, {"k": 2}] and got[3] == [3]
+    assert isinstance(got[2], Malformed) and got[2].message.startswith(f"{tmp_path}/a.jsonl:3:")
+    (tmp_path / "b.csv").write_text('id,name\n1,"a, b"\n\n2,c,extra\n3,"x\ny"\n', newline="")
+    got = list(iter_items(open_source("b.csv", tmp_path)))
+    assert got[0] == {"id": "1", "name": "a, b"} and got[2] == {"id": "3", "name": "x\ny"}
+    assert isinstance(got[1], Malformed) and "b.csv:4: row has 3 fields" in got[1].message
+    (tmp_path / "c.txt").write_text("one\r\ntwo\n\nfour\n")
+    assert list(iter_items(open_source("c.txt", tmp_path))) == ["one", "two", "", "four"]
+    for name in ("z.csv", "y.csv"):
+        (tmp_path / name).write_text("h\n")
+    assert list(iter_items(open_source("*.csv", tmp_path))) == [
+        str(tmp_path / n) for n in ("b.csv", "y.csv", "z.csv")
+    ]
+
+
+def test_a_source_skips_items_it_is_not_asked_for(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("".join(f"{i}\n" for i in range(10)))
+    source = open_source("a.jsonl", tmp_path)
+    assert source.total == 10
+    assert [source.read(i) for i in (0, 3, 4, 9)] == [0, 3, 4, 9]
+    source.close()
+
+
+# -- the output file ------------------------------------------------------------------------
+
+
+def test_writer_orders_lines_and_resume_cuts_a_torn_tail(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    w = OrderedWriter.create(path)
+    for i in (2, 0, 3, 1):
+        w.put(i, str(i * 10))
+    w.close()
+    assert lines(path) == [0, 10, 20, 30]
+    with open(path, "ab") as f:
+        f.write(b'{"torn": ')  # a write cut short by kill -9
+    w = OrderedWriter.resume(path, {4: "four"})
+    assert w.next == 5  # 0-3 in the file, 4 from the store
+    w.put(5, "50")
+    w.close()
+    assert lines(path) == [0, 10, 20, 30, "four", 50]
+
+
+def test_resume_reruns_from_the_first_failed_line(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    path.write_text("1\nnull\n3\nnull\n")
+    # line 1 failed; lines after it come back from the store (3 was a real null output)
+    w = OrderedWriter.resume(path, {2: 3, 3: None})
+    assert w.next == 1
+    w.put(1, "2")
+    w.close()
+    assert lines(path) == [1, 2, 3, None]
+
+
+# -- end to end -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["thread", "process", "dask"])
+def test_items_from_a_file_to_a_file_on_each_executor(
+    tmp_path: Path, executor: str, address: str
+) -> None:
+    (tmp_path / "in.jsonl").write_text("".join(f"{i}\n" for i in range(40)) + "oops\n")
+    log = tmp_path / "calls.log"
+    path = blueprint(
+        tmp_path,
+        "{uses: streamnodes.record, itemsFrom: in.jsonl, outputTo: out.jsonl, maxFailures: 1,"
+        f" params: {{log: '{log}'}}}}",
+    )
+    extra = {"address": address} if executor == "dask" else {}
+    report = run(path, executor=executor, concurrency=4, **extra)
+    assert report.status == "completed"
+    out = tmp_path / "out.jsonl"
+    assert report.context["B"] == {"path": str(out), "count": 41, "failed": 1}
+    assert lines(out) == [{"x": i} for i in range(40)] + [None]
+    assert report.errors[0]["node"] == "B[40]" and "in.jsonl:41:" in report.errors[0]["message"]
+    assert report.nodes["B"].items == {"total": 41, "succeeded": 40, "failed": 1}
+
+
+def test_csv_and_txt_items_without_an_output_file(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("a,b\n1,2\n3,4\n")
+    path = blueprint(tmp_path, "{uses: streamnodes.size, itemsFrom: rows.csv}")
+    assert run(path).context["B"] == [2, 2]
+    (tmp_path / "words.txt").write_text("ab\nabc\n")
+    path = blueprint(tmp_path, "{uses: builtins.len, itemsFrom: words.txt}", "t.yaml")
+    assert run(path).context["B"] == [2, 3]
+
+
+def test_resume_completes_the_file_without_repeats(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text("".join(f"{i}\n" for i in range(30)))
+    (tmp_path / "fail-17").touch()
+    log = tmp_path / "calls.log"
+    path = blueprint(
+        tmp_path,
+        f"{{uses: streamnodes.record, itemsFrom: in.jsonl, outputTo: out.jsonl,"
+        f" params: {{log: '{log}'}}}}",
+    )
+    first = run(path, concurrency=3)
+    assert first.status == "failed"
+    before = log.read_text().split()
+    (tmp_path / "fail-17").unlink()
+    again = run(path, concurrency=3, resume=first.run_id)
+    assert again.status == "completed"
+    assert lines(tmp_path / "out.jsonl") == [{"x": i} for i in range(30)]
+    rerun = log.read_text().split()[len(before) :]
+    succeeded_before = set(before) - {"17"}
+    assert "17" in rerun and not succeeded_before & set(rerun)
+
+
+def test_a_full_disk_fails_the_batch_and_resume_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "in.jsonl").write_text("".join(f"{i}\n" for i in range(20)))
+    path = blueprint(tmp_path, "{uses: builtins.abs, itemsFrom: in.jsonl, outputTo: out.jsonl}")
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "out.jsonl")
+
+    monkeypatch.setattr(outputfile.os, "write", full)
+    first = run(path)
+    assert first.status == "failed"
+    assert any("No space left on device" in e["message"] for e in first.errors)
+    monkeypatch.undo()
+    again = run(path, resume=first.run_id)
+    assert again.status == "completed" and lines(tmp_path / "out.jsonl") == list(range(20))
+
+
+def test_validation_reports_every_file_problem_at_once(tmp_path: Path) -> None:
+    (tmp_path / "ok.jsonl").write_text("1\n")
+    (tmp_path / "dir.jsonl").mkdir()
+    text = (
+        "id: v\ncontext: {xs: []}\nnodes:\n"
+        "  - id: a\n    batch: {uses: builtins.abs, itemsFrom: missing.jsonl}\n"
+        "  - id: b\n    batch: {uses: builtins.abs, itemsFrom: data.json}\n"
+        "  - id: c\n    batch: {uses: builtins.abs, itemsFrom: ok.jsonl, outputTo: no/out.jsonl}\n"
+        "  - id: d\n    batch: {uses: builtins.abs, itemsFrom: ok.jsonl, outputTo: out.json}\n"
+        "  - id: e\n    batch: {uses: builtins.abs, itemsFrom: ok.jsonl, inputKey: xs}\n"
+        "  - id: f\n    batch: {uses: builtins.abs, itemsFrom: dir.jsonl}\n"
+    )
+    (tmp_path / "v.yaml").write_text(text)
+    found = flowrun.api.validate_file(tmp_path / "v.yaml")
+    got = [(p.line, p.code) for p in found]
+    assert got == [
+        (5, "items-from"),
+        (7, "items-from"),
+        (9, "output-to"),
+        (11, "output-to"),
+        (13, "schema.batch-items"),
+        (15, "items-from"),
+    ]
+    assert "no such file" in found[0].message and "unsupported extension" in found[1].message
+    assert "does not exist" in found[2].message and "must be a .jsonl" in found[3].message
+
+
+def test_a_batch_whose_last_items_are_unreadable_still_finishes(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text("{\n[\n")
+    path = blueprint(
+        tmp_path, "{uses: builtins.abs, itemsFrom: in.jsonl, outputTo: out.jsonl, maxFailures: 2}"
+    )
+    report = run(path, concurrency=1)
+    assert report.status == "completed" and report.context["B"]["failed"] == 2
+    assert lines(tmp_path / "out.jsonl") == [None, None]
