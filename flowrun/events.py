@@ -178,10 +178,13 @@ class PoolWaiting(Event):
 @dataclass(frozen=True, slots=True)
 class RunFinished(Event):
     event: ClassVar[str] = "run_finished"
-    private: ClassVar[frozenset[str]] = frozenset({"context"})
+    private: ClassVar[frozenset[str]] = frozenset({"context", "groups"})
     status: str = "completed"  # completed | failed | cancelled
     duration_ms: float = 0.0
     context: Mapping[str, Any] = field(default_factory=dict)  # the run context at the end
+    #: each bound group of items (a batch) -> (total, succeeded, failed) at the end, finished
+    #: or not: what its counts are, without a sink counting every item's event
+    groups: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 Sink = Callable[[Event], None]
@@ -190,18 +193,25 @@ Sink = Callable[[Event], None]
 class Bus:
     """Fans each event out to every sink, in the order the sinks were given.
 
+    A sink with a `handlers` mapping (event type -> callable) is called through it: the bus
+    calls the handler for the event's type directly and skips the sink for types it does not
+    handle, so a sink that counts a few kinds of event costs nothing on the others (an item's
+    `NodeStarted`, say). The routing is worked out once per event type.
+
     `idle()` is called by the driver just before it blocks waiting for work to finish; sinks
     with an `idle` method use it to flush what they buffer (the `--events` file)."""
 
-    __slots__ = ("_idlers", "_sinks")
+    __slots__ = ("_idlers", "_routes", "_sinks")
 
     def __init__(self, sinks: Iterable[Sink] = ()) -> None:
         self._sinks: list[Sink] = []
         self._idlers: list[Callable[[], None]] = []
+        self._routes: dict[type[Event], tuple[Sink, ...]] = {}
         for sink in sinks:
             self.add(sink)
 
     def add(self, sink: Sink) -> None:
+        self._routes.clear()
         if isinstance(sink, Bus):  # flatten: one call per sink per event, however composed
             self._sinks += sink._sinks
             self._idlers += sink._idlers
@@ -212,8 +222,21 @@ class Bus:
             self._idlers.append(idle)
 
     def __call__(self, event: Event) -> None:
+        route = self._routes.get(type(event))
+        if route is None:
+            route = self._routes[type(event)] = self._route(type(event))
+        for call in route:
+            call(event)
+
+    def _route(self, kind: type[Event]) -> tuple[Sink, ...]:
+        calls: list[Sink] = []
         for sink in self._sinks:
-            sink(event)
+            handlers = getattr(sink, "handlers", None)
+            if handlers is None:
+                calls.append(sink)
+            elif kind in handlers:
+                calls.append(handlers[kind])
+        return tuple(calls)
 
     def idle(self) -> None:
         for idle in self._idlers:

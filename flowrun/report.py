@@ -76,7 +76,8 @@ class ReportBuilder:
         self._nodes: dict[str, NodeReport] = {}
         self._errors: list[dict[str, str]] = []
         self._held: dict[str, ev.NodeFailed] = {}
-        self._handlers: dict[type[ev.Event], Any] = {
+        #: event type -> handler; the bus calls these directly (`events.Bus`)
+        self.handlers: dict[type[ev.Event], Any] = {
             ev.RunStarted: self._run_started,
             ev.NodeSucceeded: self._succeeded,
             ev.NodeFailed: self._failed,
@@ -88,7 +89,7 @@ class ReportBuilder:
         }
 
     def __call__(self, event: ev.Event) -> None:
-        handler = self._handlers.get(type(event))
+        handler = self.handlers.get(type(event))
         if handler is not None:
             handler(event)
 
@@ -103,10 +104,7 @@ class ReportBuilder:
         self._nodes = {name: NodeReport() for name in e.node_ids}
 
     def _succeeded(self, e: ev.NodeSucceeded) -> None:
-        if e.batch is not None:
-            items = self._node(e.batch).items
-            if items is not None:
-                items["succeeded"] += 1
+        if e.batch is not None:  # an item: counted from `RunFinished.groups`
             return
         duration = 0.0 if e.reused else e.duration_ms
         self._nodes[e.node] = NodeReport(e.status, e.attempt, duration)
@@ -164,6 +162,9 @@ class ReportBuilder:
         for name in getattr(graph, "fallbacks", ()):
             if self._nodes[name].status == "pending":
                 self._nodes[name].status = "skipped"  # no node failed that needed it
+        for group, (total, succeeded, failed) in e.groups.items():
+            rep = self._node(group)
+            rep.items = {"total": total, "succeeded": succeeded, "failed": failed}
         for rep in self._nodes.values():
             if rep.status == "running":
                 rep.status = "pending"

@@ -100,7 +100,8 @@ class Driver(Verbs):
             "cancelled" if self.cancelled.is_set() else "failed" if self.failed else "completed"
         )
         duration = (self.clock() - t0) * 1000
-        self.emit(ev.RunFinished(time.time(), status, duration, self.context.snapshot()))
+        groups = {b: (s.total, s.succeeded, s.failed) for b, s in self.sched.batches.items()}
+        self.emit(ev.RunFinished(time.time(), status, duration, self.context.snapshot(), groups))
         assert self.reporter.report is not None
         return self.reporter.report
 

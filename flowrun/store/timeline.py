@@ -69,12 +69,19 @@ class Timeline:
         conc = self.batches.get(batch)
         if conc is None:
             conc = self.batches[batch] = Concurrency(ts)
-        conc.change(ts, 1)
+        # Concurrency.change, inline: this runs once per item
+        if ts >= conc.end:
+            conc._advance(ts)
+        conc.running += 1
+        if conc.running > conc.peaks[-1]:
+            conc.peaks[-1] = conc.running
 
     def item_ended(self, batch: str, ts: float) -> None:
         conc = self.batches.get(batch)
         if conc is not None:
-            conc.change(ts, -1)
+            if ts >= conc.end:
+                conc._advance(ts)
+            conc.running -= 1
 
     def records(self, event: Event) -> list[tuple[Any, ...]]:
         """The records a settling event adds (none for the others)."""
