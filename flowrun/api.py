@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from flowrun import events as ev
 from flowrun.blueprint import loader, schema, select
-from flowrun.blueprint.resolve import Target, resolve, search_path
+from flowrun.blueprint.resolve import Target, allowed_modules, disallowed, resolve, search_path
 from flowrun.blueprint.signature import check_calls
 from flowrun.engine import capture
 from flowrun.engine.expand import expand
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
-from flowrun.model import Graph, is_item_id
+from flowrun.model import Blueprint, Graph, is_item_id
 from flowrun.node import SharedContext
 from flowrun.report import NodeReport, RunReport
 
@@ -40,10 +40,13 @@ def load(path: str | os.PathLike[str]) -> Graph:
     return expand(schema.check(loader.load(path)))
 
 
-def validate_file(path: str | os.PathLike[str], *, imports: bool = True) -> list[Problem]:
+def validate_file(
+    path: str | os.PathLike[str], *, imports: bool = True, allow: Sequence[str] = ()
+) -> list[Problem]:
     """Every problem in one blueprint file (empty when it is valid). With `imports=False` the
-    node modules are not imported (a static check: `uses` and call signatures are not checked)."""
-    return _check(path, imports=imports).problems
+    node modules are not imported (a static check: `uses` and call signatures are not checked).
+    `allow` (else `FLOWRUN_ALLOW_MODULES`) limits the modules a `uses` may name."""
+    return _check(path, imports=imports, allow=allow).problems
 
 
 @dataclass(slots=True)
@@ -55,7 +58,9 @@ class _Checked:
     dirs: list[str] = field(default_factory=list)
 
 
-def _check(path: str | os.PathLike[str], *, imports: bool = True) -> _Checked:
+def _check(
+    path: str | os.PathLike[str], *, imports: bool = True, allow: Sequence[str] = ()
+) -> _Checked:
     """Every stage that can run: load, schema, expansion, import, call signatures.
 
     Schema problems do not stop the check: what can be salvaged of the blueprint still goes
@@ -85,7 +90,9 @@ def _check(path: str | os.PathLike[str], *, imports: bool = True) -> _Checked:
     except BlueprintError as exc:
         keep(exc.problems)
     out.dirs = list(search_path(doc.path))
-    if not imports:
+    blocked = _disallowed(bp, out.graph, allowed_modules(allow))
+    keep(blocked)
+    if not imports or blocked:  # nothing is imported from a blueprint naming disallowed code
         out.problems = _in_order(out.problems, doc.name)
         return out
     try:
@@ -100,6 +107,14 @@ def _check(path: str | os.PathLike[str], *, imports: bool = True) -> _Checked:
         out.targets = children
     out.problems = _in_order(out.problems, doc.name)
     return out
+
+
+def _disallowed(bp: Blueprint, graph: Graph | None, allow: Sequence[str]) -> list[Problem]:
+    """`uses` outside `allow`, in the blueprint and in every child blueprint it runs."""
+    found = disallowed(bp, allow)
+    for child in graph.children.values() if graph is not None and allow else ():
+        found += _disallowed(child.blueprint, child, allow)
+    return found
 
 
 def _in_order(problems: list[Problem], file: str) -> list[Problem]:
@@ -137,9 +152,11 @@ def _covered(path: str, seen: set[str]) -> bool:
     return any(path == s or path.startswith((s + ".", s + "[")) for s in seen)
 
 
-def validate(paths: Iterable[str | os.PathLike[str]], *, imports: bool = True) -> list[Problem]:
+def validate(
+    paths: Iterable[str | os.PathLike[str]], *, imports: bool = True, allow: Sequence[str] = ()
+) -> list[Problem]:
     """Every problem in every file, in file order."""
-    return [p for path in paths for p in validate_file(path, imports=imports)]
+    return [p for path in paths for p in validate_file(path, imports=imports, allow=allow)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +167,10 @@ class Prepared:
     sha256: str
 
 
-def prepare(path: str | os.PathLike[str]) -> Prepared:
+def prepare(path: str | os.PathLike[str], allow: Sequence[str] = ()) -> Prepared:
     """Everything `run` needs before it starts: the graph and the imported callables. Any
     problem raises, with every problem `validate` reports."""
-    checked = _check(path)
+    checked = _check(path, allow=allow)
     errors = [p for p in checked.problems if p.severity == "error"]
     doc, graph, targets = checked.doc, checked.graph, checked.targets
     if errors or doc is None or graph is None or targets is None:
@@ -222,6 +239,7 @@ class RunOptions:
     targets: Sequence[str] = ()  # --target: only these nodes and what they need
     rerun_from: Sequence[str] = ()  # --from (with --resume): re-run these and what follows
     dry_run: bool = False  # plan only: nothing called, nothing written
+    allow_modules: Sequence[str] = ()  # --allow-module: prefixes a `uses` must start with
 
 
 def check_usage(options: RunOptions) -> None:
@@ -266,7 +284,7 @@ class Run:
     def _setup(self, path: str | os.PathLike[str], options: RunOptions) -> None:
         from flowrun import store
 
-        self.prepared = prepare(path)
+        self.prepared = prepare(path, options.allow_modules)
         self.full_graph = self.prepared.graph
         self.skipped: tuple[str, ...] = ()
         if options.targets:

@@ -68,6 +68,15 @@ StateDir = Annotated[
         help="Where run state is kept: DIR/runs/<runId>/ (default .flowrun, or FLOWRUN_STATE_DIR).",
     ),
 ]
+AllowModule = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-module",
+        metavar="PREFIX",
+        help="Allow only `uses` under PREFIX (a module or package); checked before any import. "
+        "Repeatable; default: FLOWRUN_ALLOW_MODULES (comma-separated), else any module.",
+    ),
+]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for flowrun errors.")]
 
 
@@ -123,6 +132,7 @@ def validate(
             "--no-import", help="Do not import the node modules (a static check; runs no code)."
         ),
     ] = False,
+    allow_module: AllowModule = None,
 ) -> None:
     """Check blueprints without running them; print every problem at once (exit 2 if any)."""
     from flowrun import api
@@ -130,7 +140,8 @@ def validate(
 
     # Importing node modules may print: stdout carries the report alone.
     with reserve_stdout(True):
-        per_file = [(f, api.validate_file(f, imports=not no_import)) for f in files]
+        allow = allow_module or ()
+        per_file = [(f, api.validate_file(f, imports=not no_import, allow=allow)) for f in files]
     problems = []
     for f, found in per_file:
         problems += found
@@ -252,6 +263,7 @@ def run(
             "--target", metavar="NODE", help="Run only NODE and what it needs. Repeatable."
         ),
     ] = None,
+    allow_module: AllowModule = None,
     rerun_from: Annotated[
         list[str] | None,
         typer.Option(
@@ -289,6 +301,7 @@ def run(
                 targets=targets or (),
                 rerun_from=rerun_from or (),
                 dry_run=dry_run,
+                allow_modules=allow_module or (),
             ))  # fmt: skip
     except _Planned as planned:  # printed once stdout is stdout again
         _print_plan(planned.plan, as_json)

@@ -165,6 +165,42 @@ def describe(uses: str, fn: Callable[..., Any]) -> Target:
     return Target(uses, fn, "ctx" in params, is_async)
 
 
+ALLOW_ENV = "FLOWRUN_ALLOW_MODULES"
+
+
+def allowed_modules(given: Iterable[str] = ()) -> tuple[str, ...]:
+    """`--allow-module` prefixes, else those in `FLOWRUN_ALLOW_MODULES` (comma-separated);
+    empty: every module may be imported."""
+    given = tuple(p.strip() for p in given if p.strip())
+    if given:
+        return given
+    return tuple(p.strip() for p in os.environ.get(ALLOW_ENV, "").split(",") if p.strip())
+
+
+def disallowed(bp: Blueprint, allow: Sequence[str]) -> list[Problem]:
+    """Every `uses` outside the `allow` prefixes (`pkg` allows `pkg.mod.f` and `pkg:f`), found
+    before anything is imported: a blueprint from a less-trusted source names only code that
+    is allowed to run."""
+    if not allow:
+        return []
+    problems: list[Problem] = []
+    for spec in bp.nodes:
+        for uses, field in spec.calls:
+            module = uses.partition(":")[0]
+            if any(module == p or module.startswith(p + ".") for p in allow):
+                continue
+            message = (
+                f"'{uses}' is outside the allowed modules ({', '.join(allow)}); allow it with "
+                f"--allow-module or {ALLOW_ENV}"
+            )
+            path = (*spec.path, *field)
+            if bp.document is not None:
+                problems.append(bp.document.problem(path, "resolve.not-allowed", message))
+            else:
+                problems.append(Problem(bp.file, 1, 1, "$", "resolve.not-allowed", message))
+    return problems
+
+
 def resolve(bp: Blueprint, dirs: Iterable[str]) -> dict[str, Target]:
     """Import every `uses` (nodes and batch workers); raise `BlueprintError` listing failures."""
     dirs = list(dirs)
