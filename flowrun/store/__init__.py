@@ -6,6 +6,7 @@ Every public name is importable from here.
 
 from flowrun.store.read import RunDetails, Samples, Span, load_details, read_logs
 from flowrun.store.writer import (
+    COMMIT_LATENCY_S,
     COMMIT_MAX_RECORDS,
     DB_NAME,
     GROUP_MAX,
@@ -24,6 +25,7 @@ from flowrun.store.writer import (
 )
 
 __all__ = [
+    "COMMIT_LATENCY_S",
     "COMMIT_MAX_RECORDS",
     "DB_NAME",
     "GROUP_MAX",
