@@ -121,7 +121,7 @@ def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
             continue  # their calls are made by their kind (not checked here yet)
         uses = spec.batch.uses if spec.batch else spec.uses
         target = targets.get(uses) if uses else None
-        if target is None:
+        if target is None or uses is None:
             continue
         if uses not in sigs:
             sigs[uses] = _signature(target.fn)
