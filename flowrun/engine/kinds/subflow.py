@@ -159,7 +159,7 @@ class ChildRun(Verbs):
         self.parent, self.graph = parent, graph
         self.prefix: str = getattr(parent, "prefix", "") + node + "/"
         self.context = SharedContext(context)
-        self.sched = Scheduler(graph)
+        self.sched = Scheduler(graph, reuse_start=True)
         self.router = Router(graph, self.context.data, self.sched)
         stored = parent.stored
         self.stored = _strip(stored, self.prefix) if stored.nodes or stored.items else stored
