@@ -237,6 +237,8 @@ class Scheduler:
         (a skip or a block), depth first in edge order, as a recursion would, but on an
         explicit stack: a chain of 10,000 nodes whose head fails must not hit Python's
         recursion limit."""
+        if not self.graph.succs[name]:
+            return  # a final node (most of a wide DAG): nothing to settle
         stack = [(name, status, taken, iter(self._targets(name)))]
         while stack:
             source, st, tk, targets = stack[-1]
