@@ -336,8 +336,7 @@ class Batch(NodeKind):
             sub = self.rt.graph.nodes[batch].batch_spec.subflow
             assert sub is not None
             for i, kid in list(kids.items()):
-                kid.pump()
-                if kid.done():
+                if kid.pump() and kid.done():
                     del kids[i]
                     ended += 1
                     self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)

@@ -153,8 +153,6 @@ class ChildRun(Verbs):
         *,
         fails_run: bool = True,
     ) -> None:
-        from flowrun.engine.kinds import BY_NAME, entries_of
-
         # Ids are named in full where they start (`outer/inner/node`); parents pass them on.
         self.parent, self.graph = parent, graph
         self.prefix: str = getattr(parent, "prefix", "") + node + "/"
@@ -167,16 +165,13 @@ class ChildRun(Verbs):
         self.pools = parent.pools
         shape = _SHAPES.get(id(graph))
         if shape is None or shape[0] is not graph:
-            kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}
-            filling = tuple(k for k in kinds if BY_NAME[k].fills)
-            used = tuple({n.node_kind for n in graph.nodes.values()})  # fallbacks included
-            shape = _SHAPES[id(graph)] = (graph, entries_of(graph), filling, used)
+            shape = _SHAPES[id(graph)] = _shape(graph)
         self.entries, self._filling = shape[1], shape[2]
         self.failed, self.first_error, self.fails_run = False, "", fails_run
         self.start_context: dict[str, Any] = context
         self.t0 = time.monotonic()
         # Only the kinds the child's graph uses: a batch starts one child run per item.
-        self._kinds = {name: BY_NAME[name](self) for name in shape[3]}
+        self._kinds = {name: kind(self) for name, kind in shape[3]}
         #: has anything happened in the child since it was last pumped (an event)?
         self.touched = True
 
@@ -188,15 +183,17 @@ class ChildRun(Verbs):
     def stopping(self) -> bool:
         return self.parent.stopping
 
-    def pump(self) -> None:
-        """Start what the child has ready and let its kinds hand out work."""
+    def pump(self) -> bool:
+        """Start what the child has ready and let its kinds hand out work; False when there
+        was nothing to look at (then `done()` has not changed either)."""
         if self.parent.stopping or not (self.touched or self._filling):
-            return  # nothing settled in it since the last pump: nothing new can be ready
+            return False  # nothing settled in it since the last pump: nothing new can be ready
         self.touched = False
         if self.sched.has_ready():
             self.start_ready()
         for name in self._filling:  # most children have no kind that hands out work itself
             self._kinds[name].fill()
+        return True
 
     def emit(self, event: ev.Event) -> None:
         """Forward `event` to the parent with the child's ids as `parent/child`."""
@@ -277,7 +274,18 @@ def load_child(
 #: id(child graph) -> (the graph, its entries, the kinds in it that fill, the kinds it uses):
 #: computed once per child blueprint, not once per child run (a batch over a subflow starts
 #: thousands)
-_SHAPES: dict[int, tuple[Graph, dict[str, str], tuple[str, ...], tuple[str, ...]]] = {}
+_Shape = tuple[Graph, dict[str, str], tuple[str, ...], tuple[tuple[str, type[NodeKind]], ...]]
+_SHAPES: dict[int, _Shape] = {}
+
+
+def _shape(graph: Graph) -> _Shape:
+    from flowrun.engine.kinds import BY_NAME, entries_of
+
+    kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}
+    filling = tuple(k for k in kinds if BY_NAME[k].fills)
+    used = {n.node_kind for n in graph.nodes.values()}  # fallbacks included
+    return graph, entries_of(graph), filling, tuple((k, BY_NAME[k]) for k in used)
+
 
 _IDS = ("node", "batch", "fallback", "fallback_for")  # the fields of an event that name nodes
 #: event type -> (its fields in order, the positions of those among them that name nodes)
