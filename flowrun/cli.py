@@ -699,7 +699,35 @@ def main() -> None:
     """Console-script entry point."""
     global _fast_exit
     _fast_exit = True
-    app(prog_name="flowrun")
+    _app_for(sys.argv)(prog_name="flowrun")
+
+
+def _app_for(argv: list[str]) -> typer.Typer:
+    """`app`, or when the line starts with a command name, `app` with only that command.
+
+    Typer builds the click command of every command (their parameters read from the function
+    signatures) before it parses anything; a one-shot `flowrun run` needs only its own, and
+    the root options cannot come after the command name, so nothing else of the line can ask
+    for the others. Shell completion always gets the whole app."""
+    import copy
+
+    from typer.main import get_command_name
+
+    name = argv[1] if len(argv) > 1 else ""
+    if os.environ.get("_FLOWRUN_COMPLETE"):
+        return app
+    commands = [
+        c
+        for c in app.registered_commands
+        if (c.name or get_command_name(c.callback.__name__ if c.callback else "")) == name
+    ]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not commands and not groups:
+        return app  # an option, a typo (click names the choices) or nothing: the whole app
+    one = copy.copy(app)
+    one.registered_commands = commands
+    one.registered_groups = groups
+    return one
 
 
 if __name__ == "__main__":  # pragma: no cover

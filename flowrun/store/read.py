@@ -26,21 +26,9 @@ from flowrun.store.db import (
     runs_dir,
     translated,
 )
+from flowrun.store.records import RunMeta
 
 _SECOND = len("20261128-055533")  # run ids sharing this prefix started in the same second
-
-
-@dataclass(frozen=True, slots=True)
-class RunMeta:
-    """What a run was started with; stored once, read back on ``--resume``."""
-
-    run_id: str
-    blueprint_id: str
-    blueprint_path: str
-    blueprint_sha256: str
-    context: dict[str, Any]
-    options: dict[str, Any]
-    started: float
 
 
 @dataclass(frozen=True, slots=True)
