@@ -279,11 +279,15 @@ def run(
     debug: Debug = False,
 ) -> None:
     """Run a blueprint. Exit 0 completed, 1 failed, 2 invalid input, 130 interrupted."""
-    from flowrun import api, ci
+    from flowrun import api
     from flowrun.display.streams import reserve_stdout
 
     mode, reporter = _display(quiet=quiet, no_progress=no_progress)
-    failures = ci.Failures()
+    failures = None  # the CI record: kept only when something reads it
+    if junit is not None or os.environ.get("GITHUB_ACTIONS") == "true":
+        from flowrun import ci
+
+        failures = ci.Failures()
     # With --json stdout holds the document alone: whatever nodes (or their modules, at import
     # time, or their children) write to it goes to stderr until the document is printed.
     try:
@@ -308,7 +312,8 @@ def run(
         raise typer.Exit(0) from None
     reporter.summary()
     _print_unannounced(report.errors, reporter.record)
-    _ci_outputs(r, report, failures, junit)
+    if failures is not None:
+        _ci_outputs(r, report, failures, junit)
     if mode in ("live", "plain") and report.status in ("failed", "cancelled"):
         print(f"resume with: {resume_command(file, report.run_id, state_dir)}", file=sys.stderr)
     if as_json:
@@ -365,7 +370,7 @@ def _run(
     reporter: Reporter,
     events: Path | None,
     debug: bool,
-    failures: Sink,
+    failures: Sink | None,
     options: RunOptions,
 ) -> tuple[Run, RunReport]:
     """Prepare and drive the run with the display, the CI record and the --events file
