@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from flowrun.blueprint.resolve import Target
 
 T = TypeVar("T")
+_encode_str: Callable[[Any], str] = json.encoder.encode_basestring_ascii
 #: how long a closing loop lets its cancelled tasks unwind before it is left to the GC
 CLOSE_GRACE_S = 1.0
 
@@ -171,25 +172,15 @@ async def run_together(
     """A chunk of async calls all at once (each holds a slot of its own in the driver)."""
     if len(calls) == 1:
         return await run_chunk(calls, targets, run_id, context, scope)
-    return list(
-        await asyncio.gather(*(_one(call, targets, run_id, context, scope) for call in calls))
+    t = targets[calls[0].uses]  # a batch's chunk: one function
+    if any(c.uses != t.uses for c in calls):
+        return await run_chunk(calls, targets, run_id, context, scope)
+    fn, wants_ctx = t.fn, t.wants_ctx
+    attempts = (
+        run_attempt_async(c, fn, wants_ctx=wants_ctx, run_id=run_id, context=context, cancel=scope)
+        for c in calls
     )
-
-
-async def _one(
-    call: Call,
-    targets: Mapping[str, Target],
-    run_id: str,
-    context: SharedContext,
-    scope: CancelScope,
-) -> Outcome:
-    t = targets[call.uses]
-    try:
-        return await run_attempt_async(
-            call, t.fn, wants_ctx=t.wants_ctx, run_id=run_id, context=context, cancel=scope
-        )
-    except Exception as exc:
-        return crashed(call, exc)
+    return list(await asyncio.gather(*attempts))
 
 
 async def run_attempt_async(
@@ -208,7 +199,9 @@ async def run_attempt_async(
     started = time.time()
     t0 = time.perf_counter()
     token = capture.begin_task()
-    args = _fresh_args(call.args)
+    args = call.args
+    if len(args) != 1 or type(args[0]) not in _SCALARS:
+        args = _fresh_args(args)
     kwargs: Any = call.kwargs if isinstance(call.kwargs, Params) else _fresh_kwargs(call.kwargs)
     ctx = None
     attempt_cancel = None
@@ -240,9 +233,13 @@ async def run_attempt_async(
                     f"Result action must be a string or None, not {type(action).__name__} "
                     f"({action!r:.80}); it names the edges to take"
                 )
-        text = _encode(value)
-        if type(value) not in _SCALARS:
-            value = json.loads(text)
+        kind = type(value)
+        if kind is int or kind is str or value is None or kind is bool:
+            text = _scalar_json(value)
+        else:
+            text = _encode(value)
+            if kind not in _SCALARS:
+                value = json.loads(text)
     except (Exception, KeyboardInterrupt, SystemExit) as exc:
         message, can_retry = str(exc), retryable(exc, call.retry_on)
         if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
@@ -273,6 +270,19 @@ async def run_attempt_async(
         updates=ctx.updates if ctx is not None else {},
         logs=capture.end_task(token),
     )
+
+
+def _scalar_json(value: int | str | bool | None) -> str:
+    """`json.dumps` of an int, str, bool or None without building an encoder per call."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return int.__repr__(value)
+    return _encode_str(value)
 
 
 async def _timed(value: Any, timeout: float, cancel: threading.Event | None) -> Any:
