@@ -5,6 +5,11 @@ Items are handed out in chunks sized so one chunk takes about `CHUNK_TARGET_MS` 
 the hand-off between threads for fast items, as dask.bag does), never more than the concurrency
 and `batch.concurrency` allow, so a million-item batch keeps a few futures alive.
 
+An `async def` worker's items are handed out in chunks that run together on the backend's
+event loop (`_fill_together`): each item holds a concurrency slot, and a chunk has about
+sqrt(concurrency) items, so a thousand coroutines in flight cost the driver some thirty hand-offs
+rather than a thousand.
+
 A streamed batch reads its items from a file (`itemsFrom`, `engine.itemsources`) as it hands
 them out, and with `outputTo` writes the results to a file in item order
 (`engine.outputfile`) instead of gathering them: its memory is bounded by what is in flight.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,6 +137,7 @@ class Batch(NodeKind):
         self.over: set[str] = set()  # batches that failed past their budget (announced once)
         #: batch -> item index -> its open child run (a batch over a subflow)
         self.kids: dict[str, dict[int, ChildRun]] = {}
+        self.together: set[str] = set()  # batches whose chunks run together (inflight: items)
 
     def start(self, node: GraphNode) -> None:
         if node.kind is Kind.SCATTER:
@@ -257,6 +264,9 @@ class Batch(NodeKind):
             cap = spec.concurrency or rt.concurrency
             if spec.subflow is not None:
                 continue  # opened below, with the children already running
+            if batch in self.together or rt.together(spec.uses):
+                self._fill_together(node, cap)
+                continue
             uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
             source, writer = self.sources.get(batch), self.writers.get(batch)
             items = self.items[batch] if source is None else None
@@ -292,6 +302,43 @@ class Batch(NodeKind):
                 rt.submit(works)
         while self._fill_children():
             pass  # children that ended made room for more
+
+    def _fill_together(self, node: GraphNode, cap: int) -> None:
+        """Hand out items of an async worker in chunks run together: `inflight` and `cap`
+        count items here, as the driver's slots do."""
+        rt, batch, spec = self.rt, node.owner, node.batch_spec
+        self.together.add(batch)
+        uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
+        source, writer = self.sources.get(batch), self.writers.get(batch)
+        items = self.items[batch] if source is None else None
+        size = min(MAX_CHUNK, math.isqrt(max(1, rt.concurrency - 1)) + 1)
+        while (free := min(rt.free(), cap - self.inflight.get(batch, 0))) > 0:
+            if writer is not None and writer.ahead >= MAX_AHEAD:
+                break
+            room = rt.pools.room(batch)
+            if room <= 0:
+                break
+            idx = rt.sched.take_items(batch, min(room, free, size))
+            if not idx:
+                break
+            if items is not None:
+                values = [items[i] for i in idx]
+            else:
+                assert source is not None
+                values = self._read(batch, source, idx)
+                idx = [i for i, v in zip(idx, values, strict=True) if v is not _SETTLED]
+                values = [v for v in values if v is not _SETTLED]
+                if not idx:
+                    continue
+            works = [
+                Work(Call(item_id(batch, i), uses, (v,), params, 1, i, timeout), batch, self, i)
+                for i, v in zip(idx, values, strict=True)
+            ]
+            self.inflight[batch] = self.inflight.get(batch, 0) + len(works)
+            now = time.time()
+            for w in works:
+                rt.emit(ev.NodeStarted(now, w.call.node, 1, batch, w.index))
+            rt.submit(works)
 
     # -- a batch over a subflow: one child run per item ------------------------------------------
     def _open_children(self, node: GraphNode, cap: int) -> None:
@@ -385,7 +432,7 @@ class Batch(NodeKind):
 
     def returned(self, works: list[Work], outcomes: list[Outcome]) -> None:
         batch = works[0].node
-        self.inflight[batch] -= 1
+        self.inflight[batch] -= len(works) if batch in self.together else 1
         if outcomes:
             ms = sum(o.duration_ms for o in outcomes) / len(outcomes)
             old = self.item_ms.get(batch)

@@ -209,6 +209,9 @@ class ChildRun(Verbs):
     def free(self) -> int:
         return self.parent.free()
 
+    def together(self, uses: str) -> bool:
+        return self.parent.together(uses)
+
     def _own(self, work: Work) -> Work:
         """Name the call `parent/child` (ids hold no '/', so a named call is never renamed)."""
         if not work.call.node.startswith(self.prefix):
