@@ -13,9 +13,10 @@ them out, and with `outputTo` writes the results to a file in item order
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -24,7 +25,14 @@ from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.itemsources import ItemSource, Malformed, input_problem, open_source
 from flowrun.engine.itemsources import output_problem as output_file_problem
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
-from flowrun.engine.kinds.subflow import ChildRun, load_child
+from flowrun.engine.kinds.subflow import (
+    ChildRun,
+    child_context,
+    child_failed,
+    load_child,
+    retry_child,
+    timed_out,
+)
 from flowrun.engine.outputfile import MAX_AHEAD, OrderedWriter
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
@@ -131,6 +139,8 @@ class Batch(NodeKind):
         self.over: set[str] = set()  # batches that failed past their budget (announced once)
         #: batch -> item index -> its open child run (a batch over a subflow)
         self.kids: dict[str, dict[int, ChildRun]] = {}
+        #: batch -> item index -> the attempt after the first one its child run is, if any
+        self.again: dict[str, dict[int, int]] = {}
 
     def start(self, node: GraphNode) -> None:
         if node.kind is Kind.SCATTER:
@@ -312,7 +322,9 @@ class Batch(NodeKind):
                 break
             i = idx[0]
             context = {**graph.blueprint.context, "input": self.items[batch][i], **values}
-            kids[i] = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+            kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+            if node.spec.config.timeout is not None:
+                kid.limit(node.spec.config.timeout)
             rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), 1, batch, i))
 
     def _fill_children(self) -> int:
@@ -331,23 +343,53 @@ class Batch(NodeKind):
             assert sub is not None
             for i, kid in list(kids.items()):
                 kid.pump()
-                if kid.done():
+                if kid.deadline is not None and kid.expired():
+                    del kids[i]
+                    ended += 1
+                    self._child_failed(batch, i, kid, timed_out)
+                elif kid.done():
                     del kids[i]
                     ended += 1
                     self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)
         return ended
 
+    def _child_failed(
+        self, batch: str, i: int, kid: ChildRun, why: Callable[[Work, GraphNode, ChildRun], Outcome]
+    ) -> None:
+        """Item `i`'s child run failed (`why` says how): run it again while attempts are left,
+        else the shared policy (`config.fallback`, else the item fails; `maxFailures`)."""
+        node = self.rt.graph.nodes[batch]
+        attempt = self.again.get(batch, {}).pop(i, 1)
+        call = Call(item_id(batch, i), "", (self.items[batch][i],), {}, attempt, i)
+        work = Work(call, batch, self, i)
+        retry_child(self, work, why(work, node, kid), functools.partial(self._relaunch, i))
+
+    def _relaunch(self, i: int, node: GraphNode, attempt: int) -> None:
+        """Attempt `attempt` of item `i`'s child run (its retry is due)."""
+        rt, batch, sub = self.rt, node.owner, node.batch_spec.subflow
+        assert sub is not None
+        graph = rt.graph.children[batch]
+        values = {k: rt.router.read(v) for k, v in sub.inputs.items()}  # read once already
+        context = child_context(graph, self.items[batch][i], values)
+        kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+        if node.spec.config.timeout is not None:
+            kid.limit(node.spec.config.timeout)
+        self.kids.setdefault(batch, {})[i] = kid
+        self.again.setdefault(batch, {})[i] = attempt
+        rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), attempt, batch, i))
+
     def _child_done(self, batch: str, i: int, kid: ChildRun, output: Any) -> None:
         rt, name = self.rt, item_id(batch, i)
         ms = (time.monotonic() - kid.t0) * 1000
         if kid.failed:
-            msg = f"subflow for {name} failed: {kid.first_error}"
-            rt.emit(ev.NodeFailed(time.time(), name, 1, ms, "SubflowError", msg, "", batch, i))
-            rt.sched.item_done(batch, i, False)
-        else:
-            text = json.dumps(output, allow_nan=False, separators=(",", ":"))
-            rt.emit(ev.NodeSucceeded(time.time(), name, 1, ms, batch, i, None, output, text))
-            rt.sched.item_done(batch, i, True, output)
+            sub = rt.graph.nodes[batch].batch_spec.subflow
+            assert sub is not None
+            self._child_failed(batch, i, kid, lambda w, _n, k: child_failed(w, k, sub))
+            return
+        attempt = self.again[batch].pop(i, 1) if batch in self.again else 1
+        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+        rt.emit(ev.NodeSucceeded(time.time(), name, attempt, ms, batch, i, None, output, text))
+        rt.sched.item_done(batch, i, True, output)
         self._after_item(batch)
 
     def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
