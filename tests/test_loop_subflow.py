@@ -158,9 +158,7 @@ def test_validate_follows_the_loop_child(tmp_path: Path) -> None:
 
 
 def test_validate_checks_outputs_and_inputs_against_the_loop_child(files: Path) -> None:
-    (files / "loop.yaml").write_text(
-        looping(inputs=", inputs: {nope: stop}, outputs: nowhere")
-    )
+    (files / "loop.yaml").write_text(looping(inputs=", inputs: {nope: stop}, outputs: nowhere"))
     found = api.validate_file(files / "loop.yaml")
     assert [(p.line, p.code) for p in found] == [(8, "subflow-input"), (8, "subflow-output")]
 
@@ -174,9 +172,7 @@ def test_validate_checks_outputs_and_inputs_against_the_loop_child(files: Path) 
     ],
 )  # fmt: skip
 def test_a_loop_has_uses_or_subflow(files: Path, stanza: str, code: str, words: str) -> None:
-    (files / "loop.yaml").write_text(
-        looping().replace("subflow: {blueprint: look.yaml}", stanza)
-    )
+    (files / "loop.yaml").write_text(looping().replace("subflow: {blueprint: look.yaml}", stanza))
     found = api.validate_file(files / "loop.yaml")
     assert code in [p.code for p in found]
     assert any(words in p.message for p in found), [p.message for p in found]
