@@ -109,6 +109,9 @@ def test_resume_continues_after_the_last_finished_iteration_and_inside_it(files:
     assert again.context["poll"] == {"looks": 3, "state": "done"}
     # iterations 1 and 2 are not run again; in iteration 3 only the unfinished node is
     assert cn.calls == {"poll#3/check": 1}
+    # the finished iterations' nodes are reported (reused), as an uninterrupted run's are
+    assert again.nodes["poll#1/look"].status == "succeeded"
+    assert again.nodes["poll#3/look"].status == "succeeded"
 
 
 def test_config_retries_each_iteration_as_a_whole(files: Path) -> None:

@@ -30,6 +30,7 @@ from flowrun.engine.kinds.subflow import (
     child_context,
     child_failed,
     load_child,
+    replay,
     retry_child,
     timed_out,
 )
@@ -168,6 +169,8 @@ class Batch(NodeKind):
         done = rt.stored.items.get(batch, {})
         done = {i: v for i, v in done.items() if i < len(value)}
         rt.emit(ev.BatchStarted(time.time(), batch, len(value), len(done)))
+        if done and node.batch_spec.subflow is not None:
+            replay(rt, {item_id(batch, i) for i in done})
         rt.sched.bind(batch, len(value), done)
 
     def _base(self) -> Path:

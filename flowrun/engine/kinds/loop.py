@@ -30,6 +30,7 @@ from flowrun.engine.kinds.subflow import (
     child_context,
     child_failed,
     load_child,
+    replay,
     retry_child,
     timed_out,
 )
@@ -115,6 +116,8 @@ class Loop(NodeKind):
                 return
         self.counts[node.id] = (last, 0)
         rt.emit(ev.BatchStarted(time.time(), node.id, spec.max_iterations, last))
+        if last and spec.subflow is not None:
+            replay(rt, {iteration_id(node.id, k) for k in range(1, last + 1)})
         if last:
             self._next(node, last, done[last], None)
             return

@@ -14,7 +14,7 @@ import dataclasses
 import functools
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -339,6 +339,19 @@ def child_context(graph: Graph, value: Any, values: Mapping[str, Any]) -> dict[s
     """A child run's context: its declared keys, `input` (the node's input, an item, the
     previous iteration's output) and what `inputs` sets."""
     return {**graph.blueprint.context, "input": value, **values}
+
+
+def replay(rt: Runtime, heads: Collection[str]) -> None:
+    """On `--resume`, announce what the child runs in `heads` (a batch's finished items, a
+    loop's finished iterations) recorded as reused, without running them again: the run's
+    report lists their nodes as an uninterrupted run's does."""
+    if not heads:
+        return
+    for name, (status, output, _action, attempts) in rt.stored.nodes.items():
+        head, sep, _ = name.partition("/")
+        if sep and head in heads:
+            rt.emit(ev.NodeSucceeded(time.time(), name, attempts, output=output, reused=True,
+                                     status=status))  # fmt: skip
 
 
 def child_failed(work: Work, child: ChildRun, sub: SubflowSpec) -> Outcome:
