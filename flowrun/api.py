@@ -118,8 +118,10 @@ def _disallowed(bp: Blueprint, graph: Graph | None, allow: Sequence[str]) -> lis
 
 
 def _in_order(problems: list[Problem], file: str) -> list[Problem]:
-    """The blueprint's own problems by position, then each child file's."""
-    return sorted(problems, key=lambda p: (p.file != file, p.file, p.line, p.column))
+    """The blueprint's own problems by position, then each child file's (once each, however
+    many subflows run that file)."""
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda p: (p.file != file, p.file, p.line, p.column))
 
 
 def _resolve_children(

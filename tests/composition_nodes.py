@@ -56,3 +56,8 @@ def plus(x: int, by: int = 1) -> int:
 
 def takes_two(a: Any, b: Any) -> Any:
     return [a, b]
+
+
+def fresh() -> dict[str, Any]:
+    """Takes no input: fine as a loop's first iteration without one, not as a later one."""
+    return {"state": "done"}
