@@ -187,3 +187,18 @@ def test_graph_labels_a_loop_over_a_subflow_with_its_file(files: Path) -> None:
     graph = api.load(files / "loop.yaml")
     assert "look.yaml" in diagram.render(graph, "ascii")
     assert "look" in diagram.render(graph, "mermaid", expand=True)
+
+
+def test_plain_lines_show_the_loop_as_one_row_not_its_child_nodes(files: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowrun", "run", "loop.yaml", "--state-dir", "state"],
+        cwd=files, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "poll#1/look" not in proc.stderr
+    assert "3/3 items" in proc.stderr
