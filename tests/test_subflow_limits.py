@@ -246,3 +246,42 @@ def test_a_loop_iteration_over_a_subflow_times_out(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert report.nodes["poll"].items == {"total": 1, "succeeded": 0, "failed": 1}
     assert all(_gone(pid) for pid in _pids(pids))
+
+
+def _ended(pid: int) -> bool:
+    """Has `pid` ended (gone, or a zombie no one has reaped yet)?"""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.parametrize("where", ["node", "subflow"])
+def test_the_cli_leaves_no_timed_out_command_running(tmp_path: Path, where: str) -> None:
+    """`flowrun run` exits as soon as the run ends; a command whose attempt timed out (on a
+    node, or in a subflow whose time is up) must not outlive it in its own session."""
+    import subprocess
+    import sys
+
+    pids = _napping_child(tmp_path)
+    if where == "node":
+        text = f"nodes:\n  - id: nap\n    shell: \"echo $$ >> '{pids}'; sleep 30\"\n"
+        text += "    config: {timeout: 300ms}\n"
+    else:
+        text = "context: {nap: 30}\nnodes:\n  - id: start\n    uses: tests.nodes.ident\n"
+        text += "    inputs: nap\n  - id: sub\n    subflow: {blueprint: nap.yaml}\n"
+        text += "    config: {timeout: 300ms}\nedges:\n  - {source: start, target: sub}\n"
+    (tmp_path / "p.yaml").write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowrun", "run", "p.yaml", "--no-progress", "--state-dir", "s"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "AttemptTimeout" in proc.stderr
+    (pid,) = _pids(pids)
+    deadline = time.monotonic() + 5
+    while not _ended(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _ended(pid), "the timed-out command outlived flowrun"
