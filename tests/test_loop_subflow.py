@@ -202,3 +202,16 @@ def test_plain_lines_show_the_loop_as_one_row_not_its_child_nodes(files: Path) -
     assert proc.returncode == 0, proc.stderr
     assert "poll#1/look" not in proc.stderr
     assert "3/3 items" in proc.stderr
+
+
+def test_resume_from_a_loop_over_a_subflow_runs_its_children_again(files: Path) -> None:
+    first = api.run(files / "loop.yaml", state_dir=files / "state")
+    assert first.status == "completed"
+    cn.reset()
+    again = api.run(
+        files / "loop.yaml", state_dir=files / "state", resume="latest", rerun_from=["poll"]
+    )
+    assert again.status == "completed"
+    # --from poll re-runs poll as a whole: its iterations' child nodes too, not reused
+    assert cn.calls == {"poll#1/look": 1, "poll#2/look": 1, "poll#3/look": 1,
+                        "poll#1/check": 1, "poll#2/check": 1, "poll#3/check": 1}  # fmt: skip
