@@ -319,12 +319,20 @@ class Batch(NodeKind):
         except InputError as exc:
             rt.fail_inline(batch, "InputError", f"batch '{batch}': {exc}", batch)
             return
+        items, source = self.items.get(batch), self.sources.get(batch)
         while len(kids) < cap:
             idx = rt.sched.take_items(batch, 1)
             if not idx:
                 break
             i = idx[0]
-            context = {**graph.blueprint.context, "input": self.items[batch][i], **values}
+            if items is not None:
+                item = items[i]
+            else:  # streamed (`itemsFrom`): an unreadable item fails at once
+                assert source is not None
+                item = self._read(batch, source, idx)[0]
+                if item is _SETTLED:
+                    continue
+            context = {**graph.blueprint.context, "input": item, **values}
             kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
             if node.spec.config.timeout is not None:
                 kid.limit(node.spec.config.timeout)
@@ -363,17 +371,18 @@ class Batch(NodeKind):
         else the shared policy (`config.fallback`, else the item fails; `maxFailures`)."""
         node = self.rt.graph.nodes[batch]
         attempt = self.again.get(batch, {}).pop(i, 1)
-        call = Call(item_id(batch, i), "", (self.items[batch][i],), {}, attempt, i)
+        item = kid.start_context.get("input")  # a streamed item cannot be read again
+        call = Call(item_id(batch, i), "", (item,), {}, attempt, i)
         work = Work(call, batch, self, i)
-        retry_child(self, work, why(work, node, kid), functools.partial(self._relaunch, i))
+        retry_child(self, work, why(work, node, kid), functools.partial(self._relaunch, i, item))
 
-    def _relaunch(self, i: int, node: GraphNode, attempt: int) -> None:
+    def _relaunch(self, i: int, item: Any, node: GraphNode, attempt: int) -> None:
         """Attempt `attempt` of item `i`'s child run (its retry is due)."""
         rt, batch, sub = self.rt, node.owner, node.batch_spec.subflow
         assert sub is not None
         graph = rt.graph.children[batch]
         values = {k: rt.router.read(v) for k, v in sub.inputs.items()}  # read once already
-        context = child_context(graph, self.items[batch][i], values)
+        context = child_context(graph, item, values)
         kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
         if node.spec.config.timeout is not None:
             kid.limit(node.spec.config.timeout)
@@ -392,8 +401,7 @@ class Batch(NodeKind):
         attempt = self.again[batch].pop(i, 1) if batch in self.again else 1
         text = json.dumps(output, allow_nan=False, separators=(",", ":"))
         rt.emit(ev.NodeSucceeded(time.time(), name, attempt, ms, batch, i, None, output, text))
-        rt.sched.item_done(batch, i, True, output)
-        self._after_item(batch)
+        self._settle_item(batch, i, True, text, output)  # (and into `outputTo`, if any)
 
     def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
         """The items at `idx`; an unreadable one fails at once (it is never called), and its
