@@ -498,6 +498,9 @@ def _exit(code: int, *, teardown: bool = False) -> NoReturn:
     validate). `teardown=True` keeps the ordinary exit (the process and Dask backends clean
     up in atexit handlers)."""
     if code == 130 or (_fast_exit and not teardown):
+        shell = sys.modules.get("flowrun.std.shell")
+        if shell is not None:  # a command still running was abandoned (it timed out): it runs
+            shell.kill_all()  # in a session of its own, so it would outlive us
         try:
             sys.stdout.flush()
             sys.stderr.flush()

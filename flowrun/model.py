@@ -92,13 +92,15 @@ class BatchSpec:
 
 @dataclass(frozen=True, slots=True)
 class LoopSpec:
-    """A `loop` stanza: call `uses` again while `while_` (an expression's text) is true."""
+    """A `loop` stanza: call `uses` (or run `subflow`) again while `while_` (an expression's
+    text) is true."""
 
-    uses: str
+    uses: str  # "" when the body is a subflow
     while_: str
     max_iterations: int
     params: Mapping[str, Any] = field(default_factory=dict)
     delay: float = 0.0
+    subflow: SubflowSpec | None = None  # instead of `uses`: one child run per iteration
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,7 @@ class NodeSpec:
         if self.batch is not None:
             return () if self.batch.subflow else ((self.batch.uses, ("batch", "uses")),)
         if self.loop is not None:
-            return ((self.loop.uses, ("loop", "uses")),)
+            return () if self.loop.subflow else ((self.loop.uses, ("loop", "uses")),)
         return () if self.uses is None else ((self.uses, ("uses",)),)
 
     @property

@@ -92,6 +92,9 @@ def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> 
             "'subflow' (a blueprint per item)"
         )
         return doc.problem(path, "schema.node-kind", message)
+    if "else" in error.schema_path and len(path) > 2 and path[-2] == "loop":
+        message = f"{label}: a loop needs 'uses' (the body) or 'subflow' (a blueprint each time)"
+        return doc.problem(path, "schema.node-kind", message)
     if "else" in error.schema_path:  # the node-kind rule: a node without `batch` needs `uses`
         message = (
             f"{label}: a node needs 'uses' (the Python callable to run), 'shell' (a command), "

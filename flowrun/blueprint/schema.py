@@ -331,12 +331,14 @@ class _Builder:
         )
 
     def _loop(self, path: PathT, raw: dict[str, Any]) -> LoopSpec:
+        sub = raw.get("subflow")
         return LoopSpec(
-            uses=raw["uses"],
+            uses=raw.get("uses", ""),
             while_=raw["while"],
             max_iterations=int(raw["maxIterations"]),
             params=raw.get("params", {}),
             delay=self._seconds((*path, "loop", "delay"), raw.get("delay", 0)),
+            subflow=None if sub is None else _subflow(sub),
         )
 
     def _shell(self, path: PathT, raw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

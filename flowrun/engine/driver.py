@@ -235,8 +235,9 @@ class Driver(Verbs):
         # A cancelled chunk returns early: the calls it did not run stay pending.
         for work, out in zip(works, outcomes, strict=False):
             if out.updates and not self.backend.shared_context:
+                context = self.context if work.call.context is None else work.call.context
                 for k, v in out.updates.items():
-                    self.context.set(k, v)
+                    context.set(k, v)
             if out.ok and work.fallback_for is None:
                 work.owner.succeeded(work, out)
             else:

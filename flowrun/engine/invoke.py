@@ -43,6 +43,9 @@ class Call:
     timeout: float | None = None
     #: `config.retryOn`: the exception names a failure must match to be retried (None: any)
     retry_on: tuple[str, ...] | None = None
+    #: the context `ctx` and `${{ }}` see when it is not the run's: a subflow's child run's
+    #: (never shipped: a worker gets a snapshot of it in its job)
+    context: SharedContext | None = None
 
 
 @dataclass(slots=True)
@@ -314,6 +317,8 @@ def run_attempt(
     keys are strings downstream, and a node that mutates its input changes nobody's output."""
     started = time.time()
     t0 = time.perf_counter()
+    if call.context is not None:
+        context = call.context  # a child run's call
     capture.begin()
     args = _fresh_args(call.args)
     # `${{ }}` params (a `Params`) are rendered below, for this call; plain ones are copied

@@ -65,7 +65,8 @@ class ContextPacker:
         # A call whose params hold `${{ }}` reads the context too (node ids, `context`).
         if not any(self._wants_ctx(c.uses) or isinstance(c.kwargs, Params) for c in calls):
             return None
-        snapshot = self._context.snapshot()
+        own = calls[0].context  # a chunk comes from one run: the run's, or one child run's
+        snapshot = (self._context if own is None else own).snapshot()
         # The driver replaces values (`context.set`), it never mutates them in place, so the
         # identities of the values name a version. Holding the snapshot keeps those objects
         # alive, so an id cannot be reused by a new value while it is cached.
