@@ -44,7 +44,8 @@ class _Damaged(Exception):
 def _kind(value: object) -> str:
     if value is None:
         return "null"
-    names = {str: "text", int: "an integer", float: "a number", bytes: "binary data"}
+    names = {str: "text", int: "an integer", float: "a number", bytes: "binary data",
+             list: "a JSON array", dict: "a JSON object"}  # fmt: skip
     return names.get(type(value), type(value).__name__)
 
 
@@ -92,7 +93,7 @@ def _decoded(value: object, what: str, *, null: bool = False, kind: type | None 
     except (ValueError, RecursionError) as exc:
         raise _Damaged(f"{what} is not valid JSON ({exc})") from exc
     if kind is not None and type(decoded) is not kind:
-        raise _Damaged(f"{what} holds {_kind(decoded)}, not a JSON {kind.__name__}")
+        raise _Damaged(f"{what} holds {_kind(decoded)}, not {_kind(kind())}")
     return decoded
 
 
@@ -365,11 +366,24 @@ def _read_run(conn: sqlite3.Connection, meta: RunMeta) -> StoredRun:
             _int(failed, f"{where}: failed", null=True),
             _text(output_key, f"{where}: output_key", null=True),
         )
-    starts, status = conn.execute(
-        "SELECT COUNT(*), (SELECT status FROM runs ORDER BY seq DESC LIMIT 1) FROM runs"
-    ).fetchone()
-    _one_of(status, RUN_STATUSES, "the last start's status", null=True)
-    return StoredRun(meta, status, starts, nodes, items, batches, updates)
+    starts = _starts(conn)
+    status = starts[-1][1] if starts else None
+    return StoredRun(meta, status, len(starts), nodes, items, batches, updates)
+
+
+def _starts(conn: sqlite3.Connection) -> list[tuple[float, str | None, float | None]]:
+    """(started, status, duration_ms) of each start of the run, the first first."""
+    starts = []
+    for seq, (started, status, ms) in enumerate(
+        conn.execute("SELECT started, status, duration_ms FROM runs ORDER BY seq"), 1
+    ):
+        where = f"runs row {seq}"
+        starts.append((
+            _number(started, f"{where}: started"),
+            _one_of(status, RUN_STATUSES, f"{where}: status", null=True),
+            _number(ms, f"{where}: duration_ms", null=True),
+        ))  # fmt: skip
+    return starts
 
 
 def _read_chunks(conn: sqlite3.Connection, items: dict[str, dict[int, StoredNode]]) -> None:
@@ -446,16 +460,7 @@ def load_details(state_dir: Path, run_id: str) -> RunDetails:
             check_schema(conn, db)
             meta = read_meta(conn, db)
             run = _read_run(conn, meta)
-            starts = []
-            for seq, (started, status, ms) in enumerate(
-                conn.execute("SELECT started, status, duration_ms FROM runs ORDER BY seq"), 1
-            ):
-                where = f"runs row {seq}"
-                starts.append((
-                    _number(started, f"{where}: started"),
-                    _one_of(status, RUN_STATUSES, f"{where}: status", null=True),
-                    _number(ms, f"{where}: duration_ms", null=True),
-                ))  # fmt: skip
+            starts = _starts(conn)
             spans: dict[str, Span] = {}
             samples: dict[str, Samples] = {}
             logged: dict[str, int] = {}
