@@ -149,8 +149,14 @@ def max_bytes(name: str) -> int:
 
 def _read(name: str) -> bytes:
     limit = max_bytes(name)
+    try:  # a regular file too large is refused unread; any error is read_bytes' to report
+        size = os.stat(name).st_size
+    except OSError:
+        size = 0
+    if size > limit:
+        _too_large(name, size, limit)
     try:
-        raw = Path(name).read_bytes()  # reading is fast; parsing is what a huge file costs
+        raw = Path(name).read_bytes()
     except FileNotFoundError as exc:
         _fail(name, "file-not-found", f"file not found: '{name}'", exc)
     except IsADirectoryError as exc:
@@ -159,14 +165,18 @@ def _read(name: str) -> bytes:
         _fail(name, "file-unreadable", f"cannot read '{name}': permission denied", exc)
     except OSError as exc:
         _fail(name, "file-unreadable", f"cannot read '{name}': {exc.strerror or exc}", exc)
-    if len(raw) > limit:
-        _fail(
-            name,
-            "file-too-large",
-            f"'{name}' is {len(raw):,} bytes, over the {limit:,} bytes a blueprint or context "
-            f"file may have; set {MAX_BYTES_ENV} to read a larger one",
-        )
+    if len(raw) > limit:  # not a regular file (a pipe), or it grew
+        _too_large(name, len(raw), limit)
     return raw
+
+
+def _too_large(name: str, size: int, limit: int) -> NoReturn:
+    _fail(
+        name,
+        "file-too-large",
+        f"'{name}' is {size:,} bytes, over the {limit:,} bytes a blueprint or context file may "
+        f"have; set {MAX_BYTES_ENV} to read a larger one",
+    )
 
 
 def _decode(raw: bytes, name: str) -> str:
