@@ -29,6 +29,7 @@ from flowrun.store.db import (
     runs_dir,
     translated,
 )
+from flowrun.store.records import RunMeta
 
 _SECOND = len("20261128-055533")  # run ids sharing this prefix started in the same second
 NODE_STATUSES = ("succeeded", "failed", "skipped", "recovered")
@@ -129,19 +130,6 @@ def _checked(db: Path) -> Iterator[None]:
 
 def _damaged(db: Path, what: str) -> str:
     return f"run {db.parent.name} is damaged: {what} ({db})"
-
-
-@dataclass(frozen=True, slots=True)
-class RunMeta:
-    """What a run was started with; stored once, read back on ``--resume``."""
-
-    run_id: str
-    blueprint_id: str
-    blueprint_path: str
-    blueprint_sha256: str
-    context: dict[str, Any]
-    options: dict[str, Any]
-    started: float
 
 
 @dataclass(frozen=True, slots=True)
