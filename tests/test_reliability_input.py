@@ -192,6 +192,8 @@ def test_ids_ending_in_a_newline_are_refused(tmp_path: Path) -> None:
     assert "expected an id made of letters, digits, '_', '.' or '-', found string 'nl\\n'" in (
         out.stdout
     )
+    assert "pools: expected an id made of letters" in out.stdout
+    assert "retryOn[0]: expected an exception class name such as 'ConnectionError'" in out.stdout
 
 
 # -- deep nesting -------------------------------------------------------------------------------

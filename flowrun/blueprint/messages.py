@@ -147,6 +147,12 @@ def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int,
 _DURATIONS = ("retryDelay", "timeout")
 # The schema's `identifier`: (?![\s\S]) ends the string; `$` would let a final newline through.
 _IDENTIFIER = "^[A-Za-z0-9_.-]+(?![\\s\\S])"
+_BY_PATTERN = {  # what a pattern means, where the field name does not say it (list items)
+    _IDENTIFIER: "an id made of letters, digits, '_', '.' or '-'",
+    "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*(?![\\s\\S])": (
+        "an exception class name such as 'ConnectionError' or 'package.module.Error'"
+    ),
+}
 _PATTERN_HELP = {
     "id": "an id made of letters, digits, '_', '.' or '-'",
     "source": "a node id (letters, digits, '_', '.' or '-')",
@@ -172,7 +178,7 @@ def _detail(error: ValidationError, path: PathT) -> tuple[str, str]:
         what = "a duration above zero" if field == "timeout" else "a duration"
         return "schema.duration", f"expected {what}: {DURATION_HELP}, found {value_text(value)}"
     if error.validator == "pattern":
-        fallback = _PATTERN_HELP["id"] if limit == _IDENTIFIER else f"a string matching {limit}"
+        fallback = _BY_PATTERN.get(limit, f"a string matching {limit}")
         expected = _PATTERN_HELP.get(str(field), fallback)
         hint = _uses_hint(value) if field == "uses" else ""
         return "schema.pattern", f"expected {expected}, found {value_text(value)}{hint}"
