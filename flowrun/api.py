@@ -200,7 +200,15 @@ def parse_set(items: Sequence[str], declared: Mapping[str, Any]) -> dict[str, An
                 f"v: {text}" if text.strip() else "v: ''", "--set", "yaml"
             ).data["v"]
         except BlueprintError as exc:
-            raise UsageError(f"--set {key}: cannot parse {text!r} as a YAML value") from exc
+            codes = {p.code for p in exc.problems}
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            if "non-finite-number" in codes:
+                why = f"{shown!r} is not a finite number (JSON has no NaN or infinity)"
+            elif "bad-number" in codes:
+                why = f"{shown!r} is a number too large to keep"
+            else:
+                raise UsageError(f"--set {key}: cannot parse {text!r} as a YAML value") from exc
+            raise UsageError(f"--set {key}: {why}; quote it to pass it as text") from exc
     return out
 
 

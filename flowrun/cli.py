@@ -452,7 +452,19 @@ def _print_results(r: Run, report: RunReport) -> None:
         if not graph.is_final(spec.id) or key not in context:
             continue
         text = json.dumps(context[key], ensure_ascii=False)
-        print(f"{key}: {text if len(text) <= 500 else text[:497] + '...'}")
+        print(_printable(f"{key}: {text if len(text) <= 500 else text[:497] + '...'}"))
+
+
+def _printable(text: str) -> str:
+    """`text` with what stdout cannot encode (a lone surrogate a node returned) escaped."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: print as it is
+        pass
+    return text
 
 
 @contextlib.contextmanager

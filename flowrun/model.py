@@ -7,12 +7,15 @@ Nothing here changes after it is built; run state lives in the scheduler alone.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from flowrun.errors import PathT, Problem
+
+MAX_DELAY = 10_000_000.0  # seconds: the longest duration a blueprint may give (its schema)
 
 
 class Document(Protocol):
@@ -64,7 +67,13 @@ class Config:
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (2 is the first retry)."""
-        return float(self.retry_delay * self.backoff ** max(0, attempt - 2))
+        if self.retry_delay <= 0:
+            return 0.0
+        try:
+            delay = float(self.retry_delay * self.backoff ** max(0, attempt - 2))
+        except OverflowError:  # backoff ** (a billion retries)
+            delay = math.inf
+        return min(delay, MAX_DELAY)
 
 
 @dataclass(frozen=True, slots=True)

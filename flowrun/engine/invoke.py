@@ -277,7 +277,7 @@ def _fresh_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
 def _encode(value: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise TypeError(
             f"output of type {type(value).__name__} cannot be stored as JSON ({exc}); "
             "return plain data (dict, list, str, int, float, bool, None)"
