@@ -235,6 +235,7 @@ def write_loop(workdir: Path, n: int) -> Path:
         "edges:\n  - {source: spin, target: count}\n",
         encoding="utf-8",
     )
+    return path
 
 
 def write_independent(workdir: Path, n: int) -> Path:

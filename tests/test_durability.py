@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -318,6 +319,69 @@ def test_kill_9_during_a_resume_then_resume_again(tmp_path: Path) -> None:
     assert w.calls().count("numbers") == 1
     assert w.calls().count("total") == 1
     assert w.runs_json()[0]["status"] == "completed"
+
+
+DAG_NODES = 2000
+DAG_GATE = 1200  # nodes from this index on wait for the go-ahead in the first process
+
+
+def committed_nodes(w: Workdir) -> set[str]:
+    """The task nodes the store committed as succeeded (read after the writer died)."""
+    (run_dir,) = (w.state / "runs").iterdir()
+    conn = sqlite3.connect(run_dir / "state.db")
+    try:
+        rows = conn.execute("SELECT node FROM nodes WHERE status = 'succeeded'").fetchall()
+    finally:
+        conn.close()
+    return {node for (node,) in rows}
+
+
+def test_kill_9_during_a_2000_node_dag_then_resume_reruns_no_committed_node(
+    tmp_path: Path,
+) -> None:
+    """Task records are committed in groups: a kill -9 may lose the uncommitted group (those
+    nodes run again), never a committed node, and the resumed run ends as a fresh one would."""
+    lines = ["id: wide-dag", "nodes:"]
+    for i in range(DAG_NODES):
+        lines += [f"  - id: t{i}", "    uses: durable_nodes.marked", f"    params: {{i: {i}}}"]
+    (tmp_path / "dag.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copy(DURABLE / "batch.yaml", tmp_path / "batch.yaml")  # Workdir copies one
+    w = Workdir(tmp_path, "batch.yaml")
+    w.blueprint = "dag.yaml"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    w.env["FLOWRUN_TEST_MARKERS"] = str(markers)
+    w.gate(DAG_GATE)
+
+    def succeeded() -> int:
+        return sum(1 for e in w.read_events() if e["event"] == "node_succeeded")
+
+    proc = w.start("-c", str(CONCURRENCY))
+    wait_for(proc, lambda: succeeded() >= DAG_GATE, f"{DAG_GATE} nodes succeeded", timeout=60)
+    proc.kill()
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    committed = committed_nodes(w)
+    assert committed, "nothing was committed before the kill"
+    assert len(committed) < DAG_NODES  # the gated nodes were still running
+    w.release()
+
+    (run,) = w.runs_json()
+    assert run["status"] == "interrupted"
+    resumed = w.run("--resume", run["run_id"], "--json", "-c", str(CONCURRENCY))
+    assert resumed.code == 0, resumed
+    doc = resumed.json()
+    assert doc["status"] == "completed"
+    assert {f"t{i}": doc["context"][f"t{i}"] for i in range(DAG_NODES)} == {
+        f"t{i}": i for i in range(DAG_NODES)
+    }
+    assert all(doc["nodes"][f"t{i}"]["status"] == "succeeded" for i in range(DAG_NODES))
+
+    calls = Counter(p.name.split(".")[0] for p in markers.iterdir())
+    assert set(calls) == {f"t{i}" for i in range(DAG_NODES)}  # every node ran
+    again = {node for node, n in calls.items() if n > 1}
+    assert not again & committed, sorted(again & committed)  # no committed node ran again
+    assert max(calls.values()) == 2
+    print(f"kill -9 in a {DAG_NODES}-node DAG: {len(committed)} committed, {len(again)} ran again")
 
 
 # -- 3 and 6: a failed item, the fix, resume ---------------------------------------------------

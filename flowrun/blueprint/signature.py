@@ -57,11 +57,8 @@ def _described(spec: NodeSpec, has_input: bool | None, names: list[str], ctx: bo
 
 
 def _problems(
-    spec: NodeSpec, target: Target, graph: Graph, fallbacks: set[str]
+    spec: NodeSpec, target: Target, graph: Graph, fallbacks: set[str], sig: inspect.Signature
 ) -> list[tuple[tuple[str | int, ...], str, str]]:
-    sig = _signature(target.fn)
-    if sig is None:
-        return []
     has_input, names = _shape(spec, graph, fallbacks)
     if spec.loop is not None:
         first = _bind(spec, target, sig, has_input, names)
@@ -80,6 +77,11 @@ def _bind(
     """The problems of calling `target` with (an input when `has_input`) and `names`."""
     params = sig.parameters
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    # The common case, checked without building any message (rendering a signature costs
+    # more than binding it, and a blueprint may call one function many times).
+    known = var_kw or all(name in params for name in names)
+    if known and _binds(sig, has_input, names, target.wants_ctx) is None:
+        return []
     where = ("batch", "params") if spec.batch else ("loop", "params") if spec.loop else ("params",)
     what = (
         f"batch '{spec.id}' worker" if spec.batch
@@ -98,24 +100,33 @@ def _bind(
                         f"{suggest(name, keywords)}; {how}"))  # fmt: skip
     if out:
         return out
-    kwargs: dict[str, Any] = dict.fromkeys(names)
-    if target.wants_ctx:
-        kwargs["ctx"] = None
-    trials = [True, False] if has_input is None else [has_input]
-    errors = []
-    for with_input in trials:
-        try:
-            sig.bind(*((_INPUT,) if with_input else ()), **kwargs)
-        except TypeError as exc:
-            errors.append(str(exc))
-        else:
-            return []
+    error = _binds(sig, has_input, names, target.wants_ctx)
+    if error is None:
+        return []
     field = ("batch", "uses") if spec.batch else ("loop", "uses") if spec.loop else ("uses",)
-    error = errors[-1]
     if spec.batch is not None and "too many positional" in error:
         msg = f"{what}: {label} cannot take an item; {how}: give it a first parameter"
         return [(field, "signature.no-item", msg)]
     return [(field, "signature.bad-call", f"{what}: {label} cannot be called so: {error}; {how}")]
+
+
+def _binds(
+    sig: inspect.Signature, has_input: bool | None, names: list[str], ctx: bool
+) -> str | None:
+    """None when the call binds to `sig` (with or without an input when `has_input` is None),
+    else the last binding error."""
+    kwargs: dict[str, Any] = dict.fromkeys(names)
+    if ctx:
+        kwargs["ctx"] = None
+    error = None
+    for with_input in [True, False] if has_input is None else [has_input]:
+        try:
+            sig.bind(*((_INPUT,) if with_input else ()), **kwargs)
+        except TypeError as exc:
+            error = str(exc)
+        else:
+            return None
+    return error
 
 
 def _mapping(spec: NodeSpec) -> Mapping[str, str]:
@@ -127,14 +138,20 @@ def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
     bp = graph.blueprint
     fallbacks = set(graph.fallbacks)
     problems = []
+    sigs: dict[str, inspect.Signature | None] = {}  # uses -> its signature, read once
     for spec in bp.nodes:
         if not spec.calls:
             continue  # a subflow: its child's nodes are checked as the child's own
         uses = spec.calls[0][0]
         target = targets.get(uses) if uses else None
-        if target is None:
+        if target is None or uses is None:
             continue
-        for path, code, message in _problems(spec, target, graph, fallbacks):
+        if uses not in sigs:
+            sigs[uses] = _signature(target.fn)
+        sig = sigs[uses]
+        if sig is None:
+            continue
+        for path, code, message in _problems(spec, target, graph, fallbacks, sig):
             if bp.document is not None:
                 problems.append(bp.document.problem((*spec.path, *path), code, message))
             else:

@@ -25,6 +25,7 @@ from flowrun.engine.backends import Backend
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work, entries_of
 from flowrun.engine.kinds.base import Verbs, group
+from flowrun.engine.kinds.batch import CHUNK_TARGET_MS, MAX_CHUNK
 from flowrun.engine.pools import Pools
 from flowrun.engine.routing import Router
 from flowrun.engine.scheduler import Scheduler
@@ -84,6 +85,8 @@ class Driver(Verbs):
         self._seq = itertools.count()
         self.stopping = self.failed = False
         self.prefix = ""  # what a run's ids start with (a subflow's child runs add theirs)
+        #: function (`uses`) -> moving average of one call's ms, for chunks of task calls
+        self._call_ms: dict[str, float] = {}
 
     # -- public ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -172,16 +175,56 @@ class Driver(Verbs):
 
     def _submit_queued(self) -> None:
         held: list[Work] = []  # waiting for their pool
-        while self.queued and self.free() > 0:
-            work = self.queued.popleft()
-            if self.pools.room(work.node) <= 0:
+        queued, pools = self.queued, self.pools
+        while queued and self.free() > 0:
+            work = queued.popleft()
+            if pools.room(work.node) <= 0:
                 held.append(work)
                 continue
-            work.owner.queued(work)
-            c = work.call
-            self.emit(ev.NodeStarted(time.time(), c.node, c.attempt, group(work), c.index))
-            self.submit([work])
-        self.queued.extendleft(reversed(held))
+            works = [work]
+            uses = work.call.uses
+            if queued and self._groupable(work) and not self.together(uses):
+                # Many queued calls of one fast function (independent task nodes, the nodes of
+                # a batch's child runs): one chunk takes several, as a batch's items do. A
+                # backend without shared memory ships one context per chunk: a chunk then
+                # holds the calls of one run (or of one child run) only.
+                size = self._chunk_size(uses, len(queued) + 1)
+                own, shared = work.call.context, self.backend.shared_context
+                while len(works) < size and queued:
+                    nxt = queued[0]
+                    if nxt.call.uses != uses or not self._groupable(nxt):
+                        break
+                    if not shared and nxt.call.context is not own:
+                        break
+                    works.append(queued.popleft())
+            now = time.time()
+            for w in works:
+                w.owner.queued(w)
+                c = w.call
+                self.emit(ev.NodeStarted(now, c.node, c.attempt, group(w), c.index))
+            self.submit(works)
+        queued.extendleft(reversed(held))
+
+    def _groupable(self, work: Work) -> bool:
+        """May `work` share a chunk with other queued calls? A node's own first call or retry,
+        of a kind whose chunks need no bookkeeping, outside any pool."""
+        return (
+            work.owner.shares_chunks
+            and work.fallback_for is None
+            and work.index is None
+            and self.pools.pool_of(work.node) is None
+        )
+
+    def _chunk_size(self, uses: str, pending: int) -> int:
+        """Calls of `uses` per chunk: one until a call of it has been timed; then, as a batch
+        sizes its chunks, about `CHUNK_TARGET_MS` of them, but never so many that the `pending`
+        calls would not spread over every worker."""
+        ms = self._call_ms.get(uses)
+        if ms is None:
+            return 1
+        per_call, dispatch = max(ms, 1e-3), self.dispatch_ms
+        spread = max(1, int(dispatch / per_call), pending // (2 * self.concurrency))
+        return max(1, min(MAX_CHUNK, int(max(CHUNK_TARGET_MS, dispatch) / per_call), spread))
 
     # -- the Runtime the kinds use -----------------------------------------------------------
     @property
@@ -230,8 +273,13 @@ class Driver(Verbs):
             outcomes = fut.result()
         except BaseException as exc:  # the backend itself failed (a worker process died...)
             outcomes = [_crashed(w.call, exc) for w in works]
-        if works[0].fallback_for is None:
-            works[0].owner.returned(works, outcomes)
+        first = works[0]
+        if first.fallback_for is None:
+            first.owner.returned(works, outcomes)
+            if outcomes and first.owner.shares_chunks:
+                ms = sum([o.duration_ms for o in outcomes]) / len(outcomes)
+                old = self._call_ms.get(first.call.uses)
+                self._call_ms[first.call.uses] = ms if old is None else 0.7 * old + 0.3 * ms
         # A cancelled chunk returns early: the calls it did not run stay pending.
         for work, out in zip(works, outcomes, strict=False):
             if out.updates and not self.backend.shared_context:

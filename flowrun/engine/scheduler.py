@@ -58,34 +58,57 @@ class BatchState:
         return self.broken or self.failed > self.max_failures
 
 
+#: id(graph) -> (the graph, its scheduler's state before anything ran)
+_STARTS: dict[int, tuple[Graph, tuple[dict[str, Status], dict[str, int], list[str], list[str]]]]
+_STARTS = {}
+
+
 class Scheduler:
     """Drive with `ready`/`finish`, `bind`/`take_items`/`item_done`; stop when not `is_active`."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, *, reuse_start: bool = False) -> None:
+        """`reuse_start`: keep the initial state worked out for `graph` for the next scheduler
+        of the same graph (a child run's: a batch over a subflow builds one per item)."""
         self.graph = graph
-        self.status: dict[str, Status] = {}
-        self._waiting: dict[str, int] = {}
-        self._taken: dict[str, dict[str, Any]] = {}
         self._failed_pred: set[str] = set()
-        self._ready: deque[str] = deque()
-        #: `runIf: failure|always` nodes with no predecessors: they run when all else settled
-        self._at_end: list[str] = []
         self._any_failed = False
         self._running = 0
         self.batches: dict[str, BatchState] = {}
         self.skipped: list[str] = []
+        start = _STARTS.get(id(graph)) if reuse_start else None
+        if start is None or start[0] is not graph:
+            start = (graph, self._fresh())
+            if reuse_start:
+                _STARTS[id(graph)] = start
+        status, waiting, ready, at_end = start[1]
+        self.status = dict(status)
+        self._waiting = dict(waiting)
+        self._taken: dict[str, dict[str, Any]] = {name: {} for name in waiting}
+        for name in ready:
+            self.status[name] = Status.READY
+        self._ready: deque[str] = deque(ready)
+        #: `runIf: failure|always` nodes with no predecessors: they run when all else settled
+        self._at_end: list[str] = list(at_end)
+
+    def _fresh(self) -> tuple[dict[str, Status], dict[str, int], list[str], list[str]]:
+        """The state before anything ran: statuses, predecessors to wait for, what is ready,
+        what runs at the end."""
+        graph = self.graph
+        status: dict[str, Status] = {}
+        waiting: dict[str, int] = {}
+        ready: list[str] = []
+        at_end: list[str] = []
         for name in graph.order:
+            status[name] = Status.PENDING
             if name in graph.fallbacks:
-                self.status[name] = Status.PENDING
                 continue
             sources = {e.source for e in graph.preds[name]}
-            self.status[name] = Status.PENDING
-            self._waiting[name] = len(sources)
-            self._taken[name] = {}
+            waiting[name] = len(sources)
             if not sources and self._run_if(name):
-                self._at_end.append(name)
+                at_end.append(name)
             elif not sources:
-                self._make_ready(name)
+                ready.append(name)
+        return status, waiting, ready, at_end
 
     # -- hand out ---------------------------------------------------------------------------
     def ready(self) -> list[str]:
@@ -214,6 +237,8 @@ class Scheduler:
         (a skip or a block), depth first in edge order, as a recursion would, but on an
         explicit stack: a chain of 10,000 nodes whose head fails must not hit Python's
         recursion limit."""
+        if not self.graph.succs[name]:
+            return  # a final node (most of a wide DAG): nothing to settle
         stack = [(name, status, taken, iter(self._targets(name)))]
         while stack:
             source, st, tk, targets = stack[-1]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowrun.store.records import RunMeta
 from flowrun.store.writer import (
+    COMMIT_LATENCY_S,
     COMMIT_MAX_RECORDS,
     DB_NAME,
     GROUP_MAX,
@@ -60,6 +61,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "COMMIT_LATENCY_S",
     "COMMIT_MAX_RECORDS",
     "DB_NAME",
     "GROUP_MAX",

@@ -1,7 +1,9 @@
 """The durable run store: one SQLite database per run, written by one background thread.
 
 The store is a sink of the event stream; the writer thread owns the connection and commits
-records in the order they were handed to it, as soon as any are waiting. ``RunStore.load``
+records in the order they were handed to it, in groups: a transaction holds what arrived within
+``COMMIT_LATENCY_S`` of its first record, up to ``COMMIT_MAX_RECORDS``, and ``flush``/``close``
+commit at once. ``RunStore.load``
 reads a run back for ``--resume``; ``list_runs`` summarises the runs of a state directory.
 
 Successful batch items are recorded in groups: the sink keeps each batch's successes (up to
@@ -13,7 +15,9 @@ succeeded item is never run again), so ``load`` lets a chunk's success win over 
 
 What a ``kill -9`` can lose: per batch, the successes not yet handed over (fewer than
 ``GROUP_MAX``; none once the run has waited for work), plus what the writer holds uncommitted
-(``MAX_BACKLOG`` items at most, counting a chunk as its items), plus what was running.
+(what was handed over in the last ``COMMIT_LATENCY_S`` and during the commit running then, and
+``MAX_BACKLOG`` items at most, counting a chunk as its items), plus what was running. A
+committed record is never lost; what is lost is re-run by ``--resume``.
 
 This module records; its neighbours in the package hold the rest: ``store.db`` the run
 directory, database file, schema and lock, ``store.records`` the records and their SQL,
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
     from flowrun.store.read import StoredRun
 
 __all__ = [
+    "COMMIT_LATENCY_S",
     "COMMIT_MAX_RECORDS",
     "DB_NAME",
     "GROUP_MAX",
@@ -78,6 +83,11 @@ __all__ = [
 ]
 
 COMMIT_MAX_RECORDS = 1000  # records per transaction, at most
+# How long a record waits for others to join its transaction, at most: the writer commits a
+# group when it is COMMIT_MAX_RECORDS records, when this much time has passed since its first
+# record, or at once on flush/close. One transaction per task node cost the run the GIL for a
+# commit and a thread wake-up each; a 2,000-node DAG spent more time recording than running.
+COMMIT_LATENCY_S = 0.05
 # Items handed to the writer but not yet committed, at most (a chunk counts as its items): past
 # it the run waits for the writer. Without it a fast batch outruns the writer (it gets little of
 # the GIL), memory grows with the batch, and a kill -9 would lose most finished items.
@@ -111,6 +121,9 @@ class _Writer:
         self.queued = 0
         self.taken = 0
         self.caught_up = threading.Event()
+        # Set by the recording thread to end the wait for a group at once: a marker was
+        # queued, or the backlog is large enough for a full transaction.
+        self.wake = threading.Event()
         self._conn = conn
         self._on_failure = on_failure
         # Daemon, so a store nobody closed cannot hang the interpreter's exit; the store's
@@ -136,18 +149,31 @@ class _Writer:
             self._conn.close()
 
     def _drain(self) -> list[tuple[Any, ...]]:
-        """Block for a record, then take what is already queued (up to COMMIT_MAX_RECORDS or a
-        marker) and commit at once. Records group by themselves while a commit is running, so
-        a busy run still writes in large transactions, and a record handed over waits at most
-        for the backlog ahead of it (see the module docstring for what a `kill -9` loses)."""
-        get = self.queue.get
+        """Block for a record, then gather a group: what is queued and what comes within
+        COMMIT_LATENCY_S of the first record, up to COMMIT_MAX_RECORDS or a marker (which ends
+        the group at once). So records arriving one at a time (task nodes, a subflow's child
+        nodes) share a transaction, and a record waits at most COMMIT_LATENCY_S plus the
+        commit ahead of it (see the module docstring for what a `kill -9` loses)."""
+        get, wake = self.queue.get, self.wake
         records = [get()]
-        while len(records) < COMMIT_MAX_RECORDS and records[-1][0] not in (FLUSH, STOP):
-            try:
-                records.append(get(block=False))
-            except queue.Empty:
-                break
-        return records
+        if records[0][0] in (FLUSH, STOP):
+            return records
+        deadline = time.monotonic() + COMMIT_LATENCY_S
+        while True:
+            wake.clear()  # before taking: a record queued after this sets it again
+            while len(records) < COMMIT_MAX_RECORDS:
+                try:
+                    records.append(get(block=False))
+                except queue.Empty:
+                    break
+                if records[-1][0] in (FLUSH, STOP):
+                    return records
+            left = deadline - time.monotonic()
+            if len(records) >= COMMIT_MAX_RECORDS or left <= 0:
+                return records
+            # A put does not wake this wait (only `wake` does): a busy run is not slowed by a
+            # thread switch per record.
+            wake.wait(left)
 
     def _commit(self, records: list[tuple[Any, ...]]) -> None:
         try:
@@ -174,6 +200,7 @@ def _shutdown(writer: _Writer, lock_fd: int, groups: dict[str, list[NodeSucceede
             writer.queue.put(chunk_record(batch, groups.pop(batch)))
     finally:
         writer.queue.put((STOP,))
+        writer.wake.set()
         writer.thread.join()
         os.close(lock_fd)
 
@@ -337,11 +364,14 @@ class RunStore:
             self._wait_for_writer()
         self._put(record)
         writer.queued += items
+        if writer.queued - writer.taken >= COMMIT_MAX_RECORDS and not writer.wake.is_set():
+            writer.wake.set()  # a full transaction is waiting: no need to wait for more
 
     def _wait_for_writer(self) -> None:
         """Let the writer catch up to half the backlog (it commits while we wait)."""
         writer = self._writer
         writer.caught_up.clear()
+        writer.wake.set()
         while writer.queued - writer.taken > MAX_BACKLOG // 2 and writer.thread.is_alive():
             writer.caught_up.wait(0.1)
             writer.caught_up.clear()
@@ -352,6 +382,7 @@ class RunStore:
             self.idle()
             done = threading.Event()
             self._put((FLUSH, done))
+            self._writer.wake.set()
             done.wait()
         self._raise_failure()
 

@@ -87,6 +87,17 @@ def opaque() -> Any:
     return Opaque()
 
 
+def marked(i: int) -> int:
+    """Leave one marker file per call (`FLOWRUN_TEST_MARKERS`/t<i>.<unique>) and return `i`;
+    with `FLOWRUN_TEST_GATE_FROM` set, calls from that `i` on wait for the release file first."""
+    marker = Path(os.environ["FLOWRUN_TEST_MARKERS"]) / f"t{i}.{os.getpid()}.{time.time_ns()}"
+    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    gate = os.environ.get("FLOWRUN_TEST_GATE_FROM")
+    if gate is not None and i >= int(gate):
+        _wait_for(Path(os.environ["FLOWRUN_TEST_RELEASE"]).exists)
+    return i
+
+
 def child_step(x: int, *, delay: float = 0.03, factor: int = 1, ctx: Any) -> int:
     """A node of `one-item.yaml` (a subflow run per batch item): log `child <node id>` (the
     marker the kill -9 test counts), sleep `delay`, return `x * factor`. With

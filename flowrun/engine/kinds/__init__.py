@@ -25,10 +25,22 @@ def entries_of(graph: Graph) -> dict[str, str]:
 
 def kind_for(spec: NodeSpec) -> type[NodeKind]:
     """The kind of blueprint node `spec`."""
+    known = _KIND_OF.get(id(spec))
+    if known is not None and known[0] is spec:
+        return known[1]
     for kind in KINDS:
         if kind.claims(spec):
+            if len(_KIND_OF) >= _KIND_OF_MAX:
+                _KIND_OF.clear()
+            _KIND_OF[id(spec)] = (spec, kind)
             return kind
     raise TypeError(f"no node kind claims node {spec.id!r}")
+
+
+#: id(spec) -> (the spec, its kind): expanding a blueprint asks for each node's kind about ten
+#: times; bounded, so a long-lived process that loads many blueprints does not keep them all
+_KIND_OF: dict[int, tuple[NodeSpec, type[NodeKind]]] = {}
+_KIND_OF_MAX = 100_000
 
 
 __all__ = ["BY_NAME", "KINDS", "NodeKind", "Runtime", "Stored", "Work", "entries_of", "kind_for"]

@@ -133,6 +133,9 @@ class NodeKind:
     can_stand_in: ClassVar[bool] = True
     #: does `fill` do anything (hand out items, pump child runs)?
     fills: ClassVar[bool] = False
+    #: may the driver put this kind's queued calls in one chunk with other calls of the same
+    #: function (its `returned` keeps no count of chunks)?
+    shares_chunks: ClassVar[bool] = False
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt

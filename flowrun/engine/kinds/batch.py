@@ -59,6 +59,11 @@ from flowrun.model import (
 
 CHUNK_TARGET_MS = 2.0
 MAX_CHUNK = 256
+# Child runs open at once per unit of --concurrency, for a batch over a subflow without its own
+# `concurrency`: enough queued child calls for the driver to put several in one chunk (a chunk
+# runs its calls one after another, so --concurrency still bounds what runs at once), while
+# memory stays bounded by the concurrency, not the number of items.
+CHILDREN_PER_SLOT = 32
 _SETTLED = object()  # an item that failed while it was read: nothing to call
 
 
@@ -391,7 +396,8 @@ class Batch(NodeKind):
         for batch in rt.sched.open_batches():
             spec = rt.graph.nodes[batch].batch_spec
             if spec.subflow is not None:
-                self._open_children(rt.graph.nodes[batch], spec.concurrency or rt.concurrency)
+                cap = spec.concurrency or rt.concurrency * CHILDREN_PER_SLOT
+                self._open_children(rt.graph.nodes[batch], cap)
         return self._pump_children() if self.kids else 0
 
     def _pump_children(self) -> int:
@@ -400,12 +406,12 @@ class Batch(NodeKind):
             sub = self.rt.graph.nodes[batch].batch_spec.subflow
             assert sub is not None
             for i, kid in list(kids.items()):
-                kid.pump()
+                looked = kid.pump()  # False: nothing changed in it, so it has not ended
                 if kid.deadline is not None and kid.expired():
                     del kids[i]
                     ended += 1
                     self._child_failed(batch, i, kid, timed_out)
-                elif kid.done():
+                elif looked and kid.done():
                     del kids[i]
                     ended += 1
                     self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)

@@ -158,13 +158,11 @@ class ChildRun(Verbs):
         *,
         fails_run: bool = True,
     ) -> None:
-        from flowrun.engine.kinds import BY_NAME, entries_of
-
         # Ids are named in full where they start (`outer/inner/node`); parents pass them on.
         self.parent, self.graph = parent, graph
         self.prefix: str = getattr(parent, "prefix", "") + node + "/"
         self.context = SharedContext(context)
-        self.sched = Scheduler(graph)
+        self.sched = Scheduler(graph, reuse_start=True)
         self.router = Router(graph, self.context.data, self.sched)
         stored = parent.stored
         self.stored = _strip(stored, self.prefix) if stored.nodes or stored.items else stored
@@ -172,14 +170,15 @@ class ChildRun(Verbs):
         self.pools = parent.pools
         shape = _SHAPES.get(id(graph))
         if shape is None or shape[0] is not graph:
-            kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}
-            filling = tuple(k for k in kinds if BY_NAME[k].fills)
-            shape = _SHAPES[id(graph)] = (graph, entries_of(graph), filling)
+            shape = _SHAPES[id(graph)] = _shape(graph)
         self.entries, self._filling = shape[1], shape[2]
         self.failed, self.first_error, self.fails_run = False, "", fails_run
         self.start_context: dict[str, Any] = context
         self.t0 = time.monotonic()
-        self._kinds = {name: k(self) for name, k in BY_NAME.items()}
+        # Only the kinds the child's graph uses: a batch starts one child run per item.
+        self._kinds = {name: kind(self) for name, kind in shape[3]}
+        #: has anything happened in the child since it was last pumped (an event)?
+        self.touched = True
 
     @property
     def kinds(self) -> Mapping[str, NodeKind]:
@@ -189,31 +188,30 @@ class ChildRun(Verbs):
     def stopping(self) -> bool:
         return self.parent.stopping
 
-    def pump(self) -> None:
-        """Start what the child has ready and let its kinds hand out work."""
-        if self.parent.stopping:
-            return
+    def pump(self) -> bool:
+        """Start what the child has ready and let its kinds hand out work; False when there
+        was nothing to look at (then `done()` has not changed either)."""
+        if self.parent.stopping or not (self.touched or self._filling or self._held):
+            return False  # nothing settled in it since the last pump: nothing new can be ready
+        self.touched = False
         if self.sched.has_ready():
             self.start_ready()
         for name in self._filling:  # most children have no kind that hands out work itself
             self._kinds[name].fill()
         if self._held:
             self._release()
+        return True
 
     def emit(self, event: ev.Event) -> None:
         """Forward `event` to the parent with the child's ids as `parent/child`."""
         if self.deadline is not None and self.expired():
             return  # timed out: what its cancelled calls report is not recorded
+        self.touched = True
         p = self.prefix
-        changes: dict[str, Any] = {}
-        for name in ("node", "batch", "fallback", "fallback_for"):
-            value = getattr(event, name, None)
-            if isinstance(value, str) and not value.startswith(p):
-                changes[name] = p + value
         if isinstance(event, ev.NodeFailed) and event.final and not self.first_error:
             name = event.node if event.node.startswith(p) else p + event.node
             self.first_error = f"{name}: {event.error_type}: {event.message}"
-        self.parent.emit(dataclasses.replace(event, **changes))
+        self.parent.emit(_renamed(event, p))
 
     def free(self) -> int:
         return self.parent.free()
@@ -397,9 +395,42 @@ def retry_child(
     kind.attempt_failed(work, out)
 
 
-#: id(child graph) -> (the graph, its entries, the kinds in it that fill): computed once per
-#: child blueprint, not once per child run (a batch over a subflow starts thousands)
-_SHAPES: dict[int, tuple[Graph, dict[str, str], tuple[str, ...]]] = {}
+#: id(child graph) -> (the graph, its entries, the kinds in it that fill, the kinds it uses):
+#: computed once per child blueprint, not once per child run (a batch over a subflow starts
+#: thousands)
+_Shape = tuple[Graph, dict[str, str], tuple[str, ...], tuple[tuple[str, type[NodeKind]], ...]]
+_SHAPES: dict[int, _Shape] = {}
+
+
+def _shape(graph: Graph) -> _Shape:
+    from flowrun.engine.kinds import BY_NAME, entries_of
+
+    kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}
+    filling = tuple(k for k in kinds if BY_NAME[k].fills)
+    used = {n.node_kind for n in graph.nodes.values()}  # fallbacks included
+    return graph, entries_of(graph), filling, tuple((k, BY_NAME[k]) for k in used)
+
+
+_IDS = ("node", "batch", "fallback", "fallback_for")  # the fields of an event that name nodes
+#: event type -> (its fields in order, the positions of those among them that name nodes)
+_RENAMES: dict[type[ev.Event], tuple[tuple[str, ...], tuple[int, ...]]] = {}
+
+
+def _renamed(event: ev.Event, prefix: str) -> ev.Event:
+    """`event` with each node id it names under `prefix` (ids already under it are kept): what
+    `dataclasses.replace` does, without its per-call cost (a child run forwards every event)."""
+    cls = type(event)
+    shape = _RENAMES.get(cls)
+    if shape is None:
+        names = tuple(f.name for f in dataclasses.fields(event) if f.init)
+        shape = _RENAMES[cls] = (names, tuple(i for i, n in enumerate(names) if n in _IDS))
+    names, ids = shape
+    values = [getattr(event, n) for n in names]
+    for i in ids:
+        value = values[i]
+        if isinstance(value, str) and not value.startswith(prefix):
+            values[i] = prefix + value
+    return cls(*values)
 
 
 def _spec(spec: NodeSpec) -> SubflowSpec:

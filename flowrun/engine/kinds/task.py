@@ -18,6 +18,7 @@ from flowrun.model import GraphNode, Kind, NodeSpec
 
 class Task(NodeKind):
     name: ClassVar[str] = "task"
+    shares_chunks: ClassVar[bool] = True
 
     @classmethod
     def claims(cls, spec: NodeSpec) -> bool:
