@@ -13,7 +13,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from flowrun import events as ev
 from flowrun.model import Graph
@@ -38,6 +38,11 @@ class Failures:
     """An event sink keeping every final failure, in order."""
 
     items: list[Failure] = field(default_factory=list)
+
+    @property
+    def handlers(self) -> dict[type[ev.Event], Callable[[Any], None]]:
+        """Only failures: the bus skips every other event (`events.Bus`)."""
+        return {ev.NodeFailed: self}
 
     def __call__(self, event: ev.Event) -> None:
         if type(event) is ev.NodeFailed:

@@ -11,7 +11,7 @@ import time
 from typing import IO
 
 from flowrun.errors import UsageError
-from flowrun.events import Event
+from flowrun.events import Event, ItemsStarted, ItemsSucceeded
 
 FLUSH_EVERY_S = 0.2
 
@@ -25,6 +25,8 @@ class EventLog:
         except OSError as exc:
             raise UsageError(f"--events {path}: cannot open for writing: {exc.strerror}") from exc
         self._flushed = time.monotonic()
+        #: a chunk's event is written as the lines of its items' events (`events.Bus`)
+        self.chunks = {ItemsStarted: self._items_started, ItemsSucceeded: self._items_succeeded}
 
     def __call__(self, event: Event) -> None:
         if self._file is None:
@@ -32,6 +34,35 @@ class EventLog:
         self._file.write(json.dumps(event.to_json(), separators=(",", ":"), default=str) + "\n")
         now = time.monotonic()
         if now - self._flushed >= FLUSH_EVERY_S:
+            self.idle()
+
+    def _items_started(self, e: ItemsStarted) -> None:
+        """One `node_started` line per item, as `NodeStarted.to_json()` would give it."""
+        if self._file is None:
+            return
+        batch = json.dumps(e.batch)
+        head = f'{{"event":"node_started","ts":{e.ts!r},"node":{batch[:-1]}['
+        tail = f',"attempt":1,"batch":{batch},"index":'
+        self._write("".join([f'{head}{i}]"{tail}{i}}}\n' for i in e.indices]))
+
+    def _items_succeeded(self, e: ItemsSucceeded) -> None:
+        """One `node_succeeded` line per item, as `NodeSucceeded.to_json()` would give it."""
+        if self._file is None:
+            return
+        batch = json.dumps(e.batch)
+        head = f'{{"event":"node_succeeded","ts":{e.ts!r},"node":{batch[:-1]}['
+        mid = ',"attempt":1,"duration_ms":'
+        tail = f',"batch":{batch},"index":'
+        lines = [
+            f'{head}{i}]"{mid}{ms!r}{tail}{i},"action":null,"reused":false}}\n'
+            for i, ms in zip(e.indices, e.durations_ms, strict=True)
+        ]
+        self._write("".join(lines))
+
+    def _write(self, text: str) -> None:
+        assert self._file is not None
+        self._file.write(text)
+        if time.monotonic() - self._flushed >= FLUSH_EVERY_S:
             self.idle()
 
     def idle(self) -> None:

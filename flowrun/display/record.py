@@ -24,6 +24,8 @@ from flowrun.events import (
     BatchFinished,
     BatchStarted,
     Event,
+    ItemsStarted,
+    ItemsSucceeded,
     NodeFailed,
     NodeRecovered,
     NodeRetry,
@@ -116,6 +118,8 @@ class RunRecord:
             RunCancelling: self.on_cancelling,
             NodeStarted: self.on_started,
             NodeSucceeded: self.on_succeeded,
+            ItemsStarted: self.on_items_started,
+            ItemsSucceeded: self.on_items_succeeded,
             NodeFailed: self.on_failed,
             NodeRetry: self.on_retry,
             NodeSkipped: self.on_skipped,
@@ -173,6 +177,17 @@ class RunRecord:
         self.retrying.pop(e.node, None)
         rec.duration_ms = None if e.reused else e.duration_ms
         self.settled.add(e.node)
+
+    def on_items_started(self, e: ItemsStarted) -> None:
+        b, now, running = e.batch, self.now(), self.running
+        for i in e.indices:
+            running[f"{b}[{i}]"] = (b, now)
+
+    def on_items_succeeded(self, e: ItemsSucceeded) -> None:
+        b, pop = e.batch, self.running.pop
+        for i in e.indices:
+            pop(f"{b}[{i}]", None)
+        (self.batches.get(b) or self.batch(b)).succeeded += len(e.indices)
 
     def on_failed(self, e: NodeFailed) -> None:
         self.running.pop(e.node, None)

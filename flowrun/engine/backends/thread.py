@@ -7,13 +7,23 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from flowrun.blueprint.resolve import Target
-from flowrun.engine.invoke import Call, CancelScope, Outcome, crashed, run_attempt
+from flowrun.engine.invoke import (
+    Call,
+    CancelScope,
+    Items,
+    ItemsOutcome,
+    Outcome,
+    crashed,
+    run_attempt,
+    run_items,
+)
 from flowrun.node import SharedContext
 
 
 class ThreadBackend:
     shared_context = True
     dispatch_ms = 0.02  # a hand-off between threads
+    runs_items = True  # takes a batch's chunk as one `Items` (`submit_items`)
 
     def __init__(
         self,
@@ -54,6 +64,21 @@ class ThreadBackend:
                 outcome = crashed(call, exc)
             out.append(outcome)
         return out
+
+    def submit_items(self, chunk: Items) -> Future[ItemsOutcome]:
+        return self._pool.submit(self._run_items, chunk)
+
+    def _run_items(self, chunk: Items) -> ItemsOutcome:
+        t = self._targets[chunk.uses]
+        return run_items(
+            chunk,
+            t.fn,
+            wants_ctx=t.wants_ctx,
+            is_async=t.is_async,
+            run_id=self._run_id,
+            context=self._context,
+            cancel=self._scope,
+        )
 
     def cancel(self) -> None:
         self._scope.cancel()
