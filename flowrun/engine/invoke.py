@@ -449,14 +449,16 @@ def run_items(
     if wants_ctx or is_async or chunk.timeout is not None:
         return _each(chunk, fn, started, wants_ctx, is_async, run_id, context, cancel)
     values = chunk.values
-    if any(type(v) not in _SCALARS for v in values):
+    if not _SCALARS.issuperset(map(type, values)):
         values = _fresh_values(values)
     kwargs: Any = chunk.kwargs
     render = isinstance(kwargs, Params)
-    copy = not render and any(type(v) not in _SCALARS for v in kwargs.values())
+    plain = not render and _SCALARS.issuperset(map(type, kwargs.values()))
     data = context.data
     stopped = cancel.run_cancelled.is_set
-    begin, end, perf = capture.begin, capture.end, time.perf_counter
+    perf = time.perf_counter
+    # `capture.begin`/`end`, inline: the per-item loop is the hot path
+    local, opened = capture._local, capture._OPEN
     ok: list[int] = []
     outputs: list[Any] = []
     durations: list[float] = []
@@ -468,36 +470,36 @@ def run_items(
             break  # the driver treats the items not run as never started
         ran += 1
         kw: Any = kwargs
-        begin()
+        local.buf = opened
         try:
-            if render:
-                kw = kwargs.render((chunk.values[pos],), data)
-            else:
-                kw = _fresh_kwargs(kwargs) if copy else kwargs
+            if not plain:
+                kw = kwargs.render((chunk.values[pos],), data) if render else _fresh_kwargs(kwargs)
             out = fn(value, **kw)
             action = None
             if type(out) not in _PLAIN:
                 out, action = _unwrap(out)
-            logs = end()
         except Exception as exc:
             t1 = perf()
             call = chunk.call(pos)
-            others.append((pos, _failure(call, fn, exc, kw, started, (t1 - t) * 1000, end())))
+            others.append((pos, _failure(call, fn, exc, kw, started, (t1 - t) * 1000,
+                                         capture.end())))  # fmt: skip
             t = t1
             continue
         except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node: only it fails
-            end()
+            capture.end()
             others.append((pos, crashed(chunk.call(pos), exc)))
             t = perf()
             continue
         t1 = perf()
-        if action is None and not logs:
+        if action is None and local.buf is opened:  # printed nothing
             ok.append(pos)
             outputs.append(out)
             durations.append((t1 - t) * 1000)
         else:
+            logs = capture.end()
             others.append((pos, _success(chunk, pos, out, action, logs, started, (t1 - t) * 1000)))
         t = t1
+    local.buf = None
     return _encoded(chunk, started, ran, ok, outputs, durations, others)
 
 
@@ -592,7 +594,7 @@ def _encoded(
         ok, outputs = [ok[n] for n in keep], [outputs[n] for n in keep]
         durations = [durations[n] for n in keep]
         text = _ENCODER.encode(outputs)
-    if any(type(v) not in _SCALARS for v in outputs):
+    if not _SCALARS.issuperset(map(type, outputs)):
         outputs = json.loads(text)
     texts = [_ENCODER.encode(v) for v in outputs] if chunk.texts or others else None
     return ItemsOutcome(started, ran, ok, outputs, text, durations, others, texts)
