@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flowrun.node import Result
+from flowrun.node import NodeContext, Result
 
 
 def mixed(x: int) -> Any:
@@ -25,3 +25,11 @@ def keyed(x: int) -> dict[int, int]:
 def mutating(x: dict[str, Any]) -> dict[str, Any]:
     x["seen"] = True
     return x
+
+
+def indexed(x: int, ctx: NodeContext) -> int:
+    return x * 1000 + (ctx.index or 0)
+
+
+async def later(x: int) -> int:
+    return x + 1

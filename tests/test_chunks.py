@@ -182,3 +182,20 @@ def test_chunk_events_reach_only_the_sinks_that_take_them() -> None:
         ev.NodeSucceeded(1.0, "B[4]", 1, 0.5, "B", 4, None, {"a": 1}, '{"a":1}'),
         ev.NodeSucceeded(1.0, "B[5]", 1, 0.25, "B", 5, None, 2, "2"),
     ]
+
+
+def test_items_that_take_ctx_or_are_async_run_by_the_chunk_too(tmp_path: Path) -> None:
+    class Sizes:
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+            self.handlers = {ev.ItemsSucceeded: lambda e: self.sizes.append(len(e.indices))}
+
+    for uses, want in (
+        ("tests.chunk_nodes.indexed", [x * 1001 for x in range(N)]),
+        ("tests.chunk_nodes.later", [x + 1 for x in range(N)]),
+    ):
+        sizes = Sizes()
+        report = flowrun.run(_blueprint(tmp_path, uses), state_dir=tmp_path / "state",
+                             sinks=[sizes])  # fmt: skip
+        assert report.context["out"] == want, uses
+        assert sum(sizes.sizes) == N and max(sizes.sizes) > 1, uses

@@ -611,8 +611,7 @@ def _each(
     cancel: CancelScope,
 ) -> ItemsOutcome:
     """A chunk whose items need `run_attempt` each (`ctx`, a timeout, an `async def`)."""
-    result = ItemsOutcome(started, 0)
-    texts: list[str] = []
+    outcomes: list[Outcome] = []
     for pos in range(len(chunk.values)):
         if pos and cancel.run_cancelled.is_set():
             break
@@ -622,7 +621,16 @@ def _each(
                               context=context, cancel=cancel)  # fmt: skip
         except BaseException as exc:
             out = crashed(call, exc)
-        result.ran += 1
+        outcomes.append(out)
+    return items_outcome(outcomes, started)
+
+
+def items_outcome(outcomes: Sequence[Outcome], started: float) -> ItemsOutcome:
+    """The outcome of a chunk whose items ran as calls of their own (`outcomes`, in chunk
+    order; fewer than the chunk's items when it stopped early)."""
+    result = ItemsOutcome(started, len(outcomes))
+    texts: list[str] = []
+    for pos, out in enumerate(outcomes):
         if out.ok and out.action is None and not out.logs and not out.updates:
             result.ok.append(pos)
             result.outputs.append(out.output)

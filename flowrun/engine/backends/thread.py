@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -14,6 +15,7 @@ from flowrun.engine.invoke import (
     ItemsOutcome,
     Outcome,
     crashed,
+    items_outcome,
     run_attempt,
     run_items,
 )
@@ -66,6 +68,8 @@ class ThreadBackend:
         return out
 
     def submit_items(self, chunk: Items) -> Future[ItemsOutcome]:
+        if self._targets[chunk.uses].is_async:  # its items go the way of single calls
+            return _as_items(self.submit([chunk.call(p) for p in range(len(chunk.values))]))
         return self._pool.submit(self._run_items, chunk)
 
     def _run_items(self, chunk: Items) -> ItemsOutcome:
@@ -88,3 +92,18 @@ class ThreadBackend:
         if cancel:
             self._scope.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _as_items(fut: Future[list[Outcome]]) -> Future[ItemsOutcome]:
+    """The future of a chunk's outcome, from the future of its calls' outcomes."""
+    started = time.time()
+    out: Future[ItemsOutcome] = Future()
+
+    def done(f: Future[list[Outcome]]) -> None:
+        try:
+            out.set_result(items_outcome(f.result(), started))
+        except BaseException as exc:
+            out.set_exception(exc)
+
+    fut.add_done_callback(done)
+    return out
