@@ -143,7 +143,9 @@ class Scheduler:
         if keep_results:
             for i, value in done.items():
                 results[i] = value
-        pending = (i for i in range(first, total) if i not in done)
+        pending = (
+            (i for i in range(first, total) if i not in done) if done else iter(range(first, total))
+        )
         settled = min(first, total) + len(done)
         state = BatchState(total, spec.max_failures, pending, results, total - settled)
         state.succeeded = settled

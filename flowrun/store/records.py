@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from itertools import repeat
+from operator import mul
 from typing import Any, cast
 
 from flowrun.errors import StateError
@@ -118,7 +120,7 @@ def chunk_record(batch: str, group: list[NodeSucceeded | ItemsSucceeded]) -> tup
     never decoded or encoded again."""
     first = group[0]
     if len(group) == 1 and type(first) is ItemsSucceeded:  # one chunk: its columns as they are
-        durations = _ints([round(ms * 1000) for ms in first.durations_ms])
+        durations = _micros(first.durations_ms)
         n = len(first.indices)
         return (_CHUNK, batch, n, _ints(first.indices), None, durations, None,
                 first.outputs_json, first.ts)  # fmt: skip
@@ -150,11 +152,16 @@ def chunk_record(batch: str, group: list[NodeSucceeded | ItemsSucceeded]) -> tup
         size,
         _ints(indices),
         None if attempts.count(1) == size else _ints(attempts),
-        _ints([round(ms * 1000) for ms in times]),
+        _micros(times),
         None if actions.count(None) == size else json.dumps(actions),
         "[" + ",".join(texts) + "]",
         group[-1].ts,
     )
+
+
+def _micros(ms: Sequence[float]) -> str:
+    """Durations in ms as a JSON array of whole microseconds."""
+    return _ints(list(map(round, map(mul, ms, repeat(1000)))))
 
 
 def _ints(values: Sequence[Any]) -> str:
