@@ -199,3 +199,14 @@ def test_items_that_take_ctx_or_are_async_run_by_the_chunk_too(tmp_path: Path) -
                              sinks=[sizes])  # fmt: skip
         assert report.context["out"] == want, uses
         assert sum(sizes.sizes) == N and max(sizes.sizes) > 1, uses
+
+
+def test_the_progress_record_counts_a_chunk_as_its_items() -> None:
+    from flowrun.display.record import RunRecord
+
+    record = RunRecord(lambda: 5.0)
+    record.on_items_started(ev.ItemsStarted(1.0, "B", range(3)))
+    assert record.running == {f"B[{i}]": ("B", 5.0) for i in range(3)}
+    record.on_items_succeeded(ev.ItemsSucceeded(1.0, "B", [0, 2], [1.0, 1.0], [1, 2], "[1,2]"))
+    assert record.running == {"B[1]": ("B", 5.0)}
+    assert record.batches["B"].succeeded == 2

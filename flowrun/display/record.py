@@ -16,8 +16,10 @@ consoles or rendering: plain Python over the events, testable without rich.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from flowrun.events import (
@@ -179,15 +181,13 @@ class RunRecord:
         self.settled.add(e.node)
 
     def on_items_started(self, e: ItemsStarted) -> None:
-        b, now, running = e.batch, self.now(), self.running
-        for i in e.indices:
-            running[f"{b}[{i}]"] = (b, now)
+        names = map(f"{e.batch}[{{}}]".format, e.indices)  # a chunk: the loops run in C
+        self.running.update(zip(names, repeat((e.batch, self.now()))))
 
     def on_items_succeeded(self, e: ItemsSucceeded) -> None:
-        b, pop = e.batch, self.running.pop
-        for i in e.indices:
-            pop(f"{b}[{i}]", None)
-        (self.batches.get(b) or self.batch(b)).succeeded += len(e.indices)
+        names = map(f"{e.batch}[{{}}]".format, e.indices)
+        deque(map(self.running.pop, names, repeat(None)), maxlen=0)
+        (self.batches.get(e.batch) or self.batch(e.batch)).succeeded += len(e.indices)
 
     def on_failed(self, e: NodeFailed) -> None:
         self.running.pop(e.node, None)
