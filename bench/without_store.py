@@ -16,12 +16,15 @@ from flowrun.cli import main
 class NullStore:
     """Takes every event and keeps none."""
 
+    failure = None
+
     def __init__(self, meta: store.RunMeta) -> None:
         self.meta = meta
         self.run_id = meta.run_id
+        self.handlers: dict[type, Any] = {}  # the bus hands it nothing (`events.Bus`)
 
     @classmethod
-    def create(cls, state_dir: Any, meta: store.RunMeta) -> NullStore:
+    def create(cls, state_dir: Any, meta: store.RunMeta, on_failure: Any = None) -> NullStore:
         return cls(meta)
 
     def __call__(self, event: object) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from flowrun import events as ev
 from flowrun.model import Graph
@@ -40,6 +40,11 @@ class Failures:
     """An event sink keeping every final failure, in order."""
 
     items: list[Failure] = field(default_factory=list)
+
+    @property
+    def handlers(self) -> dict[type[ev.Event], Callable[[Any], None]]:
+        """Only failures: the bus skips every other event (`events.Bus`)."""
+        return {ev.NodeFailed: self}
 
     def __call__(self, event: ev.Event) -> None:
         if type(event) is ev.NodeFailed:

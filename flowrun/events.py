@@ -9,7 +9,8 @@ or a batch item `B[3]`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -76,6 +77,51 @@ class NodeSucceeded(Event):
     context_updates: Mapping[str, Any] = field(default_factory=dict)
     status: str = "succeeded"  # "recovered" for a reused node that a fallback stood in for
     logs: str = ""  # what the attempt printed (captured stdout/stderr, the tail)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsStarted(Event):
+    """Items of batch `batch` handed to a worker together (one chunk): one event for what
+    would be a `NodeStarted` per item. A sink that wants those gets them from `expand()`;
+    the `--events` file writes a `node_started` line per item."""
+
+    event: ClassVar[str] = "items_started"
+    batch: str = ""
+    indices: Sequence[int] = ()  # a `range` when consecutive
+
+    def expand(self) -> Iterator[NodeStarted]:
+        b, ts = self.batch, self.ts
+        return (NodeStarted(ts, f"{b}[{i}]", 1, b, i) for i in self.indices)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemsSucceeded(Event):
+    """Items of batch `batch` that succeeded at their first attempt, together (one chunk, in
+    item order), with nothing more to say (no action, nothing printed, no `ctx.set`): one
+    event for what would be a `NodeSucceeded` per item (`expand()`). `outputs_json` is the
+    outputs as one JSON array, encoded once by the worker."""
+
+    event: ClassVar[str] = "items_succeeded"
+    private: ClassVar[frozenset[str]] = frozenset({"outputs", "outputs_json"})
+    batch: str = ""
+    indices: Sequence[int] = ()
+    durations_ms: Sequence[float] = ()
+    outputs: Sequence[Any] = ()
+    outputs_json: str = "[]"
+
+    def expand(self) -> Iterator[NodeSucceeded]:
+        b, ts = self.batch, self.ts
+        texts = [json.dumps(v, separators=(",", ":")) for v in self.outputs]
+        for i, ms, out, text in zip(self.indices, self.durations_ms, self.outputs, texts,
+                                    strict=True):  # fmt: skip
+            yield NodeSucceeded(ts, f"{b}[{i}]", 1, ms, b, i, None, out, text)
+
+
+#: the events that stand for one event per item, and the per-item event each expands into
+CHUNKED: Mapping[type[Event], type[Event]] = {
+    ItemsStarted: NodeStarted,
+    ItemsSucceeded: NodeSucceeded,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +244,11 @@ class Bus:
     handle, so a sink that counts a few kinds of event costs nothing on the others (an item's
     `NodeStarted`, say). The routing is worked out once per event type.
 
+    A chunk's event (`ItemsStarted`, `ItemsSucceeded`) goes as it is to a sink whose
+    `handlers` name its type, to nothing for a sink whose `handlers` do not, and, expanded
+    into its per-item events, to a sink without `handlers` (a plain callable sees what it
+    always saw), unless that sink's `chunks` mapping (event type -> callable) takes it.
+
     `idle()` is called by the driver just before it blocks waiting for work to finish; sinks
     with an `idle` method use it to flush what they buffer (the `--events` file)."""
 
@@ -233,7 +284,11 @@ class Bus:
         for sink in self._sinks:
             handlers = getattr(sink, "handlers", None)
             if handlers is None:
-                calls.append(sink)
+                chunks = getattr(sink, "chunks", {})
+                if kind in chunks:
+                    calls.append(chunks[kind])
+                else:
+                    calls.append(_expanding(sink) if kind in CHUNKED else sink)
             elif kind in handlers:
                 calls.append(handlers[kind])
         return tuple(calls)
@@ -241,3 +296,11 @@ class Bus:
     def idle(self) -> None:
         for idle in self._idlers:
             idle()
+
+
+def _expanding(sink: Sink) -> Sink:
+    def call(event: Event) -> None:
+        for one in event.expand():  # type: ignore[attr-defined]
+            sink(one)
+
+    return call

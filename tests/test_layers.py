@@ -126,6 +126,10 @@ def test_hot_path_events_keep_their_field_order() -> None:
         "ts", "node", "attempt", "duration_ms", "error_type", "message", "traceback", "batch",
         "index", "final", "fallback_for", "logs",
     ]  # fmt: skip
+    assert names(ev.ItemsStarted) == ["ts", "batch", "indices"]
+    assert names(ev.ItemsSucceeded) == [
+        "ts", "batch", "indices", "durations_ms", "outputs", "outputs_json",
+    ]  # fmt: skip
     assert names(ev.NodeRetry) == [
         "ts", "node", "attempt", "delay_s", "error_type", "message", "traceback", "batch",
         "index", "logs", "attempts",

@@ -36,6 +36,8 @@ from flowrun.events import (
     BatchFinished,
     BatchStarted,
     Event,
+    ItemsStarted,
+    ItemsSucceeded,
     NodeFailed,
     NodeRecovered,
     NodeRetry,
@@ -170,6 +172,11 @@ class Reporter:
         self._dispatch: dict[type[Event], Handler] = record.handlers
         self._summarized = False
 
+    @property
+    def handlers(self) -> Mapping[type[Event], Handler]:
+        """Event type -> handler: the bus calls these directly and skips the other types."""
+        return self._dispatch
+
     def __call__(self, event: Event) -> None:
         try:  # a subscript is cheaper than .get() on the per-item hot path
             handler = self._dispatch[type(event)]
@@ -234,6 +241,7 @@ class PlainReporter(Reporter):
             RunCancelling: self._cancelling,
             NodeStarted: self._started,
             NodeSucceeded: self._succeeded,
+            ItemsSucceeded: self._items_succeeded,
             NodeFailed: self._failed,
             NodeRetry: self._retry,
             NodeSkipped: self._skipped,
@@ -268,6 +276,10 @@ class PlainReporter(Reporter):
             self._line(e.node, "succeeded", took)
         else:
             self._progress(e.batch)
+
+    def _items_succeeded(self, e: ItemsSucceeded) -> None:
+        self.record.on_items_succeeded(e)
+        self._progress(e.batch)
 
     def _failed(self, e: NodeFailed) -> None:
         self.record.on_failed(e)
@@ -350,9 +362,19 @@ class QuietReporter(Reporter):
 
     mode: ClassVar[Mode] = "quiet"
 
+    def __init__(self, console: Out, record: RunRecord) -> None:
+        super().__init__(console, record)
+        # Nothing shows while the run goes: what starts and succeeds is not recorded (the
+        # summary lists failures only), so items cost this sink nothing.
+        self._dispatch = {k: v for k, v in record.handlers.items() if k not in _PROGRESS}
+
     def print_summary(self) -> None:
         """Each uncovered failure with its traceback, and nothing else."""
         self.print_failures(include_recovered=False)
+
+
+#: the events only a display of progress needs
+_PROGRESS = frozenset({NodeStarted, NodeSucceeded, ItemsStarted, ItemsSucceeded})
 
 
 class NullReporter(Reporter):

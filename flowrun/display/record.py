@@ -16,14 +16,18 @@ consoles or rendering: plain Python over the events, testable without rich.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, NamedTuple
 
 from flowrun.events import (
     BatchFinished,
     BatchStarted,
     Event,
+    ItemsStarted,
+    ItemsSucceeded,
     NodeFailed,
     NodeRecovered,
     NodeRetry,
@@ -116,6 +120,8 @@ class RunRecord:
             RunCancelling: self.on_cancelling,
             NodeStarted: self.on_started,
             NodeSucceeded: self.on_succeeded,
+            ItemsStarted: self.on_items_started,
+            ItemsSucceeded: self.on_items_succeeded,
             NodeFailed: self.on_failed,
             NodeRetry: self.on_retry,
             NodeSkipped: self.on_skipped,
@@ -173,6 +179,15 @@ class RunRecord:
         self.retrying.pop(e.node, None)
         rec.duration_ms = None if e.reused else e.duration_ms
         self.settled.add(e.node)
+
+    def on_items_started(self, e: ItemsStarted) -> None:
+        names = map(f"{e.batch}[{{}}]".format, e.indices)  # a chunk: the loops run in C
+        self.running.update(zip(names, repeat((e.batch, self.now()))))
+
+    def on_items_succeeded(self, e: ItemsSucceeded) -> None:
+        names = map(f"{e.batch}[{{}}]".format, e.indices)
+        deque(map(self.running.pop, names, repeat(None)), maxlen=0)
+        (self.batches.get(e.batch) or self.batch(e.batch)).succeeded += len(e.indices)
 
     def on_failed(self, e: NodeFailed) -> None:
         self.running.pop(e.node, None)

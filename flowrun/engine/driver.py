@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from flowrun import events as ev
 from flowrun.engine.backends import Backend
-from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome, crashed_items
 from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work, entries_of
 from flowrun.engine.kinds.base import Verbs, group
 from flowrun.engine.kinds.batch import CHUNK_TARGET_MS, MAX_CHUNK
@@ -34,7 +34,8 @@ from flowrun.node import SharedContext
 from flowrun.report import ReportBuilder, RunReport
 
 CANCEL_GRACE_S = 3.0
-Done = tuple[list[Work], Future[list[Outcome]], int]  # the chunk, its future, its slots
+# a chunk of calls (its future, its slots) or a batch's chunk of items
+Done = tuple[list[Work], Future[list[Outcome]], int] | tuple[Items, Future[ItemsOutcome]]
 
 __all__ = ["CANCEL_GRACE_S", "Driver", "Options", "Stored"]
 
@@ -69,6 +70,8 @@ class Driver(Verbs):
         self.emit: ev.Sink = ev.Bus([self.reporter, emit])
         self.opts, self.concurrency = options, options.concurrency
         self.dispatch_ms = backend.dispatch_ms
+        #: the backend takes a batch's chunk as one `Items` (no `Work`/`Call` per item)
+        self.runs_items: bool = getattr(backend, "runs_items", False)
         self.cancelled = cancelled or threading.Event()
         self.stored = stored or Stored({}, {})
         self.clock, self.idle = clock, idle
@@ -123,7 +126,10 @@ class Driver(Verbs):
                 break
             item = self._next(deadline)
             while item is not None:
-                self._complete(*item)
+                if isinstance(item[0], Items):
+                    self._complete_items(*item)
+                else:
+                    self._complete(*item)
                 try:
                     item = self.done_q.get_nowait()
                 except queue.Empty:
@@ -254,6 +260,17 @@ class Driver(Verbs):
     def _returned(self, works: list[Work], slots: int, fut: Future[list[Outcome]]) -> None:
         self.done_q.put((works, fut, slots))  # on the thread that completed the future
 
+    def submit_items(self, chunk: Items) -> None:
+        """Hand a chunk of a batch's items to the backend now (the caller checked `free()`;
+        only when `runs_items`); it comes back to the batch kind's `items_returned`."""
+        fut = self.backend.submit_items(chunk)  # type: ignore[attr-defined]
+        self.pools.started(chunk.batch, len(chunk.values))
+        self.inflight += 1
+        fut.add_done_callback(functools.partial(self._items_back, chunk))
+
+    def _items_back(self, chunk: Items, fut: Future[ItemsOutcome]) -> None:
+        self.done_q.put((chunk, fut))
+
     def retry_later(self, work: Work, delay: float) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), work))
 
@@ -290,6 +307,19 @@ class Driver(Verbs):
                 work.owner.succeeded(work, out)
             else:
                 work.owner.settle(work, out)
+
+    def _complete_items(self, chunk: Items, fut: Future[ItemsOutcome]) -> None:
+        self.inflight -= 1
+        self.pools.finished(chunk.batch, len(chunk.values))
+        try:
+            res = fut.result()
+        except BaseException as exc:  # the backend itself failed
+            res = crashed_items(chunk, exc)
+        if not self.backend.shared_context:
+            for _, out in res.others:
+                for k, v in out.updates.items():
+                    self.context.set(k, v)
+        self._kinds["batch"].items_returned(chunk, res)  # type: ignore[attr-defined]
 
 
 def _crashed(call: Call, exc: BaseException) -> Outcome:

@@ -387,3 +387,270 @@ def run_attempt(
         updates=ctx.updates if ctx is not None else {},
         logs=logs,
     )
+
+
+# -- a chunk of batch items ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Items:
+    """A chunk of one batch's items for one worker: `uses(value, **kwargs)` per value, one
+    after another. No `Call` per item: one is made only for an item whose outcome needs one
+    (a failure, a retry, a function that takes `ctx` or has a timeout)."""
+
+    batch: str
+    uses: str
+    values: Sequence[Any]
+    indices: Sequence[int]  # a `range` when the items are consecutive
+    kwargs: Mapping[str, Any]
+    timeout: float | None = None
+    retry_on: tuple[str, ...] | None = None
+    #: each success's JSON text is wanted on its own too (a batch writing its `outputTo` file)
+    texts: bool = False
+
+    def call(self, pos: int) -> Call:
+        """The call of the item at position `pos` of the chunk (its first attempt)."""
+        i = self.indices[pos]
+        return Call(f"{self.batch}[{i}]", self.uses, (self.values[pos],), self.kwargs, 1, i,
+                    self.timeout, self.retry_on)  # fmt: skip
+
+
+@dataclass(slots=True)
+class ItemsOutcome:
+    """What a chunk came to. The plain successes (no action, nothing printed, no `ctx.set`)
+    are columns: their positions in the chunk, outputs (as the store gives them back), JSON
+    array and durations. Every other item, failed or not, has an `Outcome` of its own."""
+
+    started: float  # epoch seconds
+    ran: int  # items run: fewer than the chunk's when the run was cancelled part way
+    ok: list[int] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    outputs_json: str = "[]"
+    durations_ms: list[float] = field(default_factory=list)
+    others: list[tuple[int, Outcome]] = field(default_factory=list)  # (position, outcome)
+    #: each success's JSON text, when the chunk asked for them or some item is in `others`
+    texts: list[str] | None = None
+
+
+# One encoder for every chunk: `json.dumps` with options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_PLAIN = _SCALARS | {list, dict}
+
+
+def run_items(
+    chunk: Items,
+    fn: Callable[..., Any],
+    *,
+    wants_ctx: bool,
+    is_async: bool,
+    run_id: str,
+    context: SharedContext,
+    cancel: CancelScope,
+) -> ItemsOutcome:
+    """Run a chunk of items; never raises for the nodes' own errors. What each item gets and
+    gives is what `run_attempt` would: a JSON round trip of its input and its output, its
+    prints captured, a failure described. The outputs are encoded once, as one array."""
+    started = time.time()
+    if wants_ctx or is_async or chunk.timeout is not None:
+        return _each(chunk, fn, started, wants_ctx, is_async, run_id, context, cancel)
+    values = chunk.values
+    if not _SCALARS.issuperset(map(type, values)):
+        values = _fresh_values(values)
+    kwargs: Any = chunk.kwargs
+    render = isinstance(kwargs, Params)
+    plain = not render and _SCALARS.issuperset(map(type, kwargs.values()))
+    data = context.data
+    stopped = cancel.run_cancelled.is_set
+    perf = time.perf_counter
+    # `capture.begin`/`end`, inline: the per-item loop is the hot path
+    local, opened = capture._local, capture._OPEN
+    ok: list[int] = []
+    outputs: list[Any] = []
+    durations: list[float] = []
+    others: list[tuple[int, Outcome]] = []
+    ran = 0
+    t = perf()
+    for pos, value in enumerate(values):
+        if pos and stopped():
+            break  # the driver treats the items not run as never started
+        ran += 1
+        kw: Any = kwargs
+        local.buf = opened
+        try:
+            if not plain:
+                kw = kwargs.render((chunk.values[pos],), data) if render else _fresh_kwargs(kwargs)
+            out = fn(value, **kw)
+            action = None
+            if type(out) not in _PLAIN:
+                out, action = _unwrap(out)
+        except Exception as exc:
+            t1 = perf()
+            call = chunk.call(pos)
+            others.append((pos, _failure(call, fn, exc, kw, started, (t1 - t) * 1000,
+                                         capture.end())))  # fmt: skip
+            t = t1
+            continue
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node: only it fails
+            capture.end()
+            others.append((pos, crashed(chunk.call(pos), exc)))
+            t = perf()
+            continue
+        t1 = perf()
+        if action is None and local.buf is opened:  # printed nothing
+            ok.append(pos)
+            outputs.append(out)
+            durations.append((t1 - t) * 1000)
+        else:
+            logs = capture.end()
+            others.append((pos, _success(chunk, pos, out, action, logs, started, (t1 - t) * 1000)))
+        t = t1
+    local.buf = None
+    return _encoded(chunk, started, ran, ok, outputs, durations, others)
+
+
+def _unwrap(value: Any) -> tuple[Any, str | None]:
+    """A value that is not plain data: a coroutine (run it) or a `Result` (output, action)."""
+    if isinstance(value, Coroutine):
+        value = _call(_same, False, (value,), {})
+    action = None
+    if isinstance(value, Result):
+        value, action = value.output, value.action
+        if action is not None and type(action) is not str:
+            raise TypeError(
+                f"Result action must be a string or None, not {type(action).__name__} "
+                f"({action!r:.80}); it names the edges to take"
+            )
+    return value, action
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _fresh_values(values: Sequence[Any]) -> list[Any]:
+    """The chunk's inputs through one JSON round trip (each item's on its own when the chunk
+    holds something that is not JSON: that item gets it as it is, as `_fresh_args` does)."""
+    try:
+        return json.loads(_ENCODER.encode(list(values)))  # type: ignore[no-any-return]
+    except (TypeError, ValueError):
+        return [_fresh_args((v,))[0] for v in values]
+
+
+def _failure(
+    call: Call, fn: Callable[..., Any], exc: Exception, kwargs: Any, started: float, ms: float,
+    logs: str,
+) -> Outcome:  # fmt: skip
+    """The outcome of an item that raised, as `run_attempt` describes it."""
+    message, can_retry = str(exc), retryable(exc, call.retry_on)
+    if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
+        message, can_retry = f"{exc} ({how_called(call, False)})", False
+    return Outcome(
+        call.node,
+        False,
+        started,
+        ms,
+        error_type=type(exc).__name__,
+        message=message,
+        traceback=_user_traceback(exc),
+        retryable=can_retry,
+        logs=logs,
+    )
+
+
+def _success(
+    chunk: Items, pos: int, value: Any, action: str | None, logs: str, started: float, ms: float
+) -> Outcome:
+    """The outcome of an item that chose an action or printed something: one of its own."""
+    call = chunk.call(pos)
+    try:
+        text = _encode(value)
+    except TypeError as exc:
+        return _failure(call, _same, exc, {}, started, ms, logs)
+    if type(value) not in _SCALARS:
+        value = json.loads(text)
+    return Outcome(call.node, True, started, ms, value, text, action, logs=logs)
+
+
+def _encoded(
+    chunk: Items,
+    started: float,
+    ran: int,
+    ok: list[int],
+    outputs: list[Any],
+    durations: list[float],
+    others: list[tuple[int, Outcome]],
+) -> ItemsOutcome:
+    """Encode the successes' outputs as one JSON array; an output that cannot be stored fails
+    its own item, as in `run_attempt`."""
+    try:
+        text = _ENCODER.encode(outputs)
+    except (TypeError, ValueError):
+        text = ""
+    if not text:  # find the outputs that are not JSON; the others stay
+        keep: list[int] = []
+        for n, value in enumerate(outputs):
+            try:
+                _encode(value)
+                keep.append(n)
+            except TypeError as exc:
+                call = chunk.call(ok[n])
+                others.append((ok[n], _failure(call, _same, exc, {}, started, durations[n], "")))
+        others.sort(key=lambda o: o[0])
+        ok, outputs = [ok[n] for n in keep], [outputs[n] for n in keep]
+        durations = [durations[n] for n in keep]
+        text = _ENCODER.encode(outputs)
+    if not _SCALARS.issuperset(map(type, outputs)):
+        outputs = json.loads(text)
+    texts = [_ENCODER.encode(v) for v in outputs] if chunk.texts or others else None
+    return ItemsOutcome(started, ran, ok, outputs, text, durations, others, texts)
+
+
+def _each(
+    chunk: Items,
+    fn: Callable[..., Any],
+    started: float,
+    wants_ctx: bool,
+    is_async: bool,
+    run_id: str,
+    context: SharedContext,
+    cancel: CancelScope,
+) -> ItemsOutcome:
+    """A chunk whose items need `run_attempt` each (`ctx`, a timeout, an `async def`)."""
+    outcomes: list[Outcome] = []
+    for pos in range(len(chunk.values)):
+        if pos and cancel.run_cancelled.is_set():
+            break
+        call = chunk.call(pos)
+        try:
+            out = run_attempt(call, fn, wants_ctx=wants_ctx, is_async=is_async, run_id=run_id,
+                              context=context, cancel=cancel)  # fmt: skip
+        except BaseException as exc:
+            out = crashed(call, exc)
+        outcomes.append(out)
+    return items_outcome(outcomes, started)
+
+
+def items_outcome(outcomes: Sequence[Outcome], started: float) -> ItemsOutcome:
+    """The outcome of a chunk whose items ran as calls of their own (`outcomes`, in chunk
+    order; fewer than the chunk's items when it stopped early)."""
+    result = ItemsOutcome(started, len(outcomes))
+    texts: list[str] = []
+    for pos, out in enumerate(outcomes):
+        if out.ok and out.action is None and not out.logs and not out.updates:
+            result.ok.append(pos)
+            result.outputs.append(out.output)
+            result.durations_ms.append(out.duration_ms)
+            texts.append(out.output_json)
+        else:
+            result.others.append((pos, out))
+    result.outputs_json = "[" + ",".join(texts) + "]"
+    result.texts = texts
+    return result
+
+
+def crashed_items(chunk: Items, exc: BaseException) -> ItemsOutcome:
+    """A chunk whose worker failed as a whole: every item fails with `exc`."""
+    others = [(pos, crashed(chunk.call(pos), exc)) for pos in range(len(chunk.values))]
+    for _, out in others:
+        out.traceback = ""
+    return ItemsOutcome(time.time(), len(others), others=others, texts=[])

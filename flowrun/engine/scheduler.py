@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from flowrun.model import Graph, Kind, gather_id, scatter_id
@@ -165,7 +166,9 @@ class Scheduler:
         if keep_results:
             for i, value in done.items():
                 results[i] = value
-        pending = (i for i in range(first, total) if i not in done)
+        pending = (
+            (i for i in range(first, total) if i not in done) if done else iter(range(first, total))
+        )
         settled = min(first, total) + len(done)
         state = BatchState(total, spec.max_failures, pending, results, total - settled)
         state.succeeded = settled
@@ -181,14 +184,10 @@ class Scheduler:
     def take_items(self, batch: str, n: int) -> list[int]:
         """Up to `n` item indices of `batch` to start now."""
         state = self.batches[batch]
-        out: list[int] = []
         if state.exhausted or state.over_budget:
-            return out
-        for i in state.pending:
-            out.append(i)
-            if len(out) >= n:
-                break
-        else:
+            return []
+        out = list(islice(state.pending, n))
+        if len(out) < n:
             state.exhausted = True
         state.handed += len(out)
         return out
@@ -213,6 +212,22 @@ class Scheduler:
         else:
             state.failed += 1
             state.failed_items.append(index)
+        self._maybe_close(batch)
+
+    def items_done(self, batch: str, indices: Sequence[int], outputs: Sequence[Any]) -> None:
+        """Settle items `indices` of `batch` as succeeded with `outputs` (in the same order)."""
+        state = self.batches[batch]
+        n = len(indices)
+        state.handed -= n
+        state.remaining -= n
+        state.succeeded += n
+        if state.keep_results:
+            results = state.results
+            if type(indices) is range and indices.step == 1:
+                results[indices.start : indices.stop] = outputs
+            else:
+                for i, value in zip(indices, outputs, strict=True):
+                    results[i] = value
         self._maybe_close(batch)
 
     def break_batch(self, batch: str) -> None:

@@ -9,15 +9,18 @@ threads; the store (`flowrun.store`) queues the tuples and its writer binds them
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
+from operator import mul
+from typing import Any, cast
 
 from flowrun.errors import StateError
 from flowrun.events import (
     BatchFinished,
     BatchStarted,
     Event,
+    ItemsSucceeded,
     NodeFailed,
     NodeRecovered,
     NodeRetry,
@@ -126,26 +129,57 @@ def logs_record(e: NodeSucceeded | NodeFailed | NodeRetry) -> tuple[Any, ...]:
     return (LOGS, e.node, e.attempt, e.logs, e.ts)
 
 
-def chunk_record(batch: str, group: list[NodeSucceeded]) -> tuple[Any, ...]:
-    """One record for a group of item successes. Each output is the worker's JSON text, joined
-    into an array as it is: never decoded or encoded again."""
-    size = len(group)
-    attempts = [e.attempt for e in group]
-    actions = [e.action for e in group]
+def chunk_record(batch: str, group: list[NodeSucceeded | ItemsSucceeded]) -> tuple[Any, ...]:
+    """One record for a group of item successes: single items' events and chunks' events
+    (`ItemsSucceeded`). Each output is the worker's JSON text, joined into an array as it is:
+    never decoded or encoded again."""
+    first = group[0]
+    if len(group) == 1 and type(first) is ItemsSucceeded:  # one chunk: its columns as they are
+        durations = _micros(first.durations_ms)
+        n = len(first.indices)
+        return (_CHUNK, batch, n, _ints(first.indices), None, durations, None,
+                first.outputs_json, first.ts)  # fmt: skip
+    indices: list[int] = []
+    attempts: list[int] = []
+    times: list[float] = []
+    actions: list[str | None] = []
+    texts: list[str] = []
+    for e in group:
+        if type(e) is ItemsSucceeded:
+            n = len(e.indices)
+            indices += e.indices
+            attempts += [1] * n
+            times += e.durations_ms
+            actions += [None] * n
+            if n:
+                texts.append(e.outputs_json[1:-1])
+        else:
+            assert isinstance(e, NodeSucceeded)
+            indices.append(cast(int, e.index))
+            attempts.append(e.attempt)
+            times.append(e.duration_ms)
+            actions.append(e.action)
+            texts.append(e.output_json)
+    size = len(indices)
     return (
         _CHUNK,
         batch,
         size,
-        _ints([e.index for e in group]),
+        _ints(indices),
         None if attempts.count(1) == size else _ints(attempts),
-        _ints([round(e.duration_ms * 1000) for e in group]),
+        _micros(times),
         None if actions.count(None) == size else json.dumps(actions),
-        "[" + ",".join([e.output_json for e in group]) + "]",
+        "[" + ",".join(texts) + "]",
         group[-1].ts,
     )
 
 
-def _ints(values: list[Any]) -> str:
+def _micros(ms: Sequence[float]) -> str:
+    """Durations in ms as a JSON array of whole microseconds."""
+    return _ints(list(map(round, map(mul, ms, repeat(1000)))))
+
+
+def _ints(values: Sequence[Any]) -> str:
     """A JSON array of ints; json.dumps takes longer to start than this takes for a group."""
     return "[" + ",".join(map(str, values)) + "]"
 

@@ -76,6 +76,18 @@ class Timeline:
         if conc.running > conc.peaks[-1]:
             conc.peaks[-1] = conc.running
 
+    def started_items(self, batch: str, ts: float, n: int) -> None:
+        """`n` items of `batch` started at `ts` (a chunk)."""
+        conc = self.batches.get(batch)
+        if conc is None:
+            conc = self.batches[batch] = Concurrency(ts)
+        conc.change(ts, n)
+
+    def items_ended(self, batch: str, ts: float, n: int) -> None:
+        conc = self.batches.get(batch)
+        if conc is not None:
+            conc.change(ts, -n)
+
     def item_ended(self, batch: str, ts: float) -> None:
         conc = self.batches.get(batch)
         if conc is not None:

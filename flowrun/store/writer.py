@@ -44,7 +44,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowrun.errors import StateError
-from flowrun.events import Event, NodeFailed, NodeRetry, NodeStarted, NodeSucceeded
+from flowrun.events import (
+    BatchFinished,
+    BatchStarted,
+    Event,
+    ItemsStarted,
+    ItemsSucceeded,
+    NodeFailed,
+    NodeRecovered,
+    NodeRetry,
+    NodeSkipped,
+    NodeStarted,
+    NodeSucceeded,
+    RunFinished,
+    RunStarted,
+)
 from flowrun.store.db import (
     DB_NAME,
     LOCK_NAME,
@@ -191,7 +205,7 @@ class _Writer:
                 self._on_failure(exc)
 
 
-def _shutdown(writer: _Writer, lock_fd: int, groups: dict[str, list[NodeSucceeded]]) -> None:
+def _shutdown(writer: _Writer, lock_fd: int, groups: dict[str, list[Succeeded]]) -> None:
     """Hand over the groups, commit what is queued, stop the writer, release the run lock. Kept
     free of the store so that ``weakref.finalize`` can run it when a store was never closed (GC
     or interpreter exit)."""
@@ -203,6 +217,12 @@ def _shutdown(writer: _Writer, lock_fd: int, groups: dict[str, list[NodeSucceede
         writer.wake.set()
         writer.thread.join()
         os.close(lock_fd)
+
+
+Succeeded = NodeSucceeded | ItemsSucceeded
+#: the events the store records something for (the bus hands it no others)
+_RECORDED = (RunStarted, RunFinished, NodeStarted, NodeSucceeded, NodeFailed, NodeRetry,
+             NodeSkipped, NodeRecovered, BatchStarted, BatchFinished)  # fmt: skip
 
 
 class RunStore:
@@ -232,8 +252,16 @@ class RunStore:
         self._closed = False
         self._writer = _Writer(conn, f"flowrun-store-{meta.run_id}", on_failure)
         self._put = self._writer.queue.put
-        # Each batch's successes not yet handed to the writer, in the order they came.
-        self._groups: dict[str, list[NodeSucceeded]] = {}
+        # Each batch's successes not yet handed to the writer, in the order they came, and
+        # how many items they hold.
+        self._groups: dict[str, list[Succeeded]] = {}
+        self._sizes: dict[str, int] = {}
+        #: event type -> handler; the bus calls these directly (`events.Bus`)
+        self.handlers: dict[type[Event], Callable[[Any], None]] = dict.fromkeys(
+            _RECORDED, self.__call__
+        )
+        self.handlers[ItemsStarted] = self._items_started
+        self.handlers[ItemsSucceeded] = self._items_succeeded
         self._timeline = Timeline()
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, lock_fd, self._groups)
 
@@ -324,12 +352,13 @@ class RunStore:
             if self._closed:
                 raise StateError(f"run store {self.db_path} is closed; cannot record {event.event}")
             self._timeline.item_ended(event.batch, event.ts)
-            group = self._groups.get(event.batch)
-            if group is None:
-                group = self._groups[event.batch] = []
-            group.append(event)
-            if len(group) >= GROUP_MAX:
-                self._hand_over(event.batch)
+            self._join(event.batch, event, 1)
+            return
+        if type(event) is ItemsSucceeded:
+            self._items_succeeded(event)
+            return
+        if type(event) is ItemsStarted:
+            self._items_started(event)
             return
         if type(event) is NodeStarted:
             self._timeline.started(event.node, event.batch, event.ts)
@@ -348,6 +377,26 @@ class RunStore:
             for rec in records:
                 self._hand(rec, 1)
 
+    def _items_started(self, event: ItemsStarted) -> None:
+        self._timeline.started_items(event.batch, event.ts, len(event.indices))
+
+    def _items_succeeded(self, event: ItemsSucceeded) -> None:
+        """A chunk's successes join their batch's group as they are (one entry)."""
+        if self._closed:
+            raise StateError(f"run store {self.db_path} is closed; cannot record {event.event}")
+        self._timeline.items_ended(event.batch, event.ts, len(event.indices))
+        self._join(event.batch, event, len(event.indices))
+
+    def _join(self, batch: str, event: Succeeded, items: int) -> None:
+        group = self._groups.get(batch)
+        if group is None:
+            group = self._groups[batch] = []
+            self._sizes[batch] = 0
+        group.append(event)
+        size = self._sizes[batch] = self._sizes[batch] + items
+        if size >= GROUP_MAX:
+            self._hand_over(batch)
+
     def idle(self) -> None:
         """Hand every group to the writer (the bus calls this when the run is about to wait for
         work), so finished items are committed while the run waits."""
@@ -356,7 +405,7 @@ class RunStore:
 
     def _hand_over(self, batch: str) -> None:
         group = self._groups.pop(batch)
-        self._hand(chunk_record(batch, group), len(group))
+        self._hand(chunk_record(batch, group), self._sizes.pop(batch))
 
     def _hand(self, record: tuple[Any, ...], items: int) -> None:
         writer = self._writer

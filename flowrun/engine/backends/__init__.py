@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Protocol
 
-from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome
 from flowrun.errors import UsageError
 from flowrun.node import SharedContext
 
@@ -74,6 +74,7 @@ class RetryOn:
         self._table = table
         self.shared_context = backend.shared_context
         self.dispatch_ms = backend.dispatch_ms
+        self.runs_items: bool = getattr(backend, "runs_items", False)
 
     def together(self, uses: str) -> bool:
         return self._backend.together(uses)
@@ -87,6 +88,11 @@ class RetryOn:
                 key = key.rpartition("[")[0]
             call.retry_on = table.get(key)
         return self._backend.submit(calls, together)
+
+    def submit_items(self, chunk: Items) -> Future[ItemsOutcome]:
+        chunk.retry_on = self._table.get(chunk.batch)
+        submit = self._backend.submit_items  # type: ignore[attr-defined]
+        return submit(chunk)  # type: ignore[no-any-return]
 
     def cancel(self) -> None:
         self._backend.cancel()

@@ -7,12 +7,23 @@ Chunks of `async def` calls do not take a thread: they run on the backend's one 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from flowrun.blueprint.resolve import Target
-from flowrun.engine.invoke import Call, CancelScope, Outcome, crashed, run_attempt
+from flowrun.engine.invoke import (
+    Call,
+    CancelScope,
+    Items,
+    ItemsOutcome,
+    Outcome,
+    crashed,
+    items_outcome,
+    run_attempt,
+    run_items,
+)
 from flowrun.node import SharedContext
 
 if TYPE_CHECKING:  # imported with the first async chunk: most runs never need asyncio
@@ -22,6 +33,7 @@ if TYPE_CHECKING:  # imported with the first async chunk: most runs never need a
 class ThreadBackend:
     shared_context = True
     dispatch_ms = 0.02  # a hand-off between threads
+    runs_items = True  # takes a batch's chunk as one `Items` (`submit_items`)
 
     def __init__(
         self,
@@ -89,6 +101,23 @@ class ThreadBackend:
             out.append(outcome)
         return out
 
+    def submit_items(self, chunk: Items) -> Future[ItemsOutcome]:
+        if self._targets[chunk.uses].is_async:  # its items go the way of single calls
+            return _as_items(self.submit([chunk.call(p) for p in range(len(chunk.values))]))
+        return self._pool.submit(self._run_items, chunk)
+
+    def _run_items(self, chunk: Items) -> ItemsOutcome:
+        t = self._targets[chunk.uses]
+        return run_items(
+            chunk,
+            t.fn,
+            wants_ctx=t.wants_ctx,
+            is_async=t.is_async,
+            run_id=self._run_id,
+            context=self._context,
+            cancel=self._scope,
+        )
+
     def cancel(self) -> None:
         self._scope.cancel()
 
@@ -99,3 +128,18 @@ class ThreadBackend:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._aio is not None:
             self._aio.close(cancel=cancel)
+
+
+def _as_items(fut: Future[list[Outcome]]) -> Future[ItemsOutcome]:
+    """The future of a chunk's outcome, from the future of its calls' outcomes."""
+    started = time.time()
+    out: Future[ItemsOutcome] = Future()
+
+    def done(f: Future[list[Outcome]]) -> None:
+        try:
+            out.set_result(items_outcome(f.result(), started))
+        except BaseException as exc:
+            out.set_exception(exc)
+
+    fut.add_done_callback(done)
+    return out

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome
 from flowrun.engine.itemsources import ItemSource, Malformed, input_problem, open_source
 from flowrun.engine.itemsources import output_problem as output_file_problem
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
@@ -235,7 +235,10 @@ class Batch(NodeKind):
             source.close()
         writer = self.writers.pop(batch, None)
         if writer is None:
-            results: Any = list(state.results)
+            # Handed over, not copied: every item has settled, and a copy of a million-item
+            # list is what the run's peak memory would hold on top at its end.
+            results: Any = state.results
+            state.results = []
         else:
             try:
                 writer.close()
@@ -289,6 +292,9 @@ class Batch(NodeKind):
             source, writer = self.sources.get(batch), self.writers.get(batch)
             items = self.items[batch] if source is None else None
             emit, inflight = rt.emit, self.inflight
+            submit_items = (
+                getattr(rt, "submit_items", None) if getattr(rt, "runs_items", False) else None
+            )
             while rt.free() > 0 and inflight.get(batch, 0) < cap:
                 if writer is not None and writer.ahead >= MAX_AHEAD:
                     break  # the first unfinished item holds the file back: wait for it
@@ -298,8 +304,13 @@ class Batch(NodeKind):
                 idx = rt.sched.take_items(batch, min(room, self._chunk_size(batch)))
                 if not idx:
                     break
+                seq: list[int] | range = idx
                 if items is not None:
-                    values = [items[i] for i in idx]
+                    if idx[-1] - idx[0] == len(idx) - 1:  # consecutive: the common case
+                        seq = range(idx[0], idx[-1] + 1)
+                        values = items[seq.start : seq.stop]
+                    else:
+                        values = [items[i] for i in idx]
                 else:
                     assert source is not None
                     values = self._read(batch, source, idx)
@@ -307,6 +318,13 @@ class Batch(NodeKind):
                     values = [v for v in values if v is not _SETTLED]
                     if not idx:
                         continue
+                    seq = idx
+                if submit_items is not None:  # one `Items` for the chunk, one event
+                    inflight[batch] = inflight.get(batch, 0) + 1
+                    emit(ev.ItemsStarted(time.time(), batch, seq))
+                    submit_items(Items(batch, uses, values, seq, params, timeout,
+                                       texts=writer is not None))  # fmt: skip
+                    continue
                 # The per-item path is the hot one: no lookups or helper calls inside it.
                 works = [
                     Work(Call(item_id(batch, i), uses, (v,), params, 1, i, timeout), batch,
@@ -496,6 +514,65 @@ class Batch(NodeKind):
             ms = sum(o.duration_ms for o in outcomes) / len(outcomes)
             old = self.item_ms.get(batch)
             self.item_ms[batch] = ms if old is None else 0.7 * old + 0.3 * ms
+
+    def items_returned(self, chunk: Items, res: ItemsOutcome) -> None:
+        """A chunk came back: its plain successes settle together (one event, one scheduler
+        call); any other item goes the way of a single call (retries, fallbacks, failures).
+        Events keep item order."""
+        batch = chunk.batch
+        self.inflight[batch] -= 1
+        others = res.others
+        if res.ran:
+            ms = sum(res.durations_ms) + sum(o.duration_ms for _, o in others)
+            ms /= len(res.durations_ms) + len(others)
+            old = self.item_ms.get(batch)
+            self.item_ms[batch] = ms if old is None else 0.7 * old + 0.3 * ms
+        if not others:
+            if res.ok:
+                self._settle_ok(chunk, res, 0, len(res.ok))
+            return
+        start = 0
+        ok = res.ok
+        for pos, out in others:  # the successes before each other item, then it
+            end = start
+            while end < len(ok) and ok[end] < pos:
+                end += 1
+            if end > start:
+                self._settle_ok(chunk, res, start, end)
+            start = end
+            work = Work(chunk.call(pos), batch, self, chunk.indices[pos])
+            if out.ok:
+                self.succeeded(work, out)
+            else:
+                self.settle(work, out)
+        if start < len(ok):
+            self._settle_ok(chunk, res, start, len(ok))
+
+    def _settle_ok(self, chunk: Items, res: ItemsOutcome, a: int, b: int) -> None:
+        """Successes `a:b` of the chunk's plain successes."""
+        batch, rt = chunk.batch, self.rt
+        whole = a == 0 and b == len(res.ok)
+        if whole and len(res.ok) == len(chunk.indices):
+            indices: Sequence[int] = chunk.indices
+        else:
+            indices = [chunk.indices[p] for p in res.ok[a:b]]
+        if whole:
+            outputs, durations, text = res.outputs, res.durations_ms, res.outputs_json
+        else:
+            assert res.texts is not None
+            outputs, durations = res.outputs[a:b], res.durations_ms[a:b]
+            text = "[" + ",".join(res.texts[a:b]) + "]"
+        rt.emit(ev.ItemsSucceeded(time.time(), batch, indices, durations, outputs, text))
+        writer = self.writers.get(batch)
+        if writer is not None:
+            assert res.texts is not None
+            try:
+                for i, t in zip(indices, res.texts[a:b], strict=True):
+                    writer.put(i, t)
+            except OSError as exc:
+                self._write_failed(batch, exc, scatter_id(batch))
+        rt.sched.items_done(batch, indices, outputs)
+        self._after_item(batch)
 
     def succeeded(self, work: Work, out: Outcome) -> None:
         call = work.call
