@@ -223,3 +223,65 @@ def test_a_batch_whose_last_items_are_unreadable_still_finishes(tmp_path: Path) 
     report = run(path, concurrency=1)
     assert report.status == "completed" and report.context["B"]["failed"] == 2
     assert lines(tmp_path / "out.jsonl") == [None, None]
+
+
+# -- `${{ }}` as the path -------------------------------------------------------------------
+
+
+def test_items_from_and_output_to_as_expressions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.jsonl").write_text("1\n-2\n3\n")
+    (tmp_path / "words.txt").write_text("ab\nabc\n")
+    monkeypatch.setenv("FLOWRUN_TEST_LIST", "words.txt")
+    text = (
+        "id: e\ncontext: {input_file: data/in.jsonl, out: null}\nnodes:\n"
+        "  - id: name\n    uses: builtins.str\n    params: {object: results}\n"
+        "  - id: B\n    batch: {uses: builtins.abs, itemsFrom: '${{ context.input_file }}',"
+        " outputTo: 'data/${{ name }}-${{ input }}.jsonl'}\n"
+        "  - id: W\n    batch: {uses: builtins.len, itemsFrom: '${{ env.FLOWRUN_TEST_LIST }}'}\n"
+        "edges:\n  - {source: name, target: B}\n"
+    )
+    (tmp_path / "e.yaml").write_text(text)
+    assert flowrun.api.validate_file(tmp_path / "e.yaml") == []
+    report = run(tmp_path / "e.yaml")
+    assert report.status == "completed", report.errors
+    out = tmp_path / "data" / "results-results.jsonl"  # node ids and the input, rendered
+    assert report.context["B"] == {"path": str(out), "count": 3, "failed": 0}
+    assert lines(out) == [1, 2, 3]
+    assert report.context["W"] == [2, 3]
+    again = run(tmp_path / "e.yaml", sets=["input_file=words.txt"])
+    assert again.status == "failed"  # `abs` of a string: the path came from --set
+    assert again.errors[0]["node"] == "B[0]"
+
+
+def test_a_missing_file_from_an_expression_fails_the_batch_naming_it(tmp_path: Path) -> None:
+    text = (
+        "id: m\ncontext: {input_file: nowhere.jsonl}\nnodes:\n"
+        "  - id: B\n    batch: {uses: builtins.abs, itemsFrom: '${{ context.input_file }}'}\n"
+    )
+    (tmp_path / "m.yaml").write_text(text)
+    assert flowrun.api.validate_file(tmp_path / "m.yaml") == []  # known only at run time
+    report = run(tmp_path / "m.yaml")
+    assert report.status == "failed"
+    (error,) = report.errors
+    assert error["node"] == "B" and str(tmp_path / "nowhere.jsonl") in error["message"]
+    text = text.replace("nowhere.jsonl", "[1, 2]")
+    (tmp_path / "m.yaml").write_text(text)
+    report = run(tmp_path / "m.yaml")
+    assert report.status == "failed" and "expected a path" in report.errors[0]["message"]
+
+
+def test_a_bad_expression_in_a_path_is_located(tmp_path: Path) -> None:
+    text = (
+        "id: x\nnodes:\n"
+        "  - id: B\n    batch:\n      uses: builtins.abs\n"
+        "      itemsFrom: 'in-${{ nosuch }}.jsonl'\n"
+        "      outputTo: '${{ context. }}'\n"
+    )
+    (tmp_path / "x.yaml").write_text(text)
+    found = flowrun.api.validate_file(tmp_path / "x.yaml")
+    got = [(p.line, p.column, p.code) for p in found]
+    assert got == [(6, 26, "expr-interpolation"), (7, 30, "expr-interpolation")], found
+    assert "nosuch" in found[0].message
