@@ -53,6 +53,32 @@ def test_env_and_cwd(tmp_path: Path) -> None:
     assert out == ["hey", str(tmp_path / "sub")]
 
 
+def test_a_bare_program_name_is_found_on_the_commands_path(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    for where, says in ((one, "first"), (two, "second")):
+        where.mkdir()
+        tool = where / "flowrun-test-tool"
+        tool.write_text(f'#!/bin/sh\necho "{says} $1"\n')
+        tool.chmod(0o755)
+    assert shell(command=["flowrun-test-tool", "x"], env={"PATH": str(one)}) == "first x"
+    assert shell(command=["flowrun-test-tool", "y"], env={"PATH": str(two)}) == "second y"
+    (one / "flowrun-test-tool").unlink()  # found once, gone now: looked up again
+    with pytest.raises(ShellError, match="cannot start"):
+        shell(command=["flowrun-test-tool"], env={"PATH": str(one)})
+
+
+def test_a_background_child_holding_stdout_does_not_hold_the_node(tmp_path: Path) -> None:
+    pidfile = tmp_path / "bg.pid"
+    started = time.monotonic()
+    assert shell(command=f"sleep 30 & echo $! > {pidfile}; echo done") == "done"
+    assert time.monotonic() - started < 10
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child)  # killed with the group when the shell exited
+
+
 def test_a_failing_command_says_its_exit_code_and_stderr_tail() -> None:
     script = "for i in $(seq 1 30); do echo line$i >&2; done; exit 3"
     with pytest.raises(ShellError) as info:
