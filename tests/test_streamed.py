@@ -78,6 +78,21 @@ def test_sources_read_each_format_and_name_the_bad_line(tmp_path: Path) -> None:
     ]
 
 
+def test_reading_many_lines_at_once_gives_what_reading_each_gives(tmp_path: Path) -> None:
+    text = '1\n  {"a": [1, 2]}  \r\n\n"\ufeffx"\nnot json\n1 2\nNaN\n[1,\n"\xe9"\n7'
+    (tmp_path / "a.jsonl").write_text(text, encoding="utf-8")
+    (tmp_path / "a.jsonl").write_bytes((tmp_path / "a.jsonl").read_bytes() + b"\n\xff\n")
+    one = open_source("a.jsonl", tmp_path)
+    each = [one.read(i) for i in range(one.total)]
+    many = open_source("a.jsonl", tmp_path)
+    got = many.read_many(list(range(4)))[0] + many.read_many(list(range(4, many.total)))[0]
+    assert [repr(v) for v in got] == [repr(v) for v in each]
+    assert [i for i, v in enumerate(got) if isinstance(v, Malformed)] == [2, 4, 5, 7, 10]
+    skip = open_source("a.jsonl", tmp_path)
+    assert skip.read_many([8, 9]) == (["\xe9", 7], False)  # lines before 8 skipped unread
+    assert skip.read_many([10, 11])[1]  # the undecodable line, then past the end
+
+
 def test_a_source_skips_items_it_is_not_asked_for(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text("".join(f"{i}\n" for i in range(10)))
     source = open_source("a.jsonl", tmp_path)

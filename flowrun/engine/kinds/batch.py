@@ -304,11 +304,13 @@ class Batch(NodeKind):
                     values = [items[i] for i in idx]
                 else:
                     assert source is not None
-                    values = self._read(batch, source, idx)
-                    idx = [i for i, v in zip(idx, values, strict=True) if v is not _SETTLED]
-                    values = [v for v in values if v is not _SETTLED]
-                    if not idx:
-                        continue
+                    values, bad = source.read_many(idx)
+                    if bad:  # some lines could not be read: those items fail here
+                        values = self._settle_malformed(batch, idx, values)
+                        idx = [i for i, v in zip(idx, values, strict=True) if v is not _SETTLED]
+                        values = [v for v in values if v is not _SETTLED]
+                        if not idx:
+                            continue
                 # The per-item path is the hot one: no lookups or helper calls inside it.
                 works = [
                     Work(Call(item_id(batch, i), uses, (v,), params, 1, i, timeout), batch,
@@ -380,10 +382,9 @@ class Batch(NodeKind):
             rt.sched.item_done(batch, i, True, output)
         self._after_item(batch)
 
-    def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
-        """The items at `idx`; an unreadable one fails at once (it is never called), and its
-        place in the result is `_SETTLED`."""
-        values = [source.read(i) for i in idx]
+    def _settle_malformed(self, batch: str, idx: list[int], values: list[Any]) -> list[Any]:
+        """`values` read at `idx`; an unreadable one fails at once (it is never called), and
+        its place in the result is `_SETTLED`."""
         for n, (i, value) in enumerate(zip(idx, values, strict=True)):
             if isinstance(value, Malformed):
                 values[n] = _SETTLED
