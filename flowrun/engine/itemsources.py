@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -126,13 +127,14 @@ def _json_fast(line: bytes) -> Any:
     cannot tell (then `_json_line` decides, with its message): no `json.loads` wrapper (bytes
     detection, two regex matches) for the common line that is one value and a line break."""
     try:
-        text = line.decode("utf-8")
+        text = line.decode()
         value, end = _scan(text, 0)
     except (UnicodeDecodeError, StopIteration, ValueError):
         return _SLOW
-    if end != len(text) and not _BLANK.issuperset(text[end:]):
-        return _SLOW
-    return value
+    n = len(text)
+    if end == n or (end == n - 1 and text[end] == "\n") or _BLANK.issuperset(text[end:]):
+        return value
+    return _SLOW
 
 
 _SLOW = object()
@@ -197,10 +199,10 @@ class LineSource:
         while self._next < indices[0]:
             f.readline()
             self._next += 1
-        readline = f.readline
-        lines = [readline() for _ in indices]
+        lines = list(islice(f, len(indices)))
+        lines += [b""] * (len(indices) - len(lines))  # the file ended early: malformed
         self._next += len(indices)
-        values = [fast(line) for line in lines]
+        values = list(map(fast, lines))
         bad = False
         if _SLOW in values:
             for n, value in enumerate(values):
