@@ -300,3 +300,39 @@ def test_a_bad_expression_in_a_path_is_located(tmp_path: Path) -> None:
     got = [(p.line, p.column, p.code) for p in found]
     assert got == [(6, 26, "expr-interpolation"), (7, 30, "expr-interpolation")], found
     assert "nosuch" in found[0].message
+
+
+def test_resume_reads_only_the_indices_of_a_file_batch(tmp_path: Path) -> None:
+    from flowrun.store.db import DB_NAME, connect
+    from flowrun.store.read import LeanItems, load_run, read_meta, resolve_run_dir
+
+    (tmp_path / "in.jsonl").write_text("".join(f"{i}\n" for i in range(60)))
+    (tmp_path / "fail-17").touch()
+    log = tmp_path / "calls.log"
+    path = blueprint(
+        tmp_path,
+        f"{{uses: streamnodes.record, itemsFrom: in.jsonl, outputTo: out.jsonl,"
+        f" maxFailures: 0, params: {{log: '{log}'}}}}",
+    )
+    first = run(path, concurrency=4)
+    assert first.status == "failed"
+    db = resolve_run_dir(tmp_path / ".flowrun", first.run_id) / DB_NAME
+    conn = connect(db, mode="ro")
+    meta = read_meta(conn, db)
+    conn.close()
+    stored = load_run(db, meta, lean=["B"])
+    done = stored.lean["B"]
+    assert isinstance(done, LeanItems)
+    assert set(stored.items["B"]) == {17}  # the failed item's record; no success there
+    ran = {int(x) for x in log.read_text().split()} - {17}
+    assert set(done) == ran and len(done) == len(ran) and 17 not in done
+    assert done._outputs == {}  # nothing decoded yet
+    later = max(ran)
+    assert done[later] == {"x": later}
+    assert min(done._outputs) >= later  # only what lies at or past the index asked for
+    before = log.read_text().split()
+    (tmp_path / "fail-17").unlink()
+    again = run(path, concurrency=4, resume=first.run_id)
+    assert again.status == "completed"
+    assert lines(tmp_path / "out.jsonl") == [{"x": i} for i in range(60)]
+    assert not set(log.read_text().split()[len(before) :]) & {str(i) for i in ran}
