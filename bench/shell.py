@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,18 +60,30 @@ def flowrun(path: Path, work: Path) -> Callable[[], float]:
         state = tempfile.mkdtemp(dir=work)
         cmd = [sys.executable, "-m", "flowrun", "run", str(path), "--no-progress",
                "--state-dir", state, "-c", "8"]  # fmt: skip
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=work)
+        CPU.setdefault(path.stem, []).append(_cpu() - c0)
         return time.perf_counter() - t0
 
     return once
 
 
+#: CPU seconds (user + system, the process and everything it waited for) per variant: on a
+#: loaded machine wall times of both sides stretch together, CPU shows what each side costs
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def xargs(listing: Path, *command: str) -> Callable[[], float]:
     def once() -> float:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         with listing.open() as fh:
             subprocess.run(["xargs", "-P", "8", "-n", "1", *command], stdin=fh, check=True)
+        CPU.setdefault(f"xargs-{command[0]}", []).append(_cpu() - c0)
         return time.perf_counter() - t0
 
     return once
@@ -136,6 +149,11 @@ def main() -> None:
     print(f"| {args.items} shell items (`sh -c 'true ITEM'`), c=8, vs `xargs -P 8 -n 1 sh -c` | "
           f"{rows['sh_flowrun_s']} s | {rows['sh_xargs_s']} s | {rows['sh_ratio']}x |")  # fmt: skip
     w1 = f"{rows['w1_template_s']} s | {rows['w1_plain_s']} s | {rows['w1_ratio']}x"
+    cpu = {k: round(med(v), 3) for k, v in CPU.items()}
+    print(f"| CPU s (medians), list: flowrun {cpu['shell']} vs xargs {cpu['xargs-true']} "
+          f"({cpu['shell'] / cpu['xargs-true']:.2f}x); sh -c: flowrun {cpu['sh']} vs xargs "
+          f"{cpu['xargs-sh']} ({cpu['sh'] / cpu['xargs-sh']:.2f}x) | | | |")  # fmt: skip
+    rows["cpu_s"] = cpu
     if not args.shell_only:
         what = f"W1 {args.w1_items} items with `${{{{ input }}}}` in params vs plain params"
         print(f"| {what} | {w1} |")
