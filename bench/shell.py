@@ -6,6 +6,8 @@
 1. A batch of N shell items (`true ITEM`, a list command: no /bin/sh) at concurrency 8, as a
    whole `flowrun run` process, against `xargs -P 8 -n 1 true` over the same list. The
    process spawns dominate both; the ratio of medians is the cost of flowrun around them.
+   Then the same through a shell on both sides: the string command `true ITEM` (run by
+   `/bin/sh -c`) against `xargs -P 8 -n 1 sh -c 'true "$1"' sh`.
 2. W1 (a no-op batch of N items at concurrency 8) with `params: {tag: "${{ input }}"}` against
    the same batch with a plain `params: {tag: x}`: the difference per item is what rendering
    a template costs per call.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,18 +60,30 @@ def flowrun(path: Path, work: Path) -> Callable[[], float]:
         state = tempfile.mkdtemp(dir=work)
         cmd = [sys.executable, "-m", "flowrun", "run", str(path), "--no-progress",
                "--state-dir", state, "-c", "8"]  # fmt: skip
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=work)
+        CPU.setdefault(path.stem, []).append(_cpu() - c0)
         return time.perf_counter() - t0
 
     return once
 
 
-def xargs(listing: Path) -> Callable[[], float]:
+#: CPU seconds (user + system, the process and everything it waited for) per variant: on a
+#: loaded machine wall times of both sides stretch together, CPU shows what each side costs
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def xargs(listing: Path, *command: str) -> Callable[[], float]:
     def once() -> float:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu()
         with listing.open() as fh:
-            subprocess.run(["xargs", "-P", "8", "-n", "1", "true"], stdin=fh, check=True)
+            subprocess.run(["xargs", "-P", "8", "-n", "1", *command], stdin=fh, check=True)
+        CPU.setdefault(f"xargs-{command[0]}", []).append(_cpu() - c0)
         return time.perf_counter() - t0
 
     return once
@@ -89,6 +104,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1000)
     parser.add_argument("--w1-items", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--shell-only", action="store_true", help="skip the W1 measurement")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -100,11 +116,15 @@ def main() -> None:
 
         shell_bp = blueprint(work, "shell", args.items,
                              '{shell: ["true", "${{ input }}"], inputKey: start}')  # fmt: skip
-        fl, xa = alternate(flowrun(shell_bp, work), xargs(listing), args.reps)
+        fl, xa = alternate(flowrun(shell_bp, work), xargs(listing, "true"), args.reps)
+        sh_bp = blueprint(work, "sh", args.items, "{shell: 'true ${{ input }}', inputKey: start}")
+        sh_xargs = xargs(listing, "sh", "-c", 'true "$1"', "sh")
+        fl_sh, xa_sh = alternate(flowrun(sh_bp, work), sh_xargs, args.reps)
         worker = "{uses: shellbench.noop, inputKey: start, params: {tag: %s}}"
         plain_bp = blueprint(work, "plain", args.w1_items, worker % "x")
         tmpl_bp = blueprint(work, "tmpl", args.w1_items, worker % '"${{ input }}"')
-        plain, tmpl = alternate(flowrun(plain_bp, work), flowrun(tmpl_bp, work), args.reps)
+        plain, tmpl = ([1.0], [1.0]) if args.shell_only else alternate(
+            flowrun(plain_bp, work), flowrun(tmpl_bp, work), args.reps)  # fmt: skip
 
     med = statistics.median
     per_item_us = (med(tmpl) - med(plain)) / args.w1_items * 1e6
@@ -113,6 +133,9 @@ def main() -> None:
         "flowrun_s": round(med(fl), 3),
         "xargs_s": round(med(xa), 3),
         "ratio": round(med(fl) / med(xa), 2),
+        "sh_flowrun_s": round(med(fl_sh), 3),
+        "sh_xargs_s": round(med(xa_sh), 3),
+        "sh_ratio": round(med(fl_sh) / med(xa_sh), 2),
         "w1_items": args.w1_items,
         "w1_plain_s": round(med(plain), 3),
         "w1_template_s": round(med(tmpl), 3),
@@ -123,9 +146,18 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     print(f"| {args.items} shell items (`true ITEM`), c=8, vs `xargs -P 8 -n 1 true` | "
           f"{rows['flowrun_s']} s | {rows['xargs_s']} s | {rows['ratio']}x |")  # fmt: skip
+    print(f"| {args.items} shell items (`sh -c 'true ITEM'`), c=8, vs `xargs -P 8 -n 1 sh -c` | "
+          f"{rows['sh_flowrun_s']} s | {rows['sh_xargs_s']} s | {rows['sh_ratio']}x |")  # fmt: skip
     w1 = f"{rows['w1_template_s']} s | {rows['w1_plain_s']} s | {rows['w1_ratio']}x"
-    print(f"| W1 {args.w1_items} items with `${{{{ input }}}}` in params vs plain params | {w1} |")
-    print(f"\ninterpolation: {per_item_us:.2f} us per item ({args.reps} reps, medians)")
+    cpu = {k: round(med(v), 3) for k, v in CPU.items()}
+    print(f"| CPU s (medians), list: flowrun {cpu['shell']} vs xargs {cpu['xargs-true']} "
+          f"({cpu['shell'] / cpu['xargs-true']:.2f}x); sh -c: flowrun {cpu['sh']} vs xargs "
+          f"{cpu['xargs-sh']} ({cpu['sh'] / cpu['xargs-sh']:.2f}x) | | | |")  # fmt: skip
+    rows["cpu_s"] = cpu
+    if not args.shell_only:
+        what = f"W1 {args.w1_items} items with `${{{{ input }}}}` in params vs plain params"
+        print(f"| {what} | {w1} |")
+        print(f"\ninterpolation: {per_item_us:.2f} us per item ({args.reps} reps, medians)")
     print(json.dumps(rows))
 
 

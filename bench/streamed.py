@@ -5,7 +5,9 @@
 
 Memory: each run is its own `flowrun run` process under `/usr/bin/time -v` (peak RSS);
 `stream` reads N items from a .jsonl file through a no-op worker to `outputTo`, `memory` is
-today's in-memory batch (a node returns `list(range(N))`, results gathered in the context).
+today's in-memory batch over the same items (a node returns the N `{"i": i}` mappings, results
+gathered in the context): a mapping costs an item more than an int (JSON round trips), so
+both shapes carry the same items.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ NODES = """
 import time
 
 def start(n):
-    return list(range(n))
+    return [{"i": i} for i in range(n)]  # the same items as the streamed shape's file
 
 def noop(x):
     return x

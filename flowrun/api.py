@@ -360,7 +360,11 @@ class Run:
             state_dir, run_id, blueprint_id=bp_id, on_failure=self._store_failed
         )
         try:
-            self.stored = opened.load()
+            # Batches writing to a file: the file holds their results, the store only
+            # needs to say which items finished (a 10M-item batch stays out of memory).
+            lean = [s.id for s in self.prepared.graph.blueprint.nodes
+                    if s.batch is not None and s.batch.output_to is not None]  # fmt: skip
+            self.stored = opened.load(lean)
             meta = self.stored.meta
             if meta.blueprint_id != bp_id:
                 raise StateError(
@@ -405,11 +409,12 @@ class Run:
             and k not in rerun
             and not (rerun and "/" in k and _CHILD_OWNER.split(k, 1)[0] in rerun)
         }
-        items = {
+        items: dict[str, Mapping[int, Any]] = {
             b: {i: n.output for i, n in its.items() if n.status in ok}
             for b, its in self.stored.items.items()
             if b not in self.rerun
         }
+        items.update((b, lean) for b, lean in self.stored.lean.items() if b not in self.rerun)
         return Stored(nodes, items)
 
     def _reused(self, node: str, stored: Any) -> bool:

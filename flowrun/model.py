@@ -97,6 +97,9 @@ class BatchSpec:
     items_from: str | None = None  # a path (or glob) relative to the blueprint's directory
     output_to: str | None = None  # a .jsonl path the results are written to, in item order
     pool: str | None = None
+    #: `itemsFrom` / `outputTo` holding `${{ }}`: their compiled `expr.template.Template`,
+    #: by field name, rendered when the scatter starts
+    paths: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

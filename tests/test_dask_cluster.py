@@ -6,11 +6,16 @@ tells users to, and imports that module itself: only plain data crosses over.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 import distributed
 
 import flowrun.api
+from flowrun.report import RunReport
 
 # The `dask` command of this interpreter's environment (a venv's bin/ need not be on PATH).
 DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask") or "dask"
@@ -107,3 +113,96 @@ def test_a_run_on_a_scheduler_and_worker_started_from_the_command_line(tmp_path:
     assert report.context["scaled"] == [10, 20, 30, 40, 50]
     assert report.context["scaled_by"] == 10  # ctx.set on the worker came back
     assert report.context["where"] == {"pid": worker_proc.pid}  # it ran in the worker process
+
+
+# -- shell nodes on a cluster: a timeout or a cancel ends the command's whole process group ----
+
+SLOW_SHELL = """
+id: slow-on-a-cluster
+nodes:
+  - id: wait
+    shell: "sleep 600 & echo $! > {pidfile}; wait"{config}
+"""
+
+
+@contextmanager
+def cluster(tmp_path: Path) -> Iterator[str]:
+    """A scheduler and one worker (with its nanny, as `dask worker` starts by default) on
+    127.0.0.1; the scheduler's address."""
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-dashboard", "--dashboard-address", "127.0.0.1:0"]  # fmt: skip
+    worker = [DASK, "worker", address, "--nthreads", "2", "--no-dashboard",
+              "--host", "127.0.0.1", "--local-directory", str(tmp_path / "scratch"),
+              "--death-timeout", str(START_S)]  # fmt: skip
+    logs = [tmp_path / "scheduler.log", tmp_path / "worker.log"]
+    with started(scheduler, tmp_path, logs[0]), started(worker, tmp_path, logs[1]):
+        wait_ready(address, logs)
+        yield address
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def started_pid(pidfile: Path, seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        text = pidfile.read_text().strip() if pidfile.exists() else ""
+        if text:
+            return int(text)
+        time.sleep(0.05)
+    raise AssertionError(f"the command never started (no pid in {pidfile})")
+
+
+def test_a_shell_timeout_on_a_cluster_kills_the_grandchild(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    path = tmp_path / "slow.yaml"
+    path.write_text(SLOW_SHELL.format(pidfile=pidfile, config="\n    config: {timeout: 1s}"))
+    with cluster(tmp_path) as address:
+        report = flowrun.api.run(path, executor="dask", address=address,
+                                 state_dir=tmp_path / "state")  # fmt: skip
+        assert report.status == "failed"
+        assert report.errors[0]["type"] == "AttemptTimeout", report.errors
+        child = int(pidfile.read_text())
+        try:
+            assert gone_within(child, 10)  # the `sleep`, not only its shell, on the worker
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+
+def test_a_cancelled_run_on_a_cluster_kills_the_grandchild(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    path = tmp_path / "slow.yaml"
+    path.write_text(SLOW_SHELL.format(pidfile=pidfile, config=""))
+    with cluster(tmp_path) as address:
+        run = flowrun.api.Run(
+            path,
+            flowrun.api.RunOptions(executor="dask", address=address, state_dir=tmp_path / "s"),
+        )
+        reports: list[RunReport] = []
+        thread = threading.Thread(target=lambda: reports.append(run.start()), daemon=True)
+        thread.start()
+        child = started_pid(pidfile, 30)
+        try:
+            run.cancel()
+            thread.join(30)
+            assert reports, "the cancelled run did not end"
+            assert reports[0].status == "cancelled"
+            assert gone_within(child, 10)  # nothing of the command is left on the worker
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)

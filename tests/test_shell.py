@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,32 @@ def test_env_and_cwd(tmp_path: Path) -> None:
     out = shell(command="echo $GREETING; pwd", env={"GREETING": "hey"}, cwd="sub",
                 _dir=str(tmp_path), output="lines")  # fmt: skip
     assert out == ["hey", str(tmp_path / "sub")]
+
+
+def test_a_bare_program_name_is_found_on_the_commands_path(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    for where, says in ((one, "first"), (two, "second")):
+        where.mkdir()
+        tool = where / "flowrun-test-tool"
+        tool.write_text(f'#!/bin/sh\necho "{says} $1"\n')
+        tool.chmod(0o755)
+    assert shell(command=["flowrun-test-tool", "x"], env={"PATH": str(one)}) == "first x"
+    assert shell(command=["flowrun-test-tool", "y"], env={"PATH": str(two)}) == "second y"
+    (one / "flowrun-test-tool").unlink()  # found once, gone now: looked up again
+    with pytest.raises(ShellError, match="cannot start"):
+        shell(command=["flowrun-test-tool"], env={"PATH": str(one)})
+
+
+def test_a_background_child_holding_stdout_does_not_hold_the_node(tmp_path: Path) -> None:
+    pidfile = tmp_path / "bg.pid"
+    started = time.monotonic()
+    assert shell(command=f"sleep 30 & echo $! > {pidfile}; echo done") == "done"
+    assert time.monotonic() - started < 10
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child)  # killed with the group when the shell exited
 
 
 def test_a_failing_command_says_its_exit_code_and_stderr_tail() -> None:
@@ -260,3 +288,36 @@ def test_shell_and_uses_together_is_an_error(tmp_path: Path) -> None:
     path = write(tmp_path, "id: x\nnodes:\n  - id: a\n    shell: ls\n    uses: builtins.print\n")
     (problem,) = validate_file(path)
     assert problem.code == "schema.node-kind" and "both 'uses' and 'shell'" in problem.message
+
+
+class _Cancelled:
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.cancelled.set()
+
+
+@pytest.mark.parametrize("fallback", ["no-pidfd", "pipes"])
+def test_the_fallbacks_wait_and_stop_the_same_way(
+    fallback: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    std_shell = sys.modules["flowrun.std.shell"]  # `flowrun.std.shell` names the function
+
+    if fallback == "pipes":
+        monkeypatch.setattr(std_shell, "_MEMFD", False)
+    else:
+
+        def no_pidfd(pid: int) -> int:
+            raise OSError(38, "Function not implemented")
+
+        monkeypatch.setattr(std_shell.os, "pidfd_open", no_pidfd)
+    assert shell(command="echo out; echo err >&2", output="lines") == ["out"]
+    pidfile = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(ShellError, match="was stopped"):
+        shell(command=f"sleep 30 & echo $! > {pidfile}; wait", ctx=_Cancelled())  # type: ignore[arg-type]
+    assert time.monotonic() - started < 10
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(child)

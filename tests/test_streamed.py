@@ -78,6 +78,21 @@ def test_sources_read_each_format_and_name_the_bad_line(tmp_path: Path) -> None:
     ]
 
 
+def test_reading_many_lines_at_once_gives_what_reading_each_gives(tmp_path: Path) -> None:
+    text = '1\n  {"a": [1, 2]}  \r\n\n"\ufeffx"\nnot json\n1 2\nNaN\n[1,\n"\xe9"\n7'
+    (tmp_path / "a.jsonl").write_text(text, encoding="utf-8")
+    (tmp_path / "a.jsonl").write_bytes((tmp_path / "a.jsonl").read_bytes() + b"\n\xff\n")
+    one = open_source("a.jsonl", tmp_path)
+    each = [one.read(i) for i in range(one.total)]
+    many = open_source("a.jsonl", tmp_path)
+    got = many.read_many(list(range(4)))[0] + many.read_many(list(range(4, many.total)))[0]
+    assert [repr(v) for v in got] == [repr(v) for v in each]
+    assert [i for i, v in enumerate(got) if isinstance(v, Malformed)] == [2, 4, 5, 7, 10]
+    skip = open_source("a.jsonl", tmp_path)
+    assert skip.read_many([8, 9]) == (["\xe9", 7], False)  # lines before 8 skipped unread
+    assert skip.read_many([10, 11])[1]  # the undecodable line, then past the end
+
+
 def test_a_source_skips_items_it_is_not_asked_for(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text("".join(f"{i}\n" for i in range(10)))
     source = open_source("a.jsonl", tmp_path)
@@ -223,3 +238,101 @@ def test_a_batch_whose_last_items_are_unreadable_still_finishes(tmp_path: Path) 
     report = run(path, concurrency=1)
     assert report.status == "completed" and report.context["B"]["failed"] == 2
     assert lines(tmp_path / "out.jsonl") == [None, None]
+
+
+# -- `${{ }}` as the path -------------------------------------------------------------------
+
+
+def test_items_from_and_output_to_as_expressions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "in.jsonl").write_text("1\n-2\n3\n")
+    (tmp_path / "words.txt").write_text("ab\nabc\n")
+    monkeypatch.setenv("FLOWRUN_TEST_LIST", "words.txt")
+    text = (
+        "id: e\ncontext: {input_file: data/in.jsonl, out: null}\nnodes:\n"
+        "  - id: name\n    uses: builtins.str\n    params: {object: results}\n"
+        "  - id: B\n    batch: {uses: builtins.abs, itemsFrom: '${{ context.input_file }}',"
+        " outputTo: 'data/${{ name }}-${{ input }}.jsonl'}\n"
+        "  - id: W\n    batch: {uses: builtins.len, itemsFrom: '${{ env.FLOWRUN_TEST_LIST }}'}\n"
+        "edges:\n  - {source: name, target: B}\n"
+    )
+    (tmp_path / "e.yaml").write_text(text)
+    assert flowrun.api.validate_file(tmp_path / "e.yaml") == []
+    report = run(tmp_path / "e.yaml")
+    assert report.status == "completed", report.errors
+    out = tmp_path / "data" / "results-results.jsonl"  # node ids and the input, rendered
+    assert report.context["B"] == {"path": str(out), "count": 3, "failed": 0}
+    assert lines(out) == [1, 2, 3]
+    assert report.context["W"] == [2, 3]
+    again = run(tmp_path / "e.yaml", sets=["input_file=words.txt"])
+    assert again.status == "failed"  # `abs` of a string: the path came from --set
+    assert again.errors[0]["node"] == "B[0]"
+
+
+def test_a_missing_file_from_an_expression_fails_the_batch_naming_it(tmp_path: Path) -> None:
+    text = (
+        "id: m\ncontext: {input_file: nowhere.jsonl}\nnodes:\n"
+        "  - id: B\n    batch: {uses: builtins.abs, itemsFrom: '${{ context.input_file }}'}\n"
+    )
+    (tmp_path / "m.yaml").write_text(text)
+    assert flowrun.api.validate_file(tmp_path / "m.yaml") == []  # known only at run time
+    report = run(tmp_path / "m.yaml")
+    assert report.status == "failed"
+    (error,) = report.errors
+    assert error["node"] == "B" and str(tmp_path / "nowhere.jsonl") in error["message"]
+    text = text.replace("nowhere.jsonl", "[1, 2]")
+    (tmp_path / "m.yaml").write_text(text)
+    report = run(tmp_path / "m.yaml")
+    assert report.status == "failed" and "expected a path" in report.errors[0]["message"]
+
+
+def test_a_bad_expression_in_a_path_is_located(tmp_path: Path) -> None:
+    text = (
+        "id: x\nnodes:\n"
+        "  - id: B\n    batch:\n      uses: builtins.abs\n"
+        "      itemsFrom: 'in-${{ nosuch }}.jsonl'\n"
+        "      outputTo: '${{ context. }}'\n"
+    )
+    (tmp_path / "x.yaml").write_text(text)
+    found = flowrun.api.validate_file(tmp_path / "x.yaml")
+    got = [(p.line, p.column, p.code) for p in found]
+    assert got == [(6, 26, "expr-interpolation"), (7, 30, "expr-interpolation")], found
+    assert "nosuch" in found[0].message
+
+
+def test_resume_reads_only_the_indices_of_a_file_batch(tmp_path: Path) -> None:
+    from flowrun.store.db import DB_NAME, connect
+    from flowrun.store.read import LeanItems, load_run, read_meta, resolve_run_dir
+
+    (tmp_path / "in.jsonl").write_text("".join(f"{i}\n" for i in range(60)))
+    (tmp_path / "fail-17").touch()
+    log = tmp_path / "calls.log"
+    path = blueprint(
+        tmp_path,
+        f"{{uses: streamnodes.record, itemsFrom: in.jsonl, outputTo: out.jsonl,"
+        f" maxFailures: 0, params: {{log: '{log}'}}}}",
+    )
+    first = run(path, concurrency=4)
+    assert first.status == "failed"
+    db = resolve_run_dir(tmp_path / ".flowrun", first.run_id) / DB_NAME
+    conn = connect(db, mode="ro")
+    meta = read_meta(conn, db)
+    conn.close()
+    stored = load_run(db, meta, lean=["B"])
+    done = stored.lean["B"]
+    assert isinstance(done, LeanItems)
+    assert set(stored.items["B"]) == {17}  # the failed item's record; no success there
+    ran = {int(x) for x in log.read_text().split()} - {17}
+    assert set(done) == ran and len(done) == len(ran) and 17 not in done
+    assert done._outputs == {}  # nothing decoded yet
+    later = max(ran)
+    assert done[later] == {"x": later}
+    assert min(done._outputs) >= later  # only what lies at or past the index asked for
+    before = log.read_text().split()
+    (tmp_path / "fail-17").unlink()
+    again = run(path, concurrency=4, resume=first.run_id)
+    assert again.status == "completed"
+    assert lines(tmp_path / "out.jsonl") == [{"x": i} for i in range(60)]
+    assert not set(log.read_text().split()[len(before) :]) & {str(i) for i in ran}

@@ -14,8 +14,8 @@ from typing import Any
 
 from flowrun.blueprint.schema import SHELL_USES
 from flowrun.errors import PathT
-from flowrun.expr.template import TEMPLATE_NAMES, TemplateError, compile_params
-from flowrun.model import Blueprint, NodeSpec
+from flowrun.expr.template import TEMPLATE_NAMES, TemplateError, compile_params, compile_template
+from flowrun.model import BatchSpec, Blueprint, NodeSpec
 from flowrun.std.shell import OUTPUTS, PARAMS
 
 # Where `_Checker.add` records a problem: (path, code, message, at=(text, column) | None).
@@ -31,13 +31,28 @@ def compile_all(bp: Blueprint, specs: dict[str, NodeSpec], add: Add) -> dict[str
         if spec.batch is not None:
             where: PathT = (*spec.path, "batch")
             params = _one(bp, where, spec.batch.uses, spec.batch.params, names, base, add)
-            batch = dataclasses.replace(spec.batch, params=params)
+            paths = _paths(spec.batch, where, names, add)
+            batch = dataclasses.replace(spec.batch, params=params, paths=paths)
             out[sid] = dataclasses.replace(spec, batch=batch)
         elif spec.uses is not None:
             params = _one(bp, spec.path, spec.uses, spec.params, names, base, add)
             out[sid] = dataclasses.replace(spec, params=params)
         else:
             out[sid] = spec
+    return out
+
+
+def _paths(batch: BatchSpec, where: PathT, names: list[str], add: Add) -> dict[str, Any]:
+    """`itemsFrom` / `outputTo` given as `${{ }}`, compiled (rendered when the batch starts)."""
+    out: dict[str, Any] = {}
+    for key, text in (("itemsFrom", batch.items_from), ("outputTo", batch.output_to)):
+        if text is None or "${{" not in text:
+            continue
+        try:
+            out[key] = compile_template(text, names)
+        except TemplateError as exc:
+            message = f"interpolation: {exc.message}"
+            add((*where, key), "expr-interpolation", message, at=(text, exc.column))
     return out
 
 

@@ -20,8 +20,10 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
+from json.scanner import make_scanner
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 SUFFIXES = (".jsonl", ".csv", ".txt")
 _COUNT_CHUNK = 1 << 20
@@ -40,6 +42,11 @@ class ItemSource(Protocol):
 
     def read(self, index: int) -> Any:
         """Item `index` (never less than the last one read), or a `Malformed`."""
+        ...
+
+    def read_many(self, indices: list[int]) -> tuple[list[Any], bool]:
+        """The items at `indices` (increasing, past the last one read), and whether any of
+        them is a `Malformed`."""
         ...
 
     def close(self) -> None: ...
@@ -111,6 +118,28 @@ def _json_line(line: bytes, where: str) -> Any:
         return Malformed(f"{where}: not a JSON value ({why})")
 
 
+_scan = make_scanner(cast(Any, json.JSONDecoder()))  # the C scanner `json.loads` ends in
+_BLANK = frozenset(" \t\r\n")
+
+
+def _json_fast(line: bytes) -> Any:
+    """The JSON value on a raw line (its line break included), or `_SLOW` when this fast path
+    cannot tell (then `_json_line` decides, with its message): no `json.loads` wrapper (bytes
+    detection, two regex matches) for the common line that is one value and a line break."""
+    try:
+        text = line.decode()
+        value, end = _scan(text, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError):
+        return _SLOW
+    n = len(text)
+    if end == n or (end == n - 1 and text[end] == "\n") or _BLANK.issuperset(text[end:]):
+        return value
+    return _SLOW
+
+
+_SLOW = object()
+
+
 def _text_line(line: bytes, where: str) -> Any:
     try:
         return line.decode("utf-8")
@@ -144,6 +173,7 @@ class LineSource:
         self.total = count_lines(path)
         self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by close())
         self._parse = parse
+        self._fast = _json_fast if parse is _json_line else None
         self._next = 0
 
     def read(self, index: int) -> Any:
@@ -159,8 +189,42 @@ class LineSource:
             )
         return self._parse(_strip(line), f"{self.name}:{index + 1}")
 
+    def read_many(self, indices: list[int]) -> tuple[list[Any], bool]:
+        fast = self._fast
+        if fast is None or indices[-1] - indices[0] != len(indices) - 1:
+            return _read_each(self, indices)
+        # A run of consecutive `.jsonl` lines (the usual case): read together, parsed by
+        # the C scanner; only the lines it cannot vouch for go through `read`'s path.
+        f = self._file
+        while self._next < indices[0]:
+            f.readline()
+            self._next += 1
+        lines = list(islice(f, len(indices)))
+        lines += [b""] * (len(indices) - len(lines))  # the file ended early: malformed
+        self._next += len(indices)
+        values = list(map(fast, lines))
+        bad = False
+        if _SLOW in values:
+            for n, value in enumerate(values):
+                if value is _SLOW:
+                    values[n] = self._slow(lines[n], indices[n])
+                    bad = bad or isinstance(values[n], Malformed)
+        return values, bad
+
+    def _slow(self, line: bytes, index: int) -> Any:
+        if not line:
+            return Malformed(
+                f"{self.name}: ended before line {index + 1}; it changed during the run"
+            )
+        return self._parse(_strip(line), f"{self.name}:{index + 1}")
+
     def close(self) -> None:
         self._file.close()
+
+
+def _read_each(source: ItemSource, indices: list[int]) -> tuple[list[Any], bool]:
+    values = [source.read(i) for i in indices]
+    return values, any(isinstance(v, Malformed) for v in values)
 
 
 class CsvSource:
@@ -206,6 +270,9 @@ class CsvSource:
             )
         return dict(zip(self._header, row, strict=True))
 
+    def read_many(self, indices: list[int]) -> tuple[list[Any], bool]:
+        return _read_each(self, indices)
+
     def close(self) -> None:
         self._file.close()
 
@@ -220,6 +287,10 @@ class GlobSource:
 
     def read(self, index: int) -> Any:
         return self._paths[index]
+
+    def read_many(self, indices: list[int]) -> tuple[list[Any], bool]:
+        paths = self._paths
+        return [paths[i] for i in indices], False
 
     def close(self) -> None:
         self._paths = []

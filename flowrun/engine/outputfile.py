@@ -63,16 +63,19 @@ class OrderedWriter:
 
     def put(self, index: int, text: str) -> None:
         """Item `index` finished with JSON `text` (`null` for a failed item)."""
-        if index == self.next:
-            self._line(text)
-            self._advance()
+        if index == self.next:  # the usual case, inlined: the next line in order
+            self._buf.append(text)
+            self._size += len(text) + 1
+            self.next = index + 1
+            if self._ahead or self._stored:
+                self._advance()
         else:
             self._ahead[index] = text
         if self._size >= GROUP_BYTES or time.monotonic() - self._since >= GROUP_SECONDS:
             self.flush()
 
     def _line(self, text: str) -> None:
-        self._buf.append(text + "\n")
+        self._buf.append(text)
         self._size += len(text) + 1
         self.next += 1
 
@@ -91,7 +94,8 @@ class OrderedWriter:
         self._since = time.monotonic()
         if not self._buf:
             return
-        data = memoryview("".join(self._buf).encode())
+        self._buf.append("")  # the last line's line break
+        data = memoryview("\n".join(self._buf).encode())
         self._buf, self._size = [], 0
         while data:
             data = data[os.write(self._fd, data) :]

@@ -161,7 +161,9 @@ class Scheduler:
         false the scheduler keeps counts only: a streamed batch's outputs go to its file, and
         its memory must not grow with the number of items."""
         spec = self.graph.nodes[batch].batch_spec
-        done = {i: v for i, v in (done or {}).items() if first <= i < total}
+        done = done or {}
+        # Keys first: only the outputs past `first` are read (a lean mapping loads on demand).
+        done = {i: done[i] for i in done if first <= i < total}
         results: list[Any] = [None] * total if keep_results else []
         if keep_results:
             for i, value in done.items():

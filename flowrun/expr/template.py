@@ -224,3 +224,8 @@ def with_kwargs(kwargs: Mapping[str, Any], params: Mapping[str, Any]) -> Mapping
     if isinstance(params, Params):
         return Params(params.tree, {**params.bound, **kwargs}) if kwargs else params
     return {**kwargs, **params}
+
+
+def template_scope(input: Any, context: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The names one template outside `params` sees (a batch's `itemsFrom`): as in `Params`."""
+    return _Scope(input, context)

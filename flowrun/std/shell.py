@@ -3,8 +3,13 @@
 The command runs in a session of its own (`start_new_session=True`), so its whole process
 group can be ended: when the attempt's `ctx.cancelled` is set (a timeout, a Ctrl-C) the group
 gets SIGTERM, then SIGKILL after `KILL_GRACE_S`; a `sh -c` child never outlives its shell.
-stdout and stderr are read together by `communicate` (reading one pipe after the other can
-deadlock on a full pipe). The command's stderr is written to `sys.stderr` as the node's log.
+The command's stderr is written to `sys.stderr` as the node's log.
+
+On Linux stdout and stderr go to two anonymous in-memory files (`memfd_create`), read once the
+command has exited, and the exit is waited for on a pidfd (`poll` with a timeout, so the
+cancel event is seen): no pipes and no read loop per command, which is most of what a short
+command costs here besides its own start. Elsewhere they are pipes read together by
+`communicate` (reading one pipe after the other can deadlock on a full pipe).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,26 +66,38 @@ def shell(
     # None inherits the environment as it is: no copy to encode for each command.
     environ = {**os.environ, **{str(k): _text(v) for k, v in env.items()}} if env else None
     cancelled = ctx.cancelled if ctx is not None else threading.Event()
+    files = _memfds() if _MEMFD else None
     try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=where,
-            env=environ,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise ShellError(f"cannot start {_show(argv)} in {where}: {exc.strerror}") from exc
-    with _live_lock:
-        _live.add(proc)
-    try:
-        out, err, stopped = _wait(proc, cancelled)
-    finally:
-        _kill_group(proc, signal.SIGKILL)  # whatever the command left running in its group
+        try:
+            proc = subprocess.Popen(
+                argv,
+                executable=_executable(argv[0], environ),
+                cwd=where,
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if files is None else files[0],
+                stderr=subprocess.PIPE if files is None else files[1],
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise ShellError(f"cannot start {_show(argv)} in {where}: {exc.strerror}") from exc
         with _live_lock:
-            _live.discard(proc)
+            _live.add(proc)
+        try:
+            if files is None:
+                out, err, stopped = _wait(proc, cancelled)
+            else:
+                stopped = _wait_exit(proc, cancelled)
+        finally:
+            _kill_group(proc, signal.SIGKILL)  # whatever the command left running in its group
+            with _live_lock:
+                _live.discard(proc)
+        if files is not None:
+            out, err = _read(files[0]), _read(files[1])
+    finally:
+        if files is not None:
+            os.close(files[0])
+            os.close(files[1])
     stderr = err.decode(errors="replace")
     if stderr:
         sys.stderr.write(stderr if stderr.endswith("\n") else stderr + "\n")
@@ -101,6 +120,26 @@ def _argv(command: Any) -> list[str]:
     )
 
 
+_found: dict[tuple[str, str | None], str] = {}
+
+
+def _executable(name: str, environ: Mapping[str, str] | None) -> str:
+    """The program to start for `name`: searched on PATH once per name (and PATH), not by
+    each start (Popen would build every PATH candidate, and the child would try each); the
+    program still sees `name` as its argv[0]. A name with a slash is used as it is."""
+    if "/" in name:
+        return name
+    path = (environ or os.environ).get("PATH")
+    key = (name, path)
+    found = _found.get(key)
+    if found is None or not os.access(found, os.X_OK):
+        found = shutil.which(name, path=path)
+        if found is None or not os.path.isabs(found):
+            return name  # not found (or a relative PATH entry): let Popen search and report
+        _found[key] = found
+    return found
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -112,6 +151,76 @@ def _wait(proc: subprocess.Popen[bytes], cancelled: threading.Event) -> tuple[by
         except subprocess.TimeoutExpired:
             if cancelled.is_set():
                 return (*_stop(proc), True)
+
+
+_MEMFD = hasattr(os, "memfd_create") and hasattr(os, "pidfd_open")
+
+
+def _memfds() -> tuple[int, int]:
+    out = os.memfd_create("flowrun-stdout", os.MFD_CLOEXEC)
+    try:
+        return out, os.memfd_create("flowrun-stderr", os.MFD_CLOEXEC)
+    except OSError:
+        os.close(out)
+        raise
+
+
+def _read(fd: int) -> bytes:
+    """All a command wrote to its in-memory file."""
+    size = os.fstat(fd).st_size
+    chunks, at = [], 0
+    while at < size:
+        chunk = os.pread(fd, size - at, at)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        at += len(chunk)
+    return b"".join(chunks)
+
+
+def _exited(proc: subprocess.Popen[bytes], pidfd: int, seconds: float) -> bool:
+    """Wait up to `seconds` for the command to exit (and reap it); did it?"""
+    poller = select.poll()  # not select(): a pidfd may be numbered past FD_SETSIZE
+    poller.register(pidfd, select.POLLIN)
+    if not poller.poll(seconds * 1000):
+        return False
+    proc.wait()
+    return True
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], cancelled: threading.Event) -> bool:
+    """Wait for the command's exit, looking at `cancelled` every `POLL_S`; was it stopped?"""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except OSError:  # a kernel without pidfds: poll the process instead
+        return _wait_polling(proc, cancelled)
+    try:
+        while not _exited(proc, pidfd, POLL_S):
+            if cancelled.is_set():
+                _kill_group(proc, signal.SIGTERM)
+                if not _exited(proc, pidfd, KILL_GRACE_S):
+                    _kill_group(proc, signal.SIGKILL)
+                    proc.wait()
+                return True
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def _wait_polling(proc: subprocess.Popen[bytes], cancelled: threading.Event) -> bool:
+    while True:
+        try:
+            proc.wait(POLL_S)
+            return False
+        except subprocess.TimeoutExpired:
+            if cancelled.is_set():
+                _kill_group(proc, signal.SIGTERM)
+                try:
+                    proc.wait(KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc, signal.SIGKILL)
+                    proc.wait()
+                return True
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:

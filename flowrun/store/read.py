@@ -8,13 +8,14 @@ ever unpickled. A batch item's success may sit in an ``item_chunks`` row as well
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from flowrun.store.db import (
 from flowrun.store.records import RunMeta
 
 _SECOND = len("20261128-055533")  # run ids sharing this prefix started in the same second
+_NONE: frozenset[str] = frozenset()
 NODE_STATUSES = ("succeeded", "failed", "skipped", "recovered")
 BATCH_STATUSES = ("running", "succeeded", "failed")
 RUN_STATUSES = ("completed", "failed", "cancelled")
@@ -172,6 +174,94 @@ class StoredRun:
     items: dict[str, dict[int, StoredNode]]
     batches: dict[str, StoredBatch]
     context_updates: dict[str, Any]
+    #: batches loaded `lean` (with `outputTo`): their succeeded items, index -> output, read
+    #: without the outputs until one is asked for (`items` holds their other records)
+    lean: dict[str, LeanItems] = field(default_factory=dict)
+
+
+class LeanItems(Mapping[int, Any]):
+    """The succeeded items of a batch whose results are in its `outputTo` file, as a mapping
+    index -> output that holds only the indices (as runs of consecutive ones) until an output
+    is asked for. Then it decodes the outputs of the chunks holding that index or a later
+    one, and keeps only those: a resume asks for the few items past what the file holds, so
+    memory stays bounded by them, not by the batch."""
+
+    def __init__(self, db: Path, batch: str, rows: dict[int, Any], runs: list[list[int]]) -> None:
+        self._db, self._batch = db, batch
+        self._rows = rows  # successes recorded one row each (retried, recovered): with outputs
+        self._starts, self._stops = _merged(runs)
+        self._len = sum(b - a for a, b in zip(self._starts, self._stops, strict=True)) + sum(
+            1 for i in rows if not self._in_runs(i)
+        )
+        self._from: int | None = None  # outputs at indices >= this are loaded
+        self._outputs: dict[int, Any] = {}
+
+    def _in_runs(self, index: int) -> bool:
+        at = bisect.bisect_right(self._starts, index) - 1
+        return at >= 0 and index < self._stops[at]
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and (self._in_runs(index) or index in self._rows)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[int]:
+        for a, b in zip(self._starts, self._stops, strict=True):
+            yield from range(a, b)
+        yield from (i for i in self._rows if not self._in_runs(i))
+
+    def __getitem__(self, index: int) -> Any:
+        if not self._in_runs(index):
+            return self._rows[index]
+        if self._from is None or index < self._from:
+            self._load(index)
+        return self._outputs[index]
+
+    def _load(self, start: int) -> None:
+        outputs: dict[int, Any] = {}
+        with translated(self._db):
+            conn = connect(self._db, mode="ro")
+            try:
+                rows = conn.execute(
+                    "SELECT indices, outputs FROM item_chunks WHERE batch = ?", (self._batch,)
+                )
+                for indices, texts in rows:
+                    idx = json.loads(indices)
+                    if idx and max(idx) >= start:
+                        values = json.loads(texts)
+                        outputs.update(
+                            (i, v) for i, v in zip(idx, values, strict=True) if i >= start
+                        )
+            finally:
+                conn.close()
+        self._from, self._outputs = start, outputs
+
+
+def _merged(runs: list[list[int]]) -> tuple[list[int], list[int]]:
+    """Sorted, merged [start, stop) runs."""
+    starts: list[int] = []
+    stops: list[int] = []
+    for a, b in sorted(runs):
+        if stops and a <= stops[-1]:
+            stops[-1] = max(stops[-1], b)
+        else:
+            starts.append(a)
+            stops.append(b)
+    return starts, stops
+
+
+def _runs(indices: list[int]) -> Iterator[list[int]]:
+    """[start, stop) runs of consecutive indices (a chunk's are usually one run)."""
+    if not indices:
+        return
+    start = prev = indices[0]
+    for i in indices[1:]:
+        if i != prev + 1:
+            yield [start, prev + 1]
+            start = i
+        prev = i
+    yield [start, prev + 1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +368,13 @@ def _meta(value: object) -> RunMeta:
     return RunMeta(**raw)
 
 
-def load_run(db: Path, meta: RunMeta) -> StoredRun:
-    """Everything committed to `db` so far, decoded with ``json.loads``."""
+def load_run(db: Path, meta: RunMeta, lean: Collection[str] = ()) -> StoredRun:
+    """Everything committed to `db` so far, decoded with ``json.loads``; the succeeded items
+    of the batches in `lean` are read as `LeanItems` (indices now, outputs when asked)."""
     with _checked(db):
         conn = connect(db, mode="ro")
         try:
-            return _read_run(conn, meta)
+            return _read_run(conn, meta, db, frozenset(lean))
         finally:
             conn.close()
 
@@ -313,7 +404,9 @@ def _summary(run_dir: Path) -> RunSummary:
     )
 
 
-def _read_run(conn: sqlite3.Connection, meta: RunMeta) -> StoredRun:
+def _read_run(
+    conn: sqlite3.Connection, meta: RunMeta, db: Path | None = None, lean: frozenset[str] = _NONE
+) -> StoredRun:
     nodes: dict[str, StoredNode] = {}
     items: dict[str, dict[int, StoredNode]] = {}
     updates: dict[str, Any] = {}
@@ -341,7 +434,7 @@ def _read_run(conn: sqlite3.Connection, meta: RunMeta) -> StoredRun:
             items.setdefault(batch, {})[_int(idx, f"{where}: idx")] = stored
         if upd is not None:
             updates.update(_decoded(upd, f"{where}: updates", kind=dict))
-    _read_chunks(conn, items)
+    leans = _read_chunks(conn, items, db, lean)
     batches = {}
     for batch, total, status, succeeded, failed, output_key in conn.execute(
         "SELECT batch, total, status, succeeded, failed, output_key FROM batches"
@@ -356,7 +449,7 @@ def _read_run(conn: sqlite3.Connection, meta: RunMeta) -> StoredRun:
         )
     starts = _starts(conn)
     status = starts[-1][1] if starts else None
-    return StoredRun(meta, status, len(starts), nodes, items, batches, updates)
+    return StoredRun(meta, status, len(starts), nodes, items, batches, updates, leans)
 
 
 def _starts(conn: sqlite3.Connection) -> list[tuple[float, str | None, float | None]]:
@@ -374,11 +467,31 @@ def _starts(conn: sqlite3.Connection) -> list[tuple[float, str | None, float | N
     return starts
 
 
-def _read_chunks(conn: sqlite3.Connection, items: dict[str, dict[int, StoredNode]]) -> None:
+def _read_chunks(
+    conn: sqlite3.Connection,
+    items: dict[str, dict[int, StoredNode]],
+    db: Path | None,
+    lean: frozenset[str],
+) -> dict[str, LeanItems]:
     """Add the chunks' successes to `items`. A success is final (a succeeded item is never run
-    again), so it wins over any row of the same item, whatever their order."""
+    again), so it wins over any row of the same item, whatever their order. A batch in
+    `lean` gets `LeanItems` instead (its rows' successes and its chunks' indices)."""
+    runs: dict[str, list[list[int]]] = {b: [] for b in lean}
+    if lean:
+        assert db is not None
+        for number, (batch, size, indices) in enumerate(
+            conn.execute("SELECT batch, size, indices FROM item_chunks"), 1
+        ):
+            if batch in runs:
+                where = f"item_chunks row {number} (batch {batch!r:.60})"
+                n = _int(size, f"{where}: size")
+                runs[batch].extend(_runs(_array(indices, f"{where}: indices", n, {int})))
+    marks = ", ".join("?" * len(lean))  # one placeholder per batch name, never the names
+    where_lean = f" WHERE batch NOT IN ({marks})" if lean else ""
     chunks = conn.execute(
         "SELECT batch, size, indices, attempts, durations_us, actions, outputs FROM item_chunks"
+        + where_lean,
+        tuple(lean),
     )
     for number, (batch, size, indices, attempts, durations_us, actions, outputs) in enumerate(
         chunks, 1
@@ -401,6 +514,14 @@ def _read_chunks(conn: sqlite3.Connection, items: dict[str, dict[int, StoredNode
             raise _Damaged(f"{where}: outputs has {len(columns[-1])} elements, not {n}")
         for index, attempt, us, action, output in zip(*columns, strict=True):
             stored[index] = StoredNode("succeeded", attempt, us / 1000, output, action, None)
+    out: dict[str, LeanItems] = {}
+    for batch, batch_runs in runs.items():
+        rows = items.pop(batch, {})
+        ok = {i: n.output for i, n in rows.items() if n.status in ("succeeded", "recovered")}
+        items[batch] = {i: n for i, n in rows.items() if i not in ok}
+        assert db is not None
+        out[batch] = LeanItems(db, batch, ok, batch_runs)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

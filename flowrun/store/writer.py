@@ -35,7 +35,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import suppress
 from dataclasses import asdict
 from itertools import groupby
@@ -450,12 +450,13 @@ class RunStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def load(self) -> StoredRun:
-        """Everything recorded so far (flushes first), decoded with ``json.loads``."""
+    def load(self, lean: Collection[str] = ()) -> StoredRun:
+        """Everything recorded so far (flushes first), decoded with ``json.loads``; the batches
+        in `lean` without their items' outputs until asked (`read.LeanItems`)."""
         self.flush()
         from flowrun.store.read import load_run
 
-        return load_run(self.db_path, self.meta)
+        return load_run(self.db_path, self.meta, lean)
 
     @property
     def failure(self) -> StateError | None:

@@ -12,9 +12,11 @@ others, flowrun must be installed and the worker started from the blueprint's di
 PYTHONPATH set. A worker keeps the modules it imported for its lifetime: restart the workers
 after changing a node's code.
 
-Cancel: outstanding futures are cancelled and the client is closed; a cluster started here has
-its worker processes killed at once, then is stopped. Dask cannot interrupt a node already
-running on a cluster reached with `--address`: it finishes there and its result is dropped.
+Cancel: every worker is told at once (`remote.cancel_run`), so the run's attempts running there
+see `ctx.cancelled` (a shell node ends its command's whole process group); then outstanding
+futures are cancelled and the client is closed; a cluster started here has its worker
+processes killed, then is stopped. A Python node that never looks at `ctx.cancelled` cannot be
+interrupted on a cluster reached with `--address`: it finishes there and its result is dropped.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from flowrun.blueprint.resolve import Target
-from flowrun.engine.backends.remote import ContextPacker, Job, run_job
+from flowrun.engine.backends.remote import ContextPacker, Job, cancel_run, run_job
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.errors import UsageError
 from flowrun.node import SharedContext
@@ -42,6 +44,7 @@ WORKER_PRELOAD = "flowrun.engine.backends.remote"
 CONNECT_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 0.5
+CANCEL_WAIT_S = 2.0
 INSTALL_HINT = "--executor dask needs the optional dependency: pip install 'flowrun[dask]'"
 
 
@@ -140,7 +143,16 @@ class DaskBackend:
         return fut
 
     def cancel(self) -> None:
-        """Workers elsewhere never see the run's event: `close(cancel=True)` stops them."""
+        """Tell every worker the run is cancelled (they never see the driver's event), waiting
+        at most `CANCEL_WAIT_S` for their answers: a stuck worker must not hold the run."""
+
+        def tell() -> None:
+            with contextlib.suppress(Exception):  # a lost scheduler: close() says no more
+                self._client.run(cancel_run, self._run_id)
+
+        told = threading.Thread(target=tell, daemon=True, name="flowrun-dask-cancel")
+        told.start()
+        told.join(CANCEL_WAIT_S)
 
     def close(self, *, cancel: bool = False) -> None:
         # `shutdown(wait=False)` cancels whatever is still outstanding (nothing after a

@@ -91,9 +91,11 @@ _targets: dict[str, Target] = {}
 _paths: set[tuple[str, ...]] = set()
 _lock = threading.Lock()
 # A worker never sees the parent's cancel event: a cancelled run stops its workers from the
-# parent (process workers are terminated, Dask futures cancelled). Per-attempt timeouts still
-# set `ctx.cancelled`, through the worker's own `CancelScope`.
-_scope = CancelScope()
+# parent (process workers are terminated, Dask futures cancelled), and on a cluster reached
+# with `--address`, which flowrun cannot stop, the parent calls `cancel_run` on every worker.
+# Per-attempt timeouts set `ctx.cancelled` through the run's `CancelScope` in this process.
+_scopes: dict[str, CancelScope] = {}
+MAX_SCOPES = 64  # runs remembered by a long-lived worker (the oldest is forgotten first)
 
 
 def run_job(job: Job) -> list[Outcome]:
@@ -101,13 +103,30 @@ def run_job(job: Job) -> list[Outcome]:
     _ensure_path(job.dirs)
     data = pickle.loads(job.context) if job.context is not None else {}
     context = SharedContext(data)
+    scope = _scope_of(job.run_id)
     targets = _async_targets(job.calls)
     if targets is not None:
         from flowrun.engine.aio import run_chunk, run_together, shared_loop
 
         run = run_together if job.together else run_chunk
-        return shared_loop().submit(run, job.calls, targets, job.run_id, context, _scope).result()
-    return [_run_call(call, job.run_id, context) for call in job.calls]
+        return shared_loop().submit(run, job.calls, targets, job.run_id, context, scope).result()
+    return [_run_call(call, job.run_id, context, scope) for call in job.calls]
+
+
+def _scope_of(run_id: str) -> CancelScope:
+    with _lock:
+        scope = _scopes.get(run_id)
+        if scope is None:
+            while len(_scopes) >= MAX_SCOPES:
+                del _scopes[next(iter(_scopes))]
+            scope = _scopes[run_id] = CancelScope()
+        return scope
+
+
+def cancel_run(run_id: str) -> None:
+    """Run `run_id` was cancelled: its attempts running here see `ctx.cancelled` now (a shell
+    node then ends its command's process group), and later ones start cancelled."""
+    _scope_of(run_id).cancel()
 
 
 def _async_targets(calls: Sequence[Call]) -> dict[str, Target] | None:
@@ -149,7 +168,7 @@ def _target(uses: str) -> Target:
     return target
 
 
-def _run_call(call: Call, run_id: str, context: SharedContext) -> Outcome:
+def _run_call(call: Call, run_id: str, context: SharedContext, scope: CancelScope) -> Outcome:
     try:
         target = _target(call.uses)
     except Exception as exc:  # not importable here: the node fails, the worker carries on
@@ -162,7 +181,7 @@ def _run_call(call: Call, run_id: str, context: SharedContext) -> Outcome:
             is_async=target.is_async,
             run_id=run_id,
             context=context,
-            cancel=_scope,
+            cancel=scope,
         )
     except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node: only it fails
         return crashed(call, exc)

@@ -55,7 +55,7 @@ class Stored:
     """What an earlier run left (for `--resume`): outputs of settled-ok nodes and items."""
 
     nodes: dict[str, tuple[str, Any, str | None, int]]  # id -> (status, output, action, attempts)
-    items: dict[str, dict[int, Any]]  # group (batch) -> index -> output
+    items: Mapping[str, Mapping[int, Any]]  # group (batch) -> index -> output
 
 
 class Runtime(Protocol):

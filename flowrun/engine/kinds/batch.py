@@ -45,6 +45,7 @@ from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
 from flowrun.errors import PathT, Problem
 from flowrun.expr.compiler import ExprEvalError
+from flowrun.expr.template import template_scope
 from flowrun.model import (
     Blueprint,
     Graph,
@@ -56,6 +57,14 @@ from flowrun.model import (
     item_id,
     scatter_id,
 )
+
+
+def _why(exc: OSError | ValueError) -> str:
+    """An item file that cannot be opened, named as it was looked for."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"itemsFrom: cannot open {exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
 
 CHUNK_TARGET_MS = 2.0
 MAX_CHUNK = 256
@@ -134,7 +143,7 @@ class Batch(NodeKind):
             why = input_problem(b.items_from, base)
             if why is not None:
                 out.append(((*spec.path, "batch", "itemsFrom"), "items-from", why))
-        if b.output_to is not None and base is not None:
+        if b.output_to is not None and base is not None and "${{" not in b.output_to:
             why = output_file_problem(b.output_to, base)
             if why is not None:
                 out.append(((*spec.path, "batch", "outputTo"), "output-to", why))
@@ -195,13 +204,19 @@ class Batch(NodeKind):
         assert spec.items_from is not None
         done = rt.stored.items.get(batch, {})
         try:
-            source = open_source(spec.items_from, self._base())
-        except (OSError, ValueError) as exc:
+            items_from = self._path(node, "itemsFrom", spec.items_from)
+            output_to = self._path(node, "outputTo", spec.output_to)
+        except (InputError, ExprEvalError, TypeError) as exc:
             rt.fail_inline(batch, type(exc).__name__, f"batch '{batch}': {exc}", node.id)
             return
+        try:
+            source = open_source(items_from, self._base())
+        except (OSError, ValueError) as exc:
+            rt.fail_inline(batch, type(exc).__name__, f"batch '{batch}': {_why(exc)}", node.id)
+            return
         first = 0
-        if spec.output_to is not None:
-            path = self._base() / spec.output_to
+        if output_to is not None:
+            path = self._base() / output_to
             try:
                 if batch in rt.stored.items or rt.stored.nodes:
                     writer = OrderedWriter.resume(path, done)
@@ -226,6 +241,21 @@ class Batch(NodeKind):
             )
         )
         rt.sched.bind(batch, source.total, done, keep_results=keep, first=first)
+
+    def _path(self, node: GraphNode, key: str, text: str | None) -> Any:
+        """`itemsFrom` / `outputTo` as this run has it: a `${{ }}` rendered now (with the
+        names params see: input, context, env, node ids), and it must give a string."""
+        template = node.batch_spec.paths.get(key)
+        if template is None:
+            return text
+        if isinstance(template, str):
+            return template  # only `$${{` escapes: a literal after all
+        args, _ = self.rt.router.input(node)
+        value = template.render(template_scope(args[0] if args else None, self.rt.router.ctx))
+        if not isinstance(value, str) or not value:
+            found = f"{type(value).__name__} {json.dumps(value, default=str)[:80]}"
+            raise TypeError(f"{key} {text!r} gave {found}, expected a path (a string)")
+        return value
 
     def _gather(self, node: GraphNode) -> None:
         rt, batch = self.rt, node.owner
@@ -313,11 +343,13 @@ class Batch(NodeKind):
                         values = [items[i] for i in idx]
                 else:
                     assert source is not None
-                    values = self._read(batch, source, idx)
-                    idx = [i for i, v in zip(idx, values, strict=True) if v is not _SETTLED]
-                    values = [v for v in values if v is not _SETTLED]
-                    if not idx:
-                        continue
+                    values, bad = source.read_many(idx)
+                    if bad:  # some lines could not be read: those items fail here
+                        values = self._settle_malformed(batch, idx, values)
+                        idx = [i for i, v in zip(idx, values, strict=True) if v is not _SETTLED]
+                        values = [v for v in values if v is not _SETTLED]
+                        if not idx:
+                            continue
                     seq = idx
                 if submit_items is not None:  # one `Items` for the chunk, one event
                     inflight[batch] = inflight.get(batch, 0) + 1
@@ -475,9 +507,13 @@ class Batch(NodeKind):
         self._settle_item(batch, i, True, text, output)  # (and into `outputTo`, if any)
 
     def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
-        """The items at `idx`; an unreadable one fails at once (it is never called), and its
-        place in the result is `_SETTLED`."""
-        values = [source.read(i) for i in idx]
+        """The items at `idx`; an unreadable one fails at once (`_settle_malformed`)."""
+        values, bad = source.read_many(idx)
+        return self._settle_malformed(batch, idx, values) if bad else values
+
+    def _settle_malformed(self, batch: str, idx: list[int], values: list[Any]) -> list[Any]:
+        """`values` read at `idx`; an unreadable one fails at once (it is never called), and
+        its place in the result is `_SETTLED`."""
         for n, (i, value) in enumerate(zip(idx, values, strict=True)):
             if isinstance(value, Malformed):
                 values[n] = _SETTLED
