@@ -7,7 +7,9 @@
    whole `flowrun run` process, against `xargs -P 8 -n 1 true` over the same list. The
    process spawns dominate both; the ratio of medians is the cost of flowrun around them.
    Then the same through a shell on both sides: the string command `true ITEM` (run by
-   `/bin/sh -c`) against `xargs -P 8 -n 1 sh -c 'true "$1"' sh`.
+   `/bin/sh -c`) against `xargs -P 8 -n 1 sh -c 'true "$1"' sh`. And `bench/shell_peer.py`
+   (a ThreadPoolExecutor of 8 running `subprocess.run` per item) against xargs and flowrun:
+   what any Python runner that captures each command's output pays per spawn.
 2. W1 (a no-op batch of N items at concurrency 8) with `params: {tag: "${{ input }}"}` against
    the same batch with a plain `params: {tag: x}`: the difference per item is what rendering
    a template costs per call.
@@ -28,6 +30,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from measure import base_env
 
 NODES = """
 def items(n):
@@ -61,7 +65,7 @@ def flowrun(path: Path, work: Path) -> Callable[[], float]:
         cmd = [sys.executable, "-m", "flowrun", "run", str(path), "--no-progress",
                "--state-dir", state, "-c", "8"]  # fmt: skip
         t0, c0 = time.perf_counter(), _cpu()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=work)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=work, env=base_env())
         CPU.setdefault(path.stem, []).append(_cpu() - c0)
         return time.perf_counter() - t0
 
@@ -84,6 +88,19 @@ def xargs(listing: Path, *command: str) -> Callable[[], float]:
         with listing.open() as fh:
             subprocess.run(["xargs", "-P", "8", "-n", "1", *command], stdin=fh, check=True)
         CPU.setdefault(f"xargs-{command[0]}", []).append(_cpu() - c0)
+        return time.perf_counter() - t0
+
+    return once
+
+
+def python_peer(listing: Path, *command: str) -> Callable[[], float]:
+    """bench/shell_peer.py: a ThreadPoolExecutor running subprocess.run per item."""
+
+    def once() -> float:
+        cmd = [sys.executable, str(Path(__file__).with_name("shell_peer.py")), str(listing)]
+        t0, c0 = time.perf_counter(), _cpu()
+        subprocess.run([*cmd, *command], check=True, stdout=subprocess.DEVNULL, env=base_env())
+        CPU.setdefault(f"peer-{command[0]}", []).append(_cpu() - c0)
         return time.perf_counter() - t0
 
     return once
@@ -117,6 +134,9 @@ def main() -> None:
         shell_bp = blueprint(work, "shell", args.items,
                              '{shell: ["true", "${{ input }}"], inputKey: start}')  # fmt: skip
         fl, xa = alternate(flowrun(shell_bp, work), xargs(listing, "true"), args.reps)
+        # The same items through the least a Python runner does (a thread pool of
+        # subprocess.run), against xargs again: how much of the gap any Python runner pays.
+        py, xa2 = alternate(python_peer(listing, "true"), xargs(listing, "true"), args.reps)
         sh_bp = blueprint(work, "sh", args.items, "{shell: 'true ${{ input }}', inputKey: start}")
         sh_xargs = xargs(listing, "sh", "-c", 'true "$1"', "sh")
         fl_sh, xa_sh = alternate(flowrun(sh_bp, work), sh_xargs, args.reps)
@@ -133,6 +153,10 @@ def main() -> None:
         "flowrun_s": round(med(fl), 3),
         "xargs_s": round(med(xa), 3),
         "ratio": round(med(fl) / med(xa), 2),
+        "python_peer_s": round(med(py), 3),
+        "python_peer_xargs_s": round(med(xa2), 3),
+        "python_peer_ratio": round(med(py) / med(xa2), 2),
+        "flowrun_vs_python_peer": round(med(fl) / med(py), 2),
         "sh_flowrun_s": round(med(fl_sh), 3),
         "sh_xargs_s": round(med(xa_sh), 3),
         "sh_ratio": round(med(fl_sh) / med(xa_sh), 2),
@@ -146,6 +170,11 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     print(f"| {args.items} shell items (`true ITEM`), c=8, vs `xargs -P 8 -n 1 true` | "
           f"{rows['flowrun_s']} s | {rows['xargs_s']} s | {rows['ratio']}x |")  # fmt: skip
+    print(f"| {args.items} items through bench/shell_peer.py (ThreadPoolExecutor(8) + "
+          f"subprocess.run), vs `xargs -P 8 -n 1 true` | {rows['python_peer_s']} s | "
+          f"{rows['python_peer_xargs_s']} s | {rows['python_peer_ratio']}x |")  # fmt: skip
+    print(f"| flowrun's shell batch vs bench/shell_peer.py | {rows['flowrun_s']} s | "
+          f"{rows['python_peer_s']} s | {rows['flowrun_vs_python_peer']}x |")  # fmt: skip
     print(f"| {args.items} shell items (`sh -c 'true ITEM'`), c=8, vs `xargs -P 8 -n 1 sh -c` | "
           f"{rows['sh_flowrun_s']} s | {rows['sh_xargs_s']} s | {rows['sh_ratio']}x |")  # fmt: skip
     w1 = f"{rows['w1_template_s']} s | {rows['w1_plain_s']} s | {rows['w1_ratio']}x"
