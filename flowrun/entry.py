@@ -58,16 +58,14 @@ def bound_teardown(code: int, grace: float = TEARDOWN_GRACE_S) -> None:
     A daemon thread keeps running while the interpreter joins the other threads and runs the
     atexit handlers, which is where a leftover thread makes it wait; once the interpreter is
     past that, daemon threads no longer run, so an ordinary exit is never cut short."""
+    import contextlib
+    import os
     import threading
 
     def force() -> None:
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(Exception):  # a closed pipe: nothing more can reach it
                 stream.flush()
-            except Exception:  # a closed or broken pipe: nothing more can reach it
-                pass
-        import os
-
         os._exit(code)
 
     timer = threading.Timer(grace, force)

@@ -1,4 +1,4 @@
-"""Node functions (and a module) that test how the process ends (tests/test_reliability_exit.py)."""
+"""Node functions for tests/test_reliability_exit.py and tests/test_expr_cost.py."""
 
 from __future__ import annotations
 
@@ -18,3 +18,8 @@ def leave_thread(x: Any = None, *, fail: bool = False) -> int:
 def large(x: Any = None, *, n: int = 40_000) -> list[str]:
     """An output whose `--json` document (about 2 MB) is far larger than a pipe's buffer."""
     return [f"{i:08d}" + "x" * 40 for i in range(n)]
+
+
+def ignores(x: Any = None, **params: Any) -> int:
+    """Return the same whatever it is given (so a bad input is not caught by its output)."""
+    return 0
