@@ -128,9 +128,11 @@ def _add(a: Any, b: Any) -> Any:
 
 def _mul(a: Any, b: Any) -> Any:
     if isinstance(a, int) and isinstance(b, int):
-        if a.bit_length() + b.bit_length() > MAX_INT_BITS:
+        bits_a, bits_b = a.bit_length(), b.bit_length()
+        if bits_a + bits_b > MAX_INT_BITS:
             raise Fail(f"the product would have over {MAX_INT_BITS:,} bits")
-        _charge_ints(a, b)
+        if bits_a > 64 and bits_b > 64:
+            charge((bits_a >> 5) * (bits_b >> 5))
     elif isinstance(a, _SEQS) and isinstance(b, int):
         _charge_repeat(a, b)
     elif isinstance(b, _SEQS) and isinstance(a, int):
@@ -151,10 +153,13 @@ def _charge_repeat(seq: Any, times: int) -> None:
 
 
 def _charge_ints(a: int, b: int) -> None:
-    # CPython multiplies and divides integers below 2**64 or so in constant time
-    wa, wb = a.bit_length() >> 5, b.bit_length() >> 5
-    if wa > 1 and wb > 1:
-        charge(wa * wb)
+    """A product or division of two integers: schoolbook cost, in 32-bit words; free below
+    64 bits (constant time) and when one side is small (linear time)."""
+    bits_a = a.bit_length()
+    if bits_a > 64:
+        bits_b = b.bit_length()
+        if bits_b > 64:
+            charge((bits_a >> 5) * (bits_b >> 5))
 
 
 def _floordiv(a: Any, b: Any) -> Any:
@@ -270,26 +275,37 @@ def deep_cost(value: Any, cap: int, leaf: Callable[[Any], int] = _leaf_cost) -> 
     return done[id(value)]
 
 
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
 def check_data(value: Any) -> None:
     """`Fail` if `value` holds a complex number, a NaN or an infinity: no JSON has them."""
+    kind = type(value)
+    if kind in _PLAIN or (kind is float and math.isfinite(value)):
+        return  # the common case, at no cost
     seen: set[int] = set()  # each container once: shared or cyclic data is walked once
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, float):
+        kind = type(item)
+        if kind in _PLAIN:
+            continue
+        if kind is list or kind is tuple or kind is dict:
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            parts = (item, item.values()) if kind is dict else (item,)
+            for part in parts:  # type() of every element in C; a loop only for the rest
+                if not _PLAIN.issuperset(map(type, part)):
+                    stack.extend(x for x in part if type(x) not in _PLAIN)
+        elif isinstance(item, float):
             if not math.isfinite(item):
                 raise Fail(f"its value holds {item!r}, which is no JSON number")
         elif isinstance(item, complex):
             raise Fail(f"its value holds the complex number {item!r}, which JSON cannot hold")
-        elif isinstance(item, (Mapping, list, tuple, set, frozenset)):
-            if id(item) in seen:
-                continue
+        elif isinstance(item, (Mapping, list, tuple, set, frozenset)) and id(item) not in seen:
             seen.add(id(item))
-            if isinstance(item, Mapping):
-                stack.extend(item.keys())
-                stack.extend(item.values())
-            else:
-                stack.extend(item)
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, Mapping) else item)
 
 
 FUNCS: dict[str, tuple[Callable[..., Any], int, int]] = {  # name: (function, min, max args)
