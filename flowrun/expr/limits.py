@@ -146,7 +146,7 @@ def _charge_repeat(seq: Any, times: int) -> None:
     if times <= 0:
         return
     charge(len(seq) * times)
-    if times > 1 and not isinstance(seq, str) and len(seq):
+    if times > 1 and not isinstance(seq, str) and not _SCALARS.issuperset(map(type, seq)):
         inner = deep_cost(seq, budget.left // times + 1, _long_text) - 2 - 2 * len(seq)
         if inner > 0:
             charge(inner * times)
@@ -276,6 +276,7 @@ def deep_cost(value: Any, cap: int, leaf: Callable[[Any], int] = _leaf_cost) -> 
 
 
 _PLAIN = frozenset({int, str, bool, type(None)})
+_SCALARS = frozenset({int, float, bool, type(None)})  # what `_long_text` counts nothing for
 
 
 def check_data(value: Any) -> None:
