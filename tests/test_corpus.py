@@ -106,14 +106,17 @@ def _rename_key(rng: random.Random, data: bytes) -> bytes:
     return (text[: m.start(1)] + new + text[m.end(1) :]).encode("utf-8", "surrogateescape")
 
 
-def _swap_type(rng: random.Random, data: bytes) -> bytes:
+def _swap_type(rng: random.Random, data: bytes, value: str | None = None) -> bytes:
     text = data.decode("utf-8", "surrogateescape")
     scalars = list(SCALAR.finditer(text))
     if not scalars:
         return _flip(rng, data)
     m = rng.choice(scalars)
-    value = rng.choice(VALUES)
-    if text.lstrip().startswith("{"):  # JSON: keep to JSON-looking values
+    if value is not None:
+        pass
+    elif not text.lstrip().startswith("{"):
+        value = rng.choice(VALUES)
+    else:  # JSON: keep to JSON-looking values
         value = rng.choice(["null", "true", "-1", "1e999", "[]", "{}", '"x"', '[1, "a"]',
                             "99999999999999999999999999999", '"${{ input }}"'])  # fmt: skip
     return (text[: m.start(2)] + value + text[m.end(2) :]).encode("utf-8", "surrogateescape")
@@ -162,6 +165,9 @@ def mutants(path: Path) -> Iterator[tuple[int, bytes]]:
     data = path.read_bytes()
     for n in range(MUTANTS):
         rng = random.Random(zlib.crc32(f"{path.name}:{n}".encode()))
+        if n == 0:  # always one: a number no double holds (a crash in the red-team pass)
+            yield n, _swap_type(rng, data, "9" * 400)
+            continue
         out = data
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             out = rng.choice(MUTATORS)(rng, out) or out

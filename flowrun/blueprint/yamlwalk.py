@@ -250,7 +250,17 @@ class Walker:
         except ValueError:
             self._report(node, "bad-number", f"cannot read {node.value[:40]!r} as a number")
             return None
-        if not math.isfinite(value):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond a double: no JSON reader elsewhere keeps it
+            message = (
+                f"the integer {node.value[:20]}... ({len(node.value)} digits) is too large: "
+                "blueprint numbers must fit a double, below about 1.8e308 (quote it to keep "
+                "it as text)"
+            )
+            self._report(node, "bad-number", message)
+            return None
+        if not finite:
             message = (
                 f"{node.value} is not a finite number; blueprint data must be valid JSON, "
                 "which has no infinity or NaN (quote it to keep it as text)"
