@@ -7,7 +7,9 @@
 Workloads (keys for --only):
   W1        no-op batch of N items (1k ... 1M) at concurrency 8, vs ThreadPoolExecutor.map
   W2        1,000 items that each sleep 20 ms at concurrency 10 and 50: batch makespan vs the
-            ideal N*t/c and vs the baseline's map
+            ideal N*t/c and vs the baseline's map (and the same with an `async def` worker);
+            then 20,000 such items at concurrency 1000, a `def` worker against the baseline
+            and an `async def` one against bench/async_peer.py (asyncio.gather + semaphore)
   W3        three chained batches of ~50 us pure-Python items over 10,000 items, concurrency 8
   startup   `flowrun --version` and `flowrun validate blueprints/batch-workflow.yaml`,
             against `python -c pass`
@@ -72,15 +74,21 @@ class Plan:
     validate_nodes: int
     events_items: int
     live_items: int = 50_000
+    w2_high_items: int = 20_000
+    w2_high_concurrency: int = 1_000
     subflow_items: int = 10_000
     dag_nodes: int = 2_000
 
 
 FULL = Plan(5, (1_000, 10_000, 100_000, 1_000_000), 2, 1_000, (10, 50), 10_000, 10, 10_000, 100_000)
-QUICK = Plan(2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000, 5_000, 2_000, 500)
+QUICK = Plan(
+    2, (1_000, 10_000), 1, 200, (50,), 2_000, 3, 2_000, 10_000, 5_000, 2_000, 500, 4_000, 200
+)
 
 W2_SLEEP_S = 0.02
 W2_TARGET = 1.05  # makespan / ideal
+W2_HIGH_TARGET = 1.2  # c=1000: flowrun makespan / its peer's
+W2_HIGH_RSS_KB = 100 * 1024  # c=1000 with an async def worker: peak RSS
 VALIDATE_TARGET_S = 2.0
 RSS_LIMIT_KB = GB_KB  # 1M items must stay under 1 GB
 HUGE = 1_000_000  # W1 sizes from here on: fewer repetitions, no warm-up
@@ -236,6 +244,7 @@ def _w1_marginal(n1: int, n2: int, res: Mapping[str, Series]) -> Row:
 def w2(ctx: Context) -> list[Row]:
     n = ctx.plan.w2_items
     bp = workloads.write_w2(ctx.workdir, n, W2_SLEEP_S)
+    bp_async = workloads.write_w2(ctx.workdir, n, W2_SLEEP_S, "anap")
     rows = []
     for c in ctx.plan.w2_concurrency:
         ideal = n * W2_SLEEP_S / c
@@ -243,6 +252,7 @@ def w2(ctx: Context) -> list[Row]:
         cmds = {
             "flowrun": flowrun_run(bp, c, *events, inspect=_events_inspect(n, "nap")),
             "baseline": baseline(ctx, n, c, ["nap"], "--seconds", str(W2_SLEEP_S)),
+            "async": flowrun_run(bp_async, c, *events, inspect=_events_inspect(n, "nap")),
         }
         res = alternate(cmds, ctx.plan.reps)
         label = f"W2 sleep {W2_SLEEP_S * 1000:g} ms × {n:,}, c={c} (makespan)"
@@ -258,9 +268,63 @@ def w2(ctx: Context) -> list[Row]:
         row.notes.append(
             f"whole process {_secs(fl.wall)} vs {_secs(bl.wall)} ({fl.wall / bl.wall:.2f}×)"
         )
+        row.notes.append(f"async def worker: {res['async'].median_of('makespan_s') / ideal:.3f}×")
         row.notes.append("makespan = batch_started→batch_finished in the --events file")
         rows.append(_done(row))
+    return rows + _w2_high(ctx)
+
+
+def _w2_high(ctx: Context) -> list[Row]:
+    """W2 at concurrency 1000: a `def` worker against the ThreadPoolExecutor baseline, an
+    `async def` worker against asyncio.gather + a semaphore; makespans and peak RSS."""
+    n, c = ctx.plan.w2_high_items, ctx.plan.w2_high_concurrency
+    ideal = n * W2_SLEEP_S / c
+    events = ("--events", f"{SCRATCH}/events.jsonl")
+    secs = ("--seconds", str(W2_SLEEP_S))
+    peer = [PY, str(BENCH / "async_peer.py"), str(ctx.workdir), str(n), str(c), *secs]
+    cmds = {
+        "def": flowrun_run(workloads.write_w2(ctx.workdir, n, W2_SLEEP_S), c, *events,
+                           inspect=_events_inspect(n, "nap")),
+        "baseline": baseline(ctx, n, c, ["nap"], *secs),
+        "async": flowrun_run(workloads.write_w2(ctx.workdir, n, W2_SLEEP_S, "anap"), c,
+                             *events, inspect=_events_inspect(n, "nap")),
+        "peer": Command(peer, ctx.workdir, _baseline_inspect(n)),
+    }  # fmt: skip
+    res = alternate(cmds, ctx.plan.reps)
+    ctx.keep(f"W2 c={c}", res)
+    rows = []
+    for side, base, what, against in (
+        ("def", "baseline", "def worker", "baseline (ThreadPoolExecutor)"),
+        ("async", "peer", "async def worker", "bench/async_peer.py (asyncio.gather + semaphore)"),
+    ):
+        fl, bl = res[side], res[base]
+        span, base_span = fl.median_of("makespan_s"), bl.median_of("map_s")
+        label = f"W2 sleep {W2_SLEEP_S * 1000:g} ms × {n:,}, c={c}, {what} (makespan)"
+        row = Row(label, span, base_span)
+        verdict = "ok" if span / base_span <= W2_HIGH_TARGET else "OVER"
+        row.notes.append(f"baseline: {against}; target ≤ {W2_HIGH_TARGET}×: {verdict}")
+        row.notes.append(f"ideal {ideal:.2f} s: flowrun {span / ideal:.2f}×, "
+                         f"baseline {base_span / ideal:.2f}×")  # fmt: skip
+        rss = f"peak RSS {_mb(fl.rss_kb)} vs {_mb(bl.rss_kb)}"
+        if side == "async" and fl.rss_kb is not None:
+            rss += f" (≤ 100 MB: {'ok' if fl.rss_kb <= W2_HIGH_RSS_KB else 'OVER'})"
+        row.notes.append(rss)
+        row.notes.append(f"whole process {_secs(fl.wall)} vs {_secs(bl.wall)} "
+                         f"({fl.wall / bl.wall:.2f}×)")  # fmt: skip
+        row.notes.append(_spread_of(res, side, base))
+        rows.append(_done(row))
     return rows
+
+
+def _spread_of(res: Mapping[str, Series], a: str, b: str) -> str:
+    """The range of the per-repetition makespan ratios."""
+    ratios = [
+        x.extra["makespan_s"] / y.extra["map_s"]
+        for x, y in zip(res[a].samples, res[b].samples, strict=False)
+    ]
+    if len(ratios) == 1:
+        return "1 rep"
+    return f"{len(ratios)} reps, ratios {min(ratios):.2f}–{max(ratios):.2f}"
 
 
 def w3(ctx: Context) -> list[Row]:

@@ -40,6 +40,13 @@ def nap(x, seconds=0.02):
     return x
 
 
+async def anap(x, seconds=0.02):
+    import asyncio  # here, not at the top: the other workloads never pay for it
+
+    await asyncio.sleep(seconds)
+    return x
+
+
 def _spin():
     s = 0
     for i in range(SPIN):
@@ -123,10 +130,11 @@ def write_w1(workdir: Path, n: int) -> Path:
     return path
 
 
-def write_w2(workdir: Path, n: int, seconds: float) -> Path:
-    """W2: a batch whose items each sleep `seconds`, then builtins.len."""
-    path = workdir / f"w2-{n}.yaml"
-    text = _pipeline(f"w2-{n}", n, [("nap", "nap")], params=f"{{seconds: {seconds}}}")
+def write_w2(workdir: Path, n: int, seconds: float, fn: str = "nap") -> Path:
+    """W2: a batch whose items each sleep `seconds` (`nap`: time.sleep in a `def`; `anap`:
+    asyncio.sleep in an `async def`), then builtins.len."""
+    path = workdir / f"w2-{fn}-{n}.yaml"
+    text = _pipeline(f"w2-{n}", n, [("nap", fn)], params=f"{{seconds: {seconds}}}")
     path.write_text(text, encoding="utf-8")
     return path
 

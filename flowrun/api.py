@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -118,8 +119,10 @@ def _disallowed(bp: Blueprint, graph: Graph | None, allow: Sequence[str]) -> lis
 
 
 def _in_order(problems: list[Problem], file: str) -> list[Problem]:
-    """The blueprint's own problems by position, then each child file's."""
-    return sorted(problems, key=lambda p: (p.file != file, p.file, p.line, p.column))
+    """The blueprint's own problems by position, then each child file's (once each, however
+    many subflows run that file)."""
+    unique = list(dict.fromkeys(problems))
+    return sorted(unique, key=lambda p: (p.file != file, p.file, p.line, p.column))
 
 
 def _resolve_children(
@@ -197,7 +200,15 @@ def parse_set(items: Sequence[str], declared: Mapping[str, Any]) -> dict[str, An
                 f"v: {text}" if text.strip() else "v: ''", "--set", "yaml"
             ).data["v"]
         except BlueprintError as exc:
-            raise UsageError(f"--set {key}: cannot parse {text!r} as a YAML value") from exc
+            codes = {p.code for p in exc.problems}
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            if "non-finite-number" in codes:
+                why = f"{shown!r} is not a finite number (JSON has no NaN or infinity)"
+            elif "bad-number" in codes:
+                why = f"{shown!r} is a number too large to keep"
+            else:
+                raise UsageError(f"--set {key}: cannot parse {text!r} as a YAML value") from exc
+            raise UsageError(f"--set {key}: {why}; quote it to pass it as text") from exc
     return out
 
 
@@ -383,11 +394,16 @@ class Run:
         if self.stored is None:
             return None
         ok = ("succeeded", "recovered")
-        # --from: what follows those nodes runs again, whatever it did before.
+        # --from: what follows those nodes runs again, whatever it did before (a subflow's,
+        # a batch item's or a loop iteration's child nodes `sub/x`, `b[3]/x`, `poll#2/x` too).
+        rerun = self.rerun
         nodes = {
             k: (n.status, n.output, n.action, n.attempts or 1)
             for k, n in self.stored.nodes.items()
-            if n.status in ok and not is_item_id(k) and k not in self.rerun
+            if n.status in ok
+            and not is_item_id(k)
+            and k not in rerun
+            and not (rerun and "/" in k and _CHILD_OWNER.split(k, 1)[0] in rerun)
         }
         items = {
             b: {i: n.output for i, n in its.items() if n.status in ok}
@@ -497,6 +513,10 @@ def _unrecorded(report: RunReport, failure: StateError | None, path: str, run_id
     message = f"{failure}; the run stopped; free space, then: flowrun run {path} --resume {run_id}"
     report.errors.append({"node": "", "type": "StateError", "message": message})
     return report
+
+
+#: where a child node's id (`sub/x`, `b[3]/x`, `poll#2/x`) stops naming its top-level node
+_CHILD_OWNER = re.compile(r"[\[#/]")
 
 
 def run(path: str | os.PathLike[str], **kwargs: Any) -> RunReport:

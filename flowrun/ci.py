@@ -10,14 +10,16 @@ batch item its own testcase) as GitLab, Jenkins and CircleCI read it.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from flowrun import events as ev
 from flowrun.model import Graph
 from flowrun.report import RunReport
+
+if TYPE_CHECKING:  # imported by `junit_xml` only: a run without --junit never loads xml
+    import xml.etree.ElementTree as ET
 
 MAX_PER_BATCH = 20  # tracebacks shown per batch, as the display does
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -145,6 +147,8 @@ def _x(text: str) -> str:
 
 def junit_xml(report: RunReport, failures: Failures) -> ET.ElementTree[ET.Element]:
     """`<testsuites><testsuite><testcase>…` with `<failure message type>text</failure>`."""
+    import xml.etree.ElementTree as ET
+
     by_node = {f.node: f for f in failures.items}
     suite = ET.Element("testsuite", name=_x(report.blueprint), id=_x(report.run_id))
     counts = {"tests": 0, "failures": 0, "skipped": 0}

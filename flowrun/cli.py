@@ -333,11 +333,15 @@ def run(
     debug: Debug = False,
 ) -> None:
     """Run a blueprint. Exit 0 completed, 1 failed, 2 invalid input, 130 interrupted."""
-    from flowrun import api, ci
+    from flowrun import api
     from flowrun.display.streams import reserve_stdout
 
     mode, reporter = _display(quiet=quiet, no_progress=no_progress)
-    failures = ci.Failures()
+    failures = None  # the CI record: kept only when something reads it
+    if junit is not None or os.environ.get("GITHUB_ACTIONS") == "true":
+        from flowrun import ci
+
+        failures = ci.Failures()
     # With --json stdout holds the document alone: whatever nodes (or their modules, at import
     # time, or their children) write to it goes to stderr until the document is printed.
     try:
@@ -362,7 +366,8 @@ def run(
         raise typer.Exit(0) from None
     reporter.summary()
     _print_unannounced(report.errors, reporter.record)
-    _ci_outputs(r, report, failures, junit)
+    if failures is not None:
+        _ci_outputs(r, report, failures, junit)
     if mode in ("live", "plain") and report.status in ("failed", "cancelled"):
         print(f"resume with: {resume_command(file, report.run_id, state_dir)}", file=sys.stderr)
     if as_json:
@@ -419,7 +424,7 @@ def _run(
     reporter: Reporter,
     events: Path | None,
     debug: bool,
-    failures: Sink,
+    failures: Sink | None,
     options: RunOptions,
 ) -> tuple[Run, RunReport]:
     """Prepare and drive the run with the display, the CI record and the --events file
@@ -501,7 +506,19 @@ def _print_results(r: Run, report: RunReport) -> None:
         if not graph.is_final(spec.id) or key not in context:
             continue
         text = json.dumps(context[key], ensure_ascii=False)
-        print(f"{key}: {text if len(text) <= 500 else text[:497] + '...'}")
+        print(_printable(f"{key}: {text if len(text) <= 500 else text[:497] + '...'}"))
+
+
+def _printable(text: str) -> str:
+    """`text` with what stdout cannot encode (a lone surrogate a node returned) escaped."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: print as it is
+        pass
+    return text
 
 
 @contextlib.contextmanager
@@ -554,6 +571,9 @@ def _exit(code: int, *, teardown: bool = False) -> NoReturn:
         if code != 130:
             raise typer.Exit(code) from None
     if code == 130 or (_fast_exit and not teardown):
+        shell = sys.modules.get("flowrun.std.shell")
+        if shell is not None:  # a command still running was abandoned (it timed out): it runs
+            shell.kill_all()  # in a session of its own, so it would outlive us
         os._exit(code)
     raise typer.Exit(code)
 
@@ -754,7 +774,35 @@ def main() -> None:
     """Console-script entry point."""
     global _fast_exit
     _fast_exit = True
-    app(prog_name="flowrun")
+    _app_for(sys.argv)(prog_name="flowrun")
+
+
+def _app_for(argv: list[str]) -> typer.Typer:
+    """`app`, or when the line starts with a command name, `app` with only that command.
+
+    Typer builds the click command of every command (their parameters read from the function
+    signatures) before it parses anything; a one-shot `flowrun run` needs only its own, and
+    the root options cannot come after the command name, so nothing else of the line can ask
+    for the others. Shell completion always gets the whole app."""
+    import copy
+
+    from typer.main import get_command_name
+
+    name = argv[1] if len(argv) > 1 else ""
+    if os.environ.get("_FLOWRUN_COMPLETE"):
+        return app
+    commands = [
+        c
+        for c in app.registered_commands
+        if (c.name or get_command_name(c.callback.__name__ if c.callback else "")) == name
+    ]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if not commands and not groups:
+        return app  # an option, a typo (click names the choices) or nothing: the whole app
+    one = copy.copy(app)
+    one.registered_commands = commands
+    one.registered_groups = groups
+    return one
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -149,7 +149,9 @@ def _edge_text(edge: GraphEdge) -> str:
 
 def _node_label(node: GraphNode, graph: Graph | None = None) -> str:
     """The raw text of a node's box in a diagram: its id, then what it calls (and its pool)."""
-    if node.spec.subflow is not None and node.kind is Kind.SUBFLOW:
+    if (node.spec.subflow is not None and node.kind is Kind.SUBFLOW) or (
+        node.kind is Kind.LOOP and _subflow_file(node)
+    ):
         label = f"{node.id}\n{_subflow_file(node)}"
     else:
         label = node.id if node.uses is None else f"{node.id}\n{node.uses}"
@@ -168,6 +170,7 @@ def _subflow_file(node: GraphNode) -> str:
     """The child blueprint a subflow node (or a batch over a subflow) names, as written."""
     spec = node.spec
     sub = spec.subflow or (spec.batch.subflow if spec.batch else None)
+    sub = sub or (spec.loop.subflow if spec.loop else None)
     return sub.blueprint if sub is not None else ""
 
 

@@ -7,12 +7,15 @@ Nothing here changes after it is built; run state lives in the scheduler alone.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from flowrun.errors import PathT, Problem
+
+MAX_DELAY = 10_000_000.0  # seconds: the longest duration a blueprint may give (its schema)
 
 
 class Document(Protocol):
@@ -64,7 +67,13 @@ class Config:
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (2 is the first retry)."""
-        return float(self.retry_delay * self.backoff ** max(0, attempt - 2))
+        if self.retry_delay <= 0:
+            return 0.0
+        try:
+            delay = float(self.retry_delay * self.backoff ** max(0, attempt - 2))
+        except OverflowError:  # backoff ** (a billion retries)
+            delay = math.inf
+        return min(delay, MAX_DELAY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,13 +101,15 @@ class BatchSpec:
 
 @dataclass(frozen=True, slots=True)
 class LoopSpec:
-    """A `loop` stanza: call `uses` again while `while_` (an expression's text) is true."""
+    """A `loop` stanza: call `uses` (or run `subflow`) again while `while_` (an expression's
+    text) is true."""
 
-    uses: str
+    uses: str  # "" when the body is a subflow
     while_: str
     max_iterations: int
     params: Mapping[str, Any] = field(default_factory=dict)
     delay: float = 0.0
+    subflow: SubflowSpec | None = None  # instead of `uses`: one child run per iteration
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +153,7 @@ class NodeSpec:
         if self.batch is not None:
             return () if self.batch.subflow else ((self.batch.uses, ("batch", "uses")),)
         if self.loop is not None:
-            return ((self.loop.uses, ("loop", "uses")),)
+            return () if self.loop.subflow else ((self.loop.uses, ("loop", "uses")),)
         return () if self.uses is None else ((self.uses, ("uses",)),)
 
     @property

@@ -49,6 +49,11 @@ class SharedContext:
         with self._lock:
             return dict(self._data)
 
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        # A context never travels with a call (`Call.context`): it unpickles as None, and a
+        # process or Dask worker gets a snapshot of it in its job instead.
+        return type(None), ()
+
 
 class NodeContext:
     """Passed as `ctx` to a node function that declares a parameter named `ctx`.

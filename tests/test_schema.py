@@ -488,23 +488,20 @@ def test_empty_lists_and_strings() -> None:
 
 
 def test_non_finite_numbers_from_hand_built_data() -> None:
-    data = {
-        "id": "t",
-        "nodes": [
-            {"id": "n", "uses": "a.b", "config": {"backoff": math.inf, "retryDelay": math.nan}}
-        ],
-    }
-    doc = Document("hand.json", Path("hand.json"), "", "json", data)
-    with pytest.raises(BlueprintError) as info:
-        check(doc)
-    assert [(p.code, p.path) for p in info.value.problems] == [
-        ("schema.number", "$.nodes[0].config.backoff"),
-        ("schema.duration", "$.nodes[0].config.retryDelay"),
-    ]
-    assert (
-        info.value.problems[0].message
-        == "node 'n': config.backoff: expected a finite number, found number inf"
-    )
+    def problems(config: dict[str, Any]) -> list[Problem]:
+        data = {"id": "t", "nodes": [{"id": "n", "uses": "a.b", "config": config}]}
+        doc = Document("hand.json", Path("hand.json"), "", "json", data)
+        with pytest.raises(BlueprintError) as info:
+            check(doc)
+        return list(info.value.problems)
+
+    [inf] = problems({"backoff": math.inf})  # above the schema's maximum
+    assert (inf.code, inf.path) == ("schema.maximum", "$.nodes[0].config.backoff")
+    assert inf.message == "node 'n': config.backoff: expected a number <= 1,000, found number inf"
+    nan, delay = problems({"backoff": math.nan, "retryDelay": math.nan})  # no comparison fails
+    assert (nan.code, nan.path) == ("schema.number", "$.nodes[0].config.backoff")
+    assert nan.message == "node 'n': config.backoff: expected a finite number, found number nan"
+    assert (delay.code, delay.path) == ("schema.duration", "$.nodes[0].config.retryDelay")
 
 
 def test_one_problem_per_value_whatever_the_number_of_rules_it_breaks() -> None:

@@ -374,3 +374,39 @@ def test_split_verdict_on_random_nodes_and_edges() -> None:
     seen: set[bool] = set()
     agree()
     assert seen == {True, False}  # both answers were exercised
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--help"],
+        ["runs", "--help"],
+        ["runs", "show", "--help"],
+        ["validate", "--help"],
+        ["graph", "-h"],
+        ["run"],
+        ["run", "x.yaml", "--concurency", "3"],
+    ],
+)
+def test_the_console_script_builds_only_the_named_command(argv: list[str]) -> None:
+    """`main` gives typer only the command the line names: help, usage errors and their exit
+    codes are exactly the whole app's."""
+    from typer.testing import CliRunner
+
+    from flowrun import cli
+
+    one = cli._app_for(["flowrun", *argv])
+    assert one is not cli.app
+    assert [c.callback for c in one.registered_commands] + [
+        g.typer_instance for g in one.registered_groups
+    ] != []
+    runner = CliRunner()
+    whole, pruned = runner.invoke(cli.app, argv), runner.invoke(one, argv)
+    assert (pruned.exit_code, pruned.output) == (whole.exit_code, whole.output)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-C", ".", "run"], ["valdate"]])
+def test_anything_else_gets_the_whole_app(argv: list[str]) -> None:
+    from flowrun import cli
+
+    assert cli._app_for(["flowrun", *argv]) is cli.app

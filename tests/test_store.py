@@ -500,7 +500,12 @@ def test_a_damaged_group_is_a_state_error(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "runs" / "r1" / DB_NAME) as conn:
         conn.execute("UPDATE item_chunks SET outputs = '[\"a\"]'")  # one output for two items
     conn.close()
-    with RunStore.open(tmp_path, "r1") as store, pytest.raises(StateError, match="cannot read"):
+    with (
+        RunStore.open(tmp_path, "r1") as store,
+        pytest.raises(
+            StateError, match=r"r1 is damaged: item_chunks row 1 .* outputs has 1 elements, not 2"
+        ),
+    ):
         store.load()
 
 

@@ -27,7 +27,16 @@ from typing import Any, Literal, NoReturn
 import yaml
 
 from flowrun import errors
-from flowrun.blueprint.yamlwalk import LIBYAML, CoreLoader, Entry, Walker, kind_of, locate, unpack
+from flowrun.blueprint.yamlwalk import (
+    LIBYAML,
+    MAX_DEPTH,
+    CoreLoader,
+    Entry,
+    Walker,
+    kind_of,
+    locate,
+    unpack,
+)
 from flowrun.errors import BlueprintError, Problem
 
 EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
@@ -124,9 +133,30 @@ def load_text(text: str, name: str, fmt: Format) -> Document:
 # -- reading bytes -----------------------------------------------------------------------------
 
 
+MAX_BYTES = 20 * 1024 * 1024  # a larger file is refused; FLOWRUN_MAX_BLUEPRINT_BYTES changes it
+MAX_BYTES_ENV = "FLOWRUN_MAX_BLUEPRINT_BYTES"
+
+
+def max_bytes(name: str) -> int:
+    """The largest file `load` reads: `MAX_BYTES`, or FLOWRUN_MAX_BLUEPRINT_BYTES when set."""
+    text = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not text:
+        return MAX_BYTES
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        _fail(name, "file-too-large", f"{MAX_BYTES_ENV}={text[:40]!r}: expected a number of bytes")
+    return int(text)
+
+
 def _read(name: str) -> bytes:
+    limit = max_bytes(name)
+    try:  # a regular file too large is refused unread; any error is read_bytes' to report
+        size = os.stat(name).st_size
+    except OSError:
+        size = 0
+    if size > limit:
+        _too_large(name, size, limit)
     try:
-        return Path(name).read_bytes()
+        raw = Path(name).read_bytes()
     except FileNotFoundError as exc:
         _fail(name, "file-not-found", f"file not found: '{name}'", exc)
     except IsADirectoryError as exc:
@@ -135,6 +165,18 @@ def _read(name: str) -> bytes:
         _fail(name, "file-unreadable", f"cannot read '{name}': permission denied", exc)
     except OSError as exc:
         _fail(name, "file-unreadable", f"cannot read '{name}': {exc.strerror or exc}", exc)
+    if len(raw) > limit:  # not a regular file (a pipe), or it grew
+        _too_large(name, len(raw), limit)
+    return raw
+
+
+def _too_large(name: str, size: int, limit: int) -> NoReturn:
+    _fail(
+        name,
+        "file-too-large",
+        f"'{name}' is {size:,} bytes, over the {limit:,} bytes a blueprint or context file may "
+        f"have; set {MAX_BYTES_ENV} to read a larger one",
+    )
 
 
 def _decode(raw: bytes, name: str) -> str:
@@ -186,21 +228,46 @@ def _parse_json(text: str, name: str) -> tuple[Any, _Marks]:
             object_pairs_hook=_json_object,
             parse_constant=_json_constant,
             parse_float=_json_float,
+            parse_int=_json_int,
         )
     except json.JSONDecodeError as exc:
         problem = Problem(
             name, exc.lineno, exc.colno, "$", "json-syntax", f"invalid JSON: {exc.msg}"
         )
         raise BlueprintError([problem]) from exc
-    except (_Rejected, ValueError) as exc:  # ValueError: an integer of more than 4300 digits
-        code, message = (exc.code, exc.message) if isinstance(exc, _Rejected) else _TOO_LONG
+    except (_Rejected, ValueError, RecursionError) as exc:  # ValueError: over 4300 digits
+        if isinstance(exc, _Rejected):
+            code, message = exc.code, exc.message
+        else:
+            code, message = _TOO_DEEP if isinstance(exc, RecursionError) else _TOO_LONG
         raise BlueprintError(
             _json_problems(text, name) or [Problem(name, 1, 1, "$", code, message)]
         ) from exc
+    if _deeper_than(data, MAX_DEPTH):
+        code, message = _TOO_DEEP
+        raise BlueprintError(
+            _json_problems(text, name) or [Problem(name, 1, 1, "$", code, message)]
+        )
     return data, _Marks(None, text)
 
 
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether lists and mappings nest more than `limit` levels in `data` (no recursion)."""
+    level: list[Any] = [data] if type(data) is dict or type(data) is list else []
+    for _ in range(limit):
+        level = [
+            child
+            for value in level
+            for child in (value.values() if type(value) is dict else value)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return False
+    return True
+
+
 _TOO_LONG = ("bad-number", "a number has too many digits to read")
+_TOO_DEEP = ("too-deep", f"values are nested more than {MAX_DEPTH} levels deep")
 
 
 class _Rejected(Exception):
@@ -230,6 +297,15 @@ def _json_float(token: str) -> float:
     value = float(token)
     if not math.isfinite(value):
         raise _Rejected("non-finite-number", f"the number {token} is too large")
+    return value
+
+
+def _json_int(token: str) -> int:
+    value = int(token)
+    try:
+        float(value)
+    except OverflowError:
+        raise _Rejected("bad-number", f"the integer {token[:20]}... is too large") from None
     return value
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # only annotations: `schema` stays the one module that runs j
 
     from flowrun.blueprint.loader import Document
 
+MAX_SECONDS = 10_000_000  # the longest duration (the schema's maximum, in milliseconds, / 1000)
 DURATION_HELP = "a number of milliseconds (250) or a string with a unit (250ms, 2s, 1.5m, 1h)"
 
 
@@ -92,6 +93,9 @@ def _missing(doc: Document, error: ValidationError, path: PathT, label: str) -> 
             "'subflow' (a blueprint per item)"
         )
         return doc.problem(path, "schema.node-kind", message)
+    if "else" in error.schema_path and len(path) > 2 and path[-2] == "loop":
+        message = f"{label}: a loop needs 'uses' (the body) or 'subflow' (a blueprint each time)"
+        return doc.problem(path, "schema.node-kind", message)
     if "else" in error.schema_path:  # the node-kind rule: a node without `batch` needs `uses`
         message = (
             f"{label}: a node needs 'uses' (the Python callable to run), 'shell' (a command), "
@@ -144,6 +148,14 @@ def _batch_extras(doc: Document, path: PathT, label: str) -> Iterator[tuple[int,
 # -- message parts ------------------------------------------------------------------------------
 
 _DURATIONS = ("retryDelay", "timeout")
+# The schema's `identifier`: (?![\s\S]) ends the string; `$` would let a final newline through.
+_IDENTIFIER = "^[A-Za-z0-9_.-]+(?![\\s\\S])"
+_BY_PATTERN = {  # what a pattern means, where the field name does not say it (list items)
+    _IDENTIFIER: "an id made of letters, digits, '_', '.' or '-'",
+    "^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*(?![\\s\\S])": (
+        "an exception class name such as 'ConnectionError' or 'package.module.Error'"
+    ),
+}
 _PATTERN_HELP = {
     "id": "an id made of letters, digits, '_', '.' or '-'",
     "source": "a node id (letters, digits, '_', '.' or '-')",
@@ -158,11 +170,19 @@ _PATTERN_HELP = {
 def _detail(error: ValidationError, path: PathT) -> tuple[str, str]:
     """(code, what was expected and found) for a value-level violation."""
     field, value, limit = (path[-1] if path else ""), error.instance, error.validator_value
+    if error.validator == "maximum":
+        noun = "an integer" if error.schema.get("type") == "integer" else "a number"
+        if field in _DURATIONS or field == "delay":
+            noun, limit = "a duration of milliseconds", f"{limit:,} ({MAX_SECONDS:,.0f} s)"
+        else:
+            limit = f"{limit:,}"
+        return "schema.maximum", f"expected {noun} <= {limit}, found {value_text(value)}"
     if field in _DURATIONS and error.validator in ("pattern", "minimum", "exclusiveMinimum"):
         what = "a duration above zero" if field == "timeout" else "a duration"
         return "schema.duration", f"expected {what}: {DURATION_HELP}, found {value_text(value)}"
     if error.validator == "pattern":
-        expected = _PATTERN_HELP.get(str(field), f"a string matching {limit}")
+        fallback = _BY_PATTERN.get(limit, f"a string matching {limit}")
+        expected = _PATTERN_HELP.get(str(field), fallback)
         hint = _uses_hint(value) if field == "uses" else ""
         return "schema.pattern", f"expected {expected}, found {value_text(value)}{hint}"
     if error.validator in ("minimum", "exclusiveMinimum"):

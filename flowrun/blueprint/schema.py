@@ -18,7 +18,7 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from flowrun.blueprint import schemacache
-from flowrun.blueprint.messages import DURATION_HELP, path_label, translate, value_text
+from flowrun.blueprint.messages import DURATION_HELP, MAX_SECONDS, path_label, translate, value_text
 from flowrun.errors import BlueprintError, PathT, Problem
 from flowrun.model import (
     BatchSpec,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
+MAX_RATE = 1_000_000_000  # pool starts per second
 SHELL_USES = "flowrun.std.shell"  # what `shell:` on a node or a batch stands for
 
 
@@ -73,6 +74,8 @@ def parse_duration(value: int | float | str) -> float:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"invalid duration {value!r}: expected {DURATION_HELP}")
+    if seconds > MAX_SECONDS:  # the schema bounds numbers; a string's unit is read here
+        raise ValueError(f"duration {value!r} is too long: at most {MAX_SECONDS:,} s")
     return seconds
 
 
@@ -82,6 +85,11 @@ def parse_rate(text: str) -> float:
     rate = float(match[1]) / _UNIT_SECONDS[match[2]] if match else math.nan
     if not math.isfinite(rate) or rate <= 0:
         raise ValueError(f"invalid rate {text!r}: expected N/s, N/m or N/h with N above zero")
+    if not 1 / MAX_SECONDS <= rate <= MAX_RATE:
+        raise ValueError(
+            f"rate {text!r} is out of range: from one start per {MAX_SECONDS:,} s "
+            f"to {MAX_RATE:,} per second"
+        )
     return rate
 
 
@@ -331,12 +339,14 @@ class _Builder:
         )
 
     def _loop(self, path: PathT, raw: dict[str, Any]) -> LoopSpec:
+        sub = raw.get("subflow")
         return LoopSpec(
-            uses=raw["uses"],
+            uses=raw.get("uses", ""),
             while_=raw["while"],
             max_iterations=int(raw["maxIterations"]),
             params=raw.get("params", {}),
             delay=self._seconds((*path, "loop", "delay"), raw.get("delay", 0)),
+            subflow=None if sub is None else _subflow(sub),
         )
 
     def _shell(self, path: PathT, raw: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:

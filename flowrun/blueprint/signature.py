@@ -2,7 +2,10 @@
 
 The call is SPEC §1's: `fn(input, **params)` with an input, `fn(**params)` without,
 `fn(**inputs_mapping, **params)` with an `inputs` mapping, a batch worker `fn(item,
-**batch.params)`, and `ctx=` when the function declares `ctx`. Binding that shape to
+**batch.params)`, a loop body `fn(input, **loop.params)` for its first iteration (as a node's
+call) and `fn(previous_output, **loop.params)` for every later one, and `ctx=` when the
+function declares `ctx`. The nodes of a subflow's child blueprint are checked as its own
+nodes, at its own file's line and column (`api`). Binding that shape to
 `inspect.signature(fn)` finds a missing required argument, an unknown keyword (with "did you
 mean"), or a worker that cannot take an item, at `validate` time rather than once per item.
 A function without a signature (some builtins) is not checked.
@@ -33,7 +36,7 @@ def _shape(spec: NodeSpec, graph: Graph, fallbacks: set[str]) -> tuple[bool | No
     """(takes an input? None when it depends on the failed node, keyword names)."""
     if spec.batch is not None:
         return True, list(spec.batch.params)
-    names = list(spec.params)
+    names = list(spec.loop.params if spec.loop is not None else spec.params)
     if isinstance(spec.inputs, Mapping):
         return False, [*spec.inputs, *names]
     if spec.inputs is not None:
@@ -44,10 +47,11 @@ def _shape(spec: NodeSpec, graph: Graph, fallbacks: set[str]) -> tuple[bool | No
 
 
 def _described(spec: NodeSpec, has_input: bool | None, names: list[str], ctx: bool) -> str:
-    fn = spec.batch.uses if spec.batch else spec.uses
+    fn = spec.batch.uses if spec.batch else spec.loop.uses if spec.loop else spec.uses
     first = ["item"] if spec.batch else ["input"] if has_input else []
-    kw = ["**inputs"] if isinstance(spec.inputs, Mapping) else []
-    kw += ["**params"] if (spec.batch.params if spec.batch else spec.params) else []
+    kw = ["**inputs"] if isinstance(spec.inputs, Mapping) and has_input is not True else []
+    own = spec.batch.params if spec.batch else spec.loop.params if spec.loop else spec.params
+    kw += ["**params"] if own else []
     call = ", ".join([*first, *kw, *(["ctx"] if ctx else [])])
     return f"flowrun calls it as {fn}({call})"
 
@@ -59,10 +63,29 @@ def _problems(
     if sig is None:
         return []
     has_input, names = _shape(spec, graph, fallbacks)
+    if spec.loop is not None:
+        first = _bind(spec, target, sig, has_input, names)
+        # iterations 2.. get the previous iteration's output, and the params only
+        return first or _bind(spec, target, sig, True, list(spec.loop.params))
+    return _bind(spec, target, sig, has_input, names)
+
+
+def _bind(
+    spec: NodeSpec,
+    target: Target,
+    sig: inspect.Signature,
+    has_input: bool | None,
+    names: list[str],
+) -> list[tuple[tuple[str | int, ...], str, str]]:
+    """The problems of calling `target` with (an input when `has_input`) and `names`."""
     params = sig.parameters
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    where = ("batch", "params") if spec.batch else ("params",)
-    what = f"batch '{spec.id}' worker" if spec.batch else f"node '{spec.id}'"
+    where = ("batch", "params") if spec.batch else ("loop", "params") if spec.loop else ("params",)
+    what = (
+        f"batch '{spec.id}' worker" if spec.batch
+        else f"loop '{spec.id}' body" if spec.loop
+        else f"node '{spec.id}'"
+    )  # fmt: skip
     label = f"{target.uses}{sig}"
     how = _described(spec, has_input, names, target.wants_ctx)
     out: list[tuple[tuple[str | int, ...], str, str]] = []
@@ -87,7 +110,7 @@ def _problems(
             errors.append(str(exc))
         else:
             return []
-    field = ("batch", "uses") if spec.batch else ("uses",)
+    field = ("batch", "uses") if spec.batch else ("loop", "uses") if spec.loop else ("uses",)
     error = errors[-1]
     if spec.batch is not None and "too many positional" in error:
         msg = f"{what}: {label} cannot take an item; {how}: give it a first parameter"
@@ -105,9 +128,9 @@ def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
     fallbacks = set(graph.fallbacks)
     problems = []
     for spec in bp.nodes:
-        if spec.loop or spec.subflow or (spec.batch and spec.batch.subflow):
-            continue  # their calls are made by their kind (not checked here yet)
-        uses = spec.batch.uses if spec.batch else spec.uses
+        if not spec.calls:
+            continue  # a subflow: its child's nodes are checked as the child's own
+        uses = spec.calls[0][0]
         target = targets.get(uses) if uses else None
         if target is None:
             continue

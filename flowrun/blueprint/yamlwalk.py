@@ -37,6 +37,9 @@ _ALIAS_LIMIT = 1_000_000  # values rebuilt through aliases; stops "billion laugh
 # aliased many times is small on disk and in memory here (the copies share one object), but
 # every JSON encoding of it (the stored context, an output) pays for each copy.
 _TEXT_LIMIT = 64 * 1024 * 1024
+# Lists and mappings inside one another: deeper data is refused (`too-deep`), well before
+# the recursion limit of anything that walks it (the walk here, copying it, storing it).
+MAX_DEPTH = 256
 _LINE = 1 << 32  # a position is packed as line * _LINE + column
 _ORIGIN = _LINE + 1  # line 1, column 1
 
@@ -89,6 +92,7 @@ class Walker:
         self._in_alias = 0
         self._aliased = 0
         self._text = 0
+        self._depth = 0
 
     def walk(self, root: yaml.Node) -> tuple[Any, Entry]:
         """Build the data and the position tree of `root`."""
@@ -105,11 +109,17 @@ class Walker:
         if ident in self._open:
             self._report(node, "recursive-alias", "this anchor contains an alias to itself")
             return None, None
+        if self._depth >= MAX_DEPTH:
+            if not any(p.code == "too-deep" for p in self.problems):
+                message = f"values are nested more than {MAX_DEPTH} levels deep"
+                self._report(node, "too-deep", message)
+            return None, None
         again = ident in self._done
         if again or self._in_alias:
             self._count_aliased(node)
         self._open.add(ident)
         self._in_alias += again
+        self._depth += 1
         try:
             if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
                 return self._mapping(node)
@@ -119,6 +129,7 @@ class Walker:
             self._report(node, "yaml-tag", message)
             return None, None
         finally:
+            self._depth -= 1
             self._open.discard(ident)
             self._done.add(ident)
             self._in_alias -= again

@@ -303,15 +303,16 @@ _STATUSES = ("succeeded", "failed", "skipped", "recovered", "pending")
 _ALWAYS = frozenset({"succeeded", "failed", "skipped"})
 
 
-_CHILD = re.compile(r"[A-Za-z0-9_.-]+(\[\d+\])?/")
+_CHILD = re.compile(r"[A-Za-z0-9_.-]+(\[\d+\]|#\d+)?/")
 
 
-_ITEM_CHILD = re.compile(r"[A-Za-z0-9_.-]+\[\d+\]/")
+_ITEM_CHILD = re.compile(r"[A-Za-z0-9_.-]+(\[\d+\]|#\d+)/")
 
 
 def is_item_child(node: str) -> bool:
-    """Is `node` inside the subflow of a batch item (`batch[3]/child`)?"""
-    return "]/" in node and _ITEM_CHILD.match(node) is not None
+    """Is `node` inside the subflow of a batch item (`batch[3]/child`) or of a loop's iteration
+    (`poll#2/child`)?"""
+    return ("]/" in node or "#" in node) and _ITEM_CHILD.match(node) is not None
 
 
 def is_child(node: str) -> bool:

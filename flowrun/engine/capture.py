@@ -7,6 +7,12 @@ process); `run_attempt` opens a buffer for the calling thread around each call (
 buffer is made at the first write, so a node that prints nothing costs two thread-local
 attribute writes per attempt.
 
+`async def` nodes share one thread (the backend's event loop), so a thread's buffer cannot
+tell them apart: each of their attempts opens a buffer in a context variable instead
+(`begin_task` / `end_task`), which every asyncio task carries in its own context. A write is
+attributed to the thread's attempt first, then to the task's; tasks a node creates (and
+`asyncio.to_thread` calls) inherit its context, so their writes are the node's too.
+
 A buffer keeps at most `MAX_LOG_BYTES` (the tail), so a node printing in a loop holds a bounded
 amount of memory and the store a bounded row.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from contextvars import ContextVar, Token
 from typing import Any, TextIO
 
 MAX_LOG_BYTES = 1 << 20  # per node or batch item (SPEC §7)
@@ -23,6 +30,8 @@ _local = threading.local()
 _lock = threading.Lock()
 #: this thread is running an attempt that has not written anything yet
 _OPEN: Any = object()
+#: the attempt of the asyncio task that is running (None outside an async attempt)
+_task_buf: ContextVar[Buffer | None] = ContextVar("flowrun_capture", default=None)
 
 
 class Buffer:
@@ -69,8 +78,10 @@ class _Proxy:
     def write(self, text: str) -> int:
         buf: Buffer | None = getattr(_local, "buf", None)
         if buf is None:
-            return self._target.write(text)
-        if buf is _OPEN:
+            buf = _task_buf.get()
+            if buf is None:
+                return self._target.write(text)
+        elif buf is _OPEN:
             buf = _local.buf = Buffer()
         buf.write(text)
         return len(text)
@@ -80,15 +91,19 @@ class _Proxy:
             self.write(line)
 
     def flush(self) -> None:
-        if getattr(_local, "buf", None) is None:
+        if not _capturing():
             self._target.flush()
 
     def isatty(self) -> bool:
         # Inside an attempt the output goes to a buffer, not to a terminal.
-        return getattr(_local, "buf", None) is None and self._target.isatty()
+        return not _capturing() and self._target.isatty()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)
+
+
+def _capturing() -> bool:
+    return getattr(_local, "buf", None) is not None or _task_buf.get() is not None
 
 
 def install() -> Any:
@@ -137,3 +152,15 @@ def end() -> str:
     buf = _local.buf
     _local.buf = None
     return "" if buf is _OPEN or buf is None else buf.text()
+
+
+def begin_task() -> Token[Buffer | None]:
+    """Start capturing the writes of the running asyncio task (an async attempt begins)."""
+    return _task_buf.set(Buffer())
+
+
+def end_task(token: Token[Buffer | None]) -> str:
+    """Stop capturing the task's writes; what its attempt wrote."""
+    buf = _task_buf.get()
+    _task_buf.reset(token)
+    return "" if buf is None else buf.text()

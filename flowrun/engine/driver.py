@@ -33,7 +33,7 @@ from flowrun.node import SharedContext
 from flowrun.report import ReportBuilder, RunReport
 
 CANCEL_GRACE_S = 3.0
-Done = tuple[list[Work], Future[list[Outcome]]]
+Done = tuple[list[Work], Future[list[Outcome]], int]  # the chunk, its future, its slots
 
 __all__ = ["CANCEL_GRACE_S", "Driver", "Options", "Stored"]
 
@@ -77,7 +77,8 @@ class Driver(Verbs):
         self._kinds: dict[str, NodeKind] = {name: k(self) for name, k in BY_NAME.items()}
         self.entries = entries_of(graph)
         self.done_q: queue.SimpleQueue[Done | None] = queue.SimpleQueue()
-        self.inflight = 0
+        self.inflight = 0  # slots taken: one per chunk, one per call of a chunk run together
+        self._together: dict[str, bool] = {}
         self.queued: deque[Work] = deque()
         self.timers: list[tuple[float, int, Work | Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -190,17 +191,25 @@ class Driver(Verbs):
     def free(self) -> int:
         return self.concurrency - self.inflight
 
+    def together(self, uses: str) -> bool:
+        known = self._together.get(uses)
+        if known is None:
+            known = self._together[uses] = self.backend.together(uses)
+        return known
+
     def queue(self, work: Work) -> None:
         self.queued.append(work)
 
     def submit(self, works: list[Work]) -> None:
-        fut = self.backend.submit([w.call for w in works])
+        together = len(works) > 1 and self.together(works[0].call.uses)
+        fut = self.backend.submit([w.call for w in works], together)
         self.pools.started(works[0].node, len(works))
-        self.inflight += 1
-        fut.add_done_callback(functools.partial(self._returned, works))
+        slots = len(works) if together else 1
+        self.inflight += slots
+        fut.add_done_callback(functools.partial(self._returned, works, slots))
 
-    def _returned(self, works: list[Work], fut: Future[list[Outcome]]) -> None:
-        self.done_q.put((works, fut))  # on the thread that completed the future
+    def _returned(self, works: list[Work], slots: int, fut: Future[list[Outcome]]) -> None:
+        self.done_q.put((works, fut, slots))  # on the thread that completed the future
 
     def retry_later(self, work: Work, delay: float) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), work))
@@ -214,8 +223,8 @@ class Driver(Verbs):
             self.stopping = True
 
     # -- completions -----------------------------------------------------------------------
-    def _complete(self, works: list[Work], fut: Future[list[Outcome]]) -> None:
-        self.inflight -= 1
+    def _complete(self, works: list[Work], fut: Future[list[Outcome]], slots: int) -> None:
+        self.inflight -= slots
         self.pools.finished(works[0].node, len(works))
         try:
             outcomes = fut.result()
@@ -226,8 +235,9 @@ class Driver(Verbs):
         # A cancelled chunk returns early: the calls it did not run stay pending.
         for work, out in zip(works, outcomes, strict=False):
             if out.updates and not self.backend.shared_context:
+                context = self.context if work.call.context is None else work.call.context
                 for k, v in out.updates.items():
-                    self.context.set(k, v)
+                    context.set(k, v)
             if out.ok and work.fallback_for is None:
                 work.owner.succeeded(work, out)
             else:

@@ -362,6 +362,9 @@ def _check_sources(
                     "(null is fine) if --set or a node supplies it",
                 )
                 continue
+            for part in src.rest:
+                if why := _bad_index(part):
+                    chk.add(path, "bad-index", f"node '{spec.id}' reads '{text[:80]}': {why}")
             writer = producers.get(src.key)
             if (
                 writer is not None
@@ -374,6 +377,21 @@ def _check_sources(
                     f"node '{spec.id}' reads '{src.key}', but '{src.key}' does not run before "
                     f"it; add an edge from '{src.key}' (directly or through other nodes)",
                 )
+
+
+MAX_INDEX_DIGITS = 100  # a longer digit string is no list index, and slow to convert
+
+
+def _bad_index(part: str) -> str | None:
+    """Why a part of an input path that reads as a list index cannot be one, else None."""
+    digits = part.removeprefix("-")
+    if not digits.isdigit():
+        return None
+    if not digits.isascii():
+        return f"'{part[:20]}' is not an index: write list indices with the digits 0-9"
+    if len(digits) > MAX_INDEX_DIGITS:
+        return f"the index {part[:20]}... has {len(digits):,} digits (at most {MAX_INDEX_DIGITS})"
+    return None
 
 
 def _check_files_and_pools(specs: Mapping[str, NodeSpec], bp: Blueprint, chk: _Checker) -> None:

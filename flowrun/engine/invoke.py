@@ -43,6 +43,9 @@ class Call:
     timeout: float | None = None
     #: `config.retryOn`: the exception names a failure must match to be retried (None: any)
     retry_on: tuple[str, ...] | None = None
+    #: the context `ctx` and `${{ }}` see when it is not the run's: a subflow's child run's
+    #: (never shipped: a worker gets a snapshot of it in its job)
+    context: SharedContext | None = None
 
 
 @dataclass(slots=True)
@@ -274,7 +277,7 @@ def _fresh_kwargs(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
 def _encode(value: Any) -> str:
     try:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise TypeError(
             f"output of type {type(value).__name__} cannot be stored as JSON ({exc}); "
             "return plain data (dict, list, str, int, float, bool, None)"
@@ -314,6 +317,8 @@ def run_attempt(
     keys are strings downstream, and a node that mutates its input changes nobody's output."""
     started = time.time()
     t0 = time.perf_counter()
+    if call.context is not None:
+        context = call.context  # a child run's call
     capture.begin()
     args = _fresh_args(call.args)
     # `${{ }}` params (a `Params`) are rendered below, for this call; plain ones are copied

@@ -26,7 +26,7 @@ class Source:
         for part in self.rest:
             if isinstance(value, Mapping):
                 value = value[part]
-            elif isinstance(value, list | tuple) and part.lstrip("-").isdigit():
+            elif isinstance(value, list | tuple) and part.lstrip("-").isdigit() and part.isascii():
                 value = value[int(part)]
             else:
                 raise KeyError(part)

@@ -126,6 +126,25 @@ def connect(db: Path, mode: str) -> sqlite3.Connection:
     """A connection to `db` (``mode``: an SQLite URI mode), with no implicit transactions."""
     # `mode` rw/ro never creates a missing file; autocommit, as the writer issues BEGIN itself.
     uri = f"{db.resolve().as_uri()}?mode={mode}"
+    if mode != "ro":
+        return _connect(uri)
+    try:
+        conn = _connect(uri)
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")  # opens the WAL index, if it can
+        return conn
+    except sqlite3.OperationalError:
+        # A read-only directory (a read-only mount, a copy without write permission): SQLite
+        # cannot create the WAL index beside a database in WAL mode, and refuses to read it.
+        # A run closed cleanly has no WAL left, so its file alone is the whole run: read it
+        # as immutable. With a WAL left (a run killed, or still running) that would silently
+        # miss its last commits, so the error stands.
+        wal = db.with_name(db.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise
+        return _connect(uri + "&immutable=1")
+
+
+def _connect(uri: str) -> sqlite3.Connection:
     # check_same_thread=False: the connection is checked here, then handed to the writer
     # thread, which alone uses it from then on.
     return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)

@@ -9,9 +9,12 @@ ever unpickled. A batch item's success may sit in an ``item_chunks`` row as well
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import sys
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +29,107 @@ from flowrun.store.db import (
     runs_dir,
     translated,
 )
+from flowrun.store.records import RunMeta
 
 _SECOND = len("20261128-055533")  # run ids sharing this prefix started in the same second
+NODE_STATUSES = ("succeeded", "failed", "skipped", "recovered")
+BATCH_STATUSES = ("running", "succeeded", "failed")
+RUN_STATUSES = ("completed", "failed", "cancelled")
+_NUMBER = {int, float}
 
 
-@dataclass(frozen=True, slots=True)
-class RunMeta:
-    """What a run was started with; stored once, read back on ``--resume``."""
+class _Damaged(Exception):
+    """A value the writer could not have stored: the run's file is damaged or was edited."""
 
-    run_id: str
-    blueprint_id: str
-    blueprint_path: str
-    blueprint_sha256: str
-    context: dict[str, Any]
-    options: dict[str, Any]
-    started: float
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {str: "text", int: "an integer", float: "a number", bytes: "binary data",
+             list: "a JSON array", dict: "a JSON object"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def _text(value: object, what: str, *, null: bool = False) -> Any:
+    if type(value) is not str and not (null and value is None):
+        raise _Damaged(f"{what} is {_kind(value)}, not text")
+    return value
+
+
+def _int(value: object, what: str, *, null: bool = False, least: int = 0) -> Any:
+    if null and value is None:
+        return None
+    if type(value) is not int or value < least:
+        raise _Damaged(f"{what} is {_kind(value)} {value!r:.40}, not an integer >= {least}")
+    return value
+
+
+def _number(value: object, what: str, *, null: bool = False) -> Any:
+    if null and value is None:
+        return None
+    try:
+        finite = type(value) in _NUMBER and math.isfinite(value)  # type: ignore[arg-type]
+    except OverflowError:  # an integer beyond a double, from JSON text
+        finite = False
+    if not finite:
+        raise _Damaged(f"{what} is {_kind(value)} {value!r:.40}, not a number")
+    return value
+
+
+def _one_of(value: object, allowed: tuple[str, ...], what: str, *, null: bool = False) -> Any:
+    if not (null and value is None) and value not in allowed:
+        found = "null" if value is None else f"{value!r:.40}"
+        raise _Damaged(f"{what} is {found}, not one of {', '.join(allowed)}")
+    return value
+
+
+def _decoded(value: object, what: str, *, null: bool = False, kind: type | None = None) -> Any:
+    """JSON text decoded; `kind`: the type the decoded value must have."""
+    if null and value is None:
+        return None
+    if type(value) is not str:
+        raise _Damaged(f"{what} is {_kind(value)}, not JSON text")
+    try:
+        decoded = json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        raise _Damaged(f"{what} is not valid JSON ({exc})") from exc
+    if kind is not None and type(decoded) is not kind:
+        raise _Damaged(f"{what} holds {_kind(decoded)}, not {_kind(kind())}")
+    return decoded
+
+
+def _array(
+    value: object, what: str, size: int | None, types: set[type], *, least: int = 0
+) -> list[Any]:
+    """A JSON array of `size` elements (None: any number), each of `types` (numbers at least
+    `least`)."""
+    decoded: list[Any] = _decoded(value, what, kind=list)
+    if size is not None and len(decoded) != size:
+        raise _Damaged(f"{what} has {len(decoded)} elements, not {size}")
+    found = set(map(type, decoded))
+    if not found <= types:
+        names = ("null" if t is type(None) else t.__name__ for t in found - types)
+        wrong = ", ".join(sorted(names))
+        raise _Damaged(f"{what} holds {wrong}")
+    numbers = [v for v in decoded if type(v) in _NUMBER] if found & _NUMBER else []
+    if numbers and min(numbers) < least:
+        raise _Damaged(f"{what} holds {min(numbers)!r}, below {least}")
+    return decoded
+
+
+@contextmanager
+def _checked(db: Path) -> Iterator[None]:
+    """Damaged values (and SQLite or JSON errors) become a StateError naming the run and what
+    is wrong, never a TypeError deep in whatever reads the value later."""
+    with translated(db):
+        try:
+            yield
+        except _Damaged as exc:
+            raise StateError(_damaged(db, str(exc))) from exc
+
+
+def _damaged(db: Path, what: str) -> str:
+    return f"run {db.parent.name} is damaged: {what} ({db})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,14 +252,35 @@ def read_meta(conn: sqlite3.Connection, db: Path) -> RunMeta:
     with translated(db):
         row = conn.execute("SELECT value FROM meta WHERE key = 'run'").fetchone()
         try:
-            return RunMeta(**json.loads(row[0]))
-        except (TypeError, KeyError) as exc:
-            raise StateError(f"{db}: the run description is damaged ({exc})") from exc
+            if row is None:
+                raise _Damaged("meta has no 'run' row")
+            return _meta(row[0])
+        except _Damaged as exc:
+            raise StateError(_damaged(db, f"the run description: {exc}")) from exc
+
+
+_META_TYPES = {"context": dict, "options": dict, "started": float}
+
+
+def _meta(value: object) -> RunMeta:
+    raw = _decoded(value, "the value", kind=dict)
+    names = [f.name for f in fields(RunMeta)]
+    missing = [n for n in names if n not in raw]
+    if missing or len(raw) != len(names):
+        unknown = sorted(set(raw) - set(names))
+        raise _Damaged(f"missing {', '.join(missing) or '-'}; unknown {', '.join(unknown) or '-'}")
+    for name in names:
+        want = _META_TYPES.get(name, str)
+        if want is float:
+            _number(raw[name], name)
+        elif type(raw[name]) is not want:
+            raise _Damaged(f"{name} is {_kind(raw[name])}, not {_kind(want())}")
+    return RunMeta(**raw)
 
 
 def load_run(db: Path, meta: RunMeta) -> StoredRun:
     """Everything committed to `db` so far, decoded with ``json.loads``."""
-    with translated(db):
+    with _checked(db):
         conn = connect(db, mode="ro")
         try:
             return _read_run(conn, meta)
@@ -190,6 +300,9 @@ def _summary(run_dir: Path) -> RunSummary:
                 status, duration_ms = last.fetchone() or (None, None)
             finally:
                 conn.close()
+            with _checked(db):
+                _one_of(status, RUN_STATUSES, "the last start's status", null=True)
+                _number(duration_ms, "the last start's duration_ms", null=True)
     except StateError as exc:
         return RunSummary(run_dir.name, "", "", "corrupt", None, None, error=str(exc))
     if status is None:
@@ -208,27 +321,57 @@ def _read_run(conn: sqlite3.Connection, meta: RunMeta) -> StoredRun:
         "SELECT node, batch, idx, status, attempt, duration_ms, output, action, error_type,"
         " message, traceback, updates, fallback FROM nodes ORDER BY rowid"
     )
-    for node, batch, idx, status, attempt, ms, output, action, etype, msg, tb, upd, fb in rows:
+    for row in rows:
+        node, batch, idx, status, attempt, ms, output, action, etype, msg, tb, upd, fb = row
+        where = f"nodes row {node!r:.60}"
+        _text(node, f"{where}: node")
+        _text(batch, f"{where}: batch", null=True)
+        _one_of(status, NODE_STATUSES, f"{where}: status")
+        _int(attempt, f"{where}: attempt", null=True)
+        _number(ms, f"{where}: duration_ms", null=True)
+        for value, column in ((action, "action"), (etype, "error_type"), (msg, "message"),
+                              (tb, "traceback"), (fb, "fallback")):  # fmt: skip
+            _text(value, f"{where}: {column}", null=True)
         error = None if etype is None else StoredError(etype, msg or "", tb or "")
-        out = None if output is None else json.loads(output)
+        out = _decoded(output, f"{where}: output", null=True)
         stored = StoredNode(status, attempt, ms, out, action, error, fb)
         if batch is None:
             nodes[node] = stored
         else:
-            items.setdefault(batch, {})[idx] = stored
+            items.setdefault(batch, {})[_int(idx, f"{where}: idx")] = stored
         if upd is not None:
-            updates.update(json.loads(upd))
+            updates.update(_decoded(upd, f"{where}: updates", kind=dict))
     _read_chunks(conn, items)
-    batches = {
-        row[0]: StoredBatch(*row[1:])
-        for row in conn.execute(
-            "SELECT batch, total, status, succeeded, failed, output_key FROM batches"
+    batches = {}
+    for batch, total, status, succeeded, failed, output_key in conn.execute(
+        "SELECT batch, total, status, succeeded, failed, output_key FROM batches"
+    ):
+        where = f"batches row {batch!r:.60}"
+        batches[_text(batch, f"{where}: batch")] = StoredBatch(
+            _int(total, f"{where}: total"),
+            _one_of(status, BATCH_STATUSES, f"{where}: status"),
+            _int(succeeded, f"{where}: succeeded", null=True),
+            _int(failed, f"{where}: failed", null=True),
+            _text(output_key, f"{where}: output_key", null=True),
         )
-    }
-    starts, status = conn.execute(
-        "SELECT COUNT(*), (SELECT status FROM runs ORDER BY seq DESC LIMIT 1) FROM runs"
-    ).fetchone()
-    return StoredRun(meta, status, starts, nodes, items, batches, updates)
+    starts = _starts(conn)
+    status = starts[-1][1] if starts else None
+    return StoredRun(meta, status, len(starts), nodes, items, batches, updates)
+
+
+def _starts(conn: sqlite3.Connection) -> list[tuple[float, str | None, float | None]]:
+    """(started, status, duration_ms) of each start of the run, the first first."""
+    starts = []
+    for seq, (started, status, ms) in enumerate(
+        conn.execute("SELECT started, status, duration_ms FROM runs ORDER BY seq"), 1
+    ):
+        where = f"runs row {seq}"
+        starts.append((
+            _number(started, f"{where}: started"),
+            _one_of(status, RUN_STATUSES, f"{where}: status", null=True),
+            _number(ms, f"{where}: duration_ms", null=True),
+        ))  # fmt: skip
+    return starts
 
 
 def _read_chunks(conn: sqlite3.Connection, items: dict[str, dict[int, StoredNode]]) -> None:
@@ -237,17 +380,25 @@ def _read_chunks(conn: sqlite3.Connection, items: dict[str, dict[int, StoredNode
     chunks = conn.execute(
         "SELECT batch, size, indices, attempts, durations_us, actions, outputs FROM item_chunks"
     )
-    for batch, size, indices, attempts, durations_us, actions, outputs in chunks:
-        stored = items.setdefault(batch, {})
-        columns = (
-            json.loads(indices),
-            [1] * size if attempts is None else json.loads(attempts),
-            json.loads(durations_us),
-            [None] * size if actions is None else json.loads(actions),
-            json.loads(outputs),
-        )
-        # strict: a damaged chunk is an error (a ValueError, reported as a StateError), never
+    for number, (batch, size, indices, attempts, durations_us, actions, outputs) in enumerate(
+        chunks, 1
+    ):
+        where = f"item_chunks row {number} (batch {batch!r:.60})"
+        stored = items.setdefault(_text(batch, f"{where}: batch"), {})
+        n = _int(size, f"{where}: size")
+        # Each column has `size` elements of its type: a damaged chunk is an error, never
         # items matched with the wrong outputs.
+        columns = (
+            _array(indices, f"{where}: indices", n, {int}),
+            [1] * n if attempts is None else _array(attempts, f"{where}: attempts", n, {int}),
+            _array(durations_us, f"{where}: durations_us", n, _NUMBER),
+            [None] * n
+            if actions is None
+            else _array(actions, f"{where}: actions", n, {str, type(None)}),
+            _decoded(outputs, f"{where}: outputs", kind=list),
+        )
+        if len(columns[-1]) != n:
+            raise _Damaged(f"{where}: outputs has {len(columns[-1])} elements, not {n}")
         for index, attempt, us, action, output in zip(*columns, strict=True):
             stored[index] = StoredNode("succeeded", attempt, us / 1000, output, action, None)
 
@@ -291,15 +442,13 @@ def load_details(state_dir: Path, run_id: str) -> RunDetails:
     summary = _summary(run_dir)
     if summary.status == "corrupt":
         raise StateError(summary.error or f"cannot read run state {db}")
-    with translated(db):
+    with _checked(db):
         conn = connect(db, mode="ro")
         try:
             check_schema(conn, db)
             meta = read_meta(conn, db)
             run = _read_run(conn, meta)
-            starts = list(
-                conn.execute("SELECT started, status, duration_ms FROM runs ORDER BY seq")
-            )
+            starts = _starts(conn)
             spans: dict[str, Span] = {}
             samples: dict[str, Samples] = {}
             logged: dict[str, int] = {}
@@ -307,15 +456,26 @@ def load_details(state_dir: Path, run_id: str) -> RunDetails:
                 for node, started, finished, status in conn.execute(
                     "SELECT node, started, finished, status FROM spans ORDER BY started"
                 ):
-                    spans[node] = Span(node, started, finished, status)
+                    where = f"spans row {node!r:.60}"
+                    spans[_text(node, f"{where}: node")] = Span(
+                        node,
+                        _number(started, f"{where}: started"),
+                        _number(finished, f"{where}: finished", null=True),
+                        _text(status, f"{where}: status", null=True),
+                    )
                 for batch, start, step, peaks in conn.execute(
                     "SELECT batch, start, step, peaks FROM samples"
                 ):
-                    samples[batch] = Samples(start, step, json.loads(peaks))
+                    where = f"samples row {batch!r:.60}"
+                    samples[_text(batch, f"{where}: batch")] = Samples(
+                        _number(start, f"{where}: start"),
+                        _number(step, f"{where}: step"),
+                        _array(peaks, f"{where}: peaks", None, {int}),
+                    )
                 for node, count in conn.execute(
                     "SELECT node, COUNT(*) FROM logs GROUP BY node ORDER BY MIN(ts)"
                 ):
-                    logged[node] = count
+                    logged[_text(node, "logs row: node")] = count
         finally:
             conn.close()
     return RunDetails(run, summary, starts, spans, samples, logged)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from flowrun.errors import StateError
@@ -25,6 +26,20 @@ from flowrun.events import (
     RunFinished,
     RunStarted,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RunMeta:
+    """What a run was started with; stored once, read back on ``--resume``."""
+
+    run_id: str
+    blueprint_id: str
+    blueprint_path: str
+    blueprint_sha256: str
+    context: dict[str, Any]
+    options: dict[str, Any]
+    started: float
+
 
 # The statements number their parameters from ?2, so a record's tuple is the row as it is
 # (sqlite binds ?1, the kind, and never reads it).

@@ -37,7 +37,7 @@ from dataclasses import asdict
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowrun.errors import StateError
 from flowrun.events import Event, NodeFailed, NodeRetry, NodeStarted, NodeSucceeded
@@ -50,20 +50,20 @@ from flowrun.store.db import (
     prepared,
     runs_dir,
 )
-from flowrun.store.read import (
+from flowrun.store.records import (
+    ENCODERS,
+    FLUSH,
+    SQL,
+    STOP,
     RunMeta,
-    RunSummary,
-    StoredBatch,
-    StoredError,
-    StoredNode,
-    StoredRun,
-    list_runs,
-    load_run,
-    read_meta,
-    resolve_run_dir,
+    chunk_record,
+    logs_record,
+    weight,
 )
-from flowrun.store.records import ENCODERS, FLUSH, SQL, STOP, chunk_record, logs_record, weight
 from flowrun.store.timeline import Timeline
+
+if TYPE_CHECKING:
+    from flowrun.store.read import StoredRun
 
 __all__ = [
     "COMMIT_MAX_RECORDS",
@@ -74,12 +74,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "RunMeta",
     "RunStore",
-    "RunSummary",
-    "StoredBatch",
-    "StoredError",
-    "StoredNode",
-    "StoredRun",
-    "list_runs",
     "new_run_id",
 ]
 
@@ -272,6 +266,8 @@ class RunStore:
     ) -> RunStore:
         """Open an existing run to record more. ``latest`` is the most recently started run
         (of `blueprint_id`, when given)."""
+        from flowrun.store.read import read_meta, resolve_run_dir  # a new run needs neither
+
         run_dir = resolve_run_dir(state_dir, run_id, blueprint_id)
         db = run_dir / DB_NAME
         if not db.is_file():
@@ -377,6 +373,8 @@ class RunStore:
     def load(self) -> StoredRun:
         """Everything recorded so far (flushes first), decoded with ``json.loads``."""
         self.flush()
+        from flowrun.store.read import load_run
+
         return load_run(self.db_path, self.meta)
 
     @property

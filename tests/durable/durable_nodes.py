@@ -85,3 +85,15 @@ class Opaque:
 def opaque() -> Any:
     _log("opaque")
     return Opaque()
+
+
+def child_step(x: int, *, delay: float = 0.03, factor: int = 1, ctx: Any) -> int:
+    """A node of `one-item.yaml` (a subflow run per batch item): log `child <node id>` (the
+    marker the kill -9 test counts), sleep `delay`, return `x * factor`. With
+    `FLOWRUN_TEST_GATE_FROM` set, items from that index on wait for the release file first."""
+    _log(f"child {ctx.node_id}")
+    gate = os.environ.get("FLOWRUN_TEST_GATE_FROM")
+    if gate is not None and x >= int(gate):
+        _wait_for(Path(os.environ["FLOWRUN_TEST_RELEASE"]).exists)
+    time.sleep(delay)
+    return x * factor

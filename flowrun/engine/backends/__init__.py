@@ -24,7 +24,8 @@ KINDS = ("thread", "process", "dask")
 
 
 class Backend(Protocol):
-    """Runs chunks of calls; a chunk's calls run one after another on one worker."""
+    """Runs chunks of calls; a chunk's calls run one after another on one worker, unless it
+    was submitted `together` (calls of coroutine functions, run at once on an event loop)."""
 
     #: does `ctx.get` see other nodes' `ctx.set` at once (shared memory), or a snapshot?
     shared_context: bool
@@ -32,7 +33,12 @@ class Backend(Protocol):
     #: big enough to pay for it
     dispatch_ms: float
 
-    def submit(self, calls: list[Call]) -> Future[list[Outcome]]: ...
+    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]: ...
+
+    def together(self, uses: str) -> bool:
+        """May a chunk of calls of `uses` run at once (an `async def`: one event loop awaits
+        them all)? Each call of such a chunk then holds a concurrency slot of its own."""
+        ...
 
     def cancel(self) -> None:
         """The run was cancelled: make every attempt running here see `ctx.cancelled` now."""
@@ -69,7 +75,10 @@ class RetryOn:
         self.shared_context = backend.shared_context
         self.dispatch_ms = backend.dispatch_ms
 
-    def submit(self, calls: list[Call]) -> Future[list[Outcome]]:
+    def together(self, uses: str) -> bool:
+        return self._backend.together(uses)
+
+    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
         table = self._table
         for call in calls:
             # An item is named `batch[i]`; a fallback standing in for one keeps its own name.
@@ -77,7 +86,7 @@ class RetryOn:
             if key not in table and call.index is not None:
                 key = key.rpartition("[")[0]
             call.retry_on = table.get(key)
-        return self._backend.submit(calls)
+        return self._backend.submit(calls, together)
 
     def cancel(self) -> None:
         self._backend.cancel()

@@ -127,9 +127,12 @@ class DaskBackend:
         # and Dask does not hash each job to name it.
         self._executor = self._client.get_executor(pure=False)
 
-    def submit(self, calls: list[Call]) -> Future[list[Outcome]]:
+    def together(self, uses: str) -> bool:
+        return self._packer.together(uses)
+
+    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
         try:
-            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls))
+            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together)
             fut: Future[list[Outcome]] = self._executor.submit(run_job, job)
         except Exception as exc:  # serialising the job failed: fail these calls, not the run
             fut = Future()

@@ -80,9 +80,12 @@ class ProcessBackend:
             max_workers=self._workers, mp_context=self._spawn, initializer=init_process
         )
 
-    def submit(self, calls: list[Call]) -> Future[list[Outcome]]:
+    def together(self, uses: str) -> bool:
+        return self._packer.together(uses)
+
+    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
         try:
-            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls))
+            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together)
         except Exception as exc:  # the context could not be pickled: fail these calls
             return _failed(exc)
         try:

@@ -6,6 +6,10 @@ A node is never shipped as a pickled function: the worker imports each `uses` it
 per process, and runs the calls with `run_attempt`, which turns the node's own exceptions into
 failed `Outcome`s (type, message, traceback text). `ctx.set` values come back in
 `Outcome.updates`; the driver applies them to the run context (`shared_context = False`).
+
+A chunk of `async def` calls runs on the worker process's one event loop (`aio.shared_loop`,
+started with the first of them), however many threads the worker has (a Dask worker's pool):
+one after another, or all at once when it was submitted `together`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Job:
     run_id: str
     dirs: tuple[str, ...]
     context: bytes | None = None  # pickled context snapshot; None when no call takes `ctx`
+    together: bool = False  # async calls that run at once (see `Backend.together`)
 
 
 class ContextPacker:
@@ -62,7 +67,8 @@ class ContextPacker:
         # A call whose params hold `${{ }}` reads the context too (node ids, `context`).
         if not any(self._wants_ctx(c.uses) or isinstance(c.kwargs, Params) for c in calls):
             return None
-        snapshot = self._context.snapshot()
+        own = calls[0].context  # a chunk comes from one run: the run's, or one child run's
+        snapshot = (self._context if own is None else own).snapshot()
         # The driver replaces values (`context.set`), it never mutates them in place, so the
         # identities of the values name a version. Holding the snapshot keeps those objects
         # alive, so an id cannot be reused by a new value while it is cached.
@@ -71,6 +77,10 @@ class ContextPacker:
             self._packed = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
             self._version, self._held = version, snapshot
         return self._packed
+
+    def together(self, uses: str) -> bool:
+        target = self._targets.get(uses)
+        return target is not None and target.is_async
 
     def _wants_ctx(self, uses: str) -> bool:
         target = self._targets.get(uses)
@@ -93,7 +103,29 @@ def run_job(job: Job) -> list[Outcome]:
     _ensure_path(job.dirs)
     data = pickle.loads(job.context) if job.context is not None else {}
     context = SharedContext(data)
+    targets = _async_targets(job.calls)
+    if targets is not None:
+        from flowrun.engine.aio import run_chunk, run_together, shared_loop
+
+        run = run_together if job.together else run_chunk
+        return shared_loop().submit(run, job.calls, targets, job.run_id, context, _scope).result()
     return [_run_call(call, job.run_id, context) for call in job.calls]
+
+
+def _async_targets(calls: Sequence[Call]) -> dict[str, Target] | None:
+    """The targets of `calls` when every one is an importable coroutine function, else None
+    (then each call runs here, on this thread: an unimportable one fails on its own)."""
+    out: dict[str, Target] = {}
+    for call in calls:
+        target = out.get(call.uses)
+        if target is None:
+            try:
+                target = out[call.uses] = _target(call.uses)
+            except Exception:
+                return None
+        if not target.is_async:
+            return None
+    return out
 
 
 def _ensure_path(dirs: tuple[str, ...]) -> None:

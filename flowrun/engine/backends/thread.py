@@ -1,14 +1,22 @@
-"""The default backend: a thread pool in this process, sharing the run context."""
+"""The default backend: a thread pool in this process, sharing the run context.
+
+Chunks of `async def` calls do not take a thread: they run on the backend's one event loop
+(`engine.aio`), started in a thread of its own when the first of them is submitted.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from flowrun.blueprint.resolve import Target
 from flowrun.engine.invoke import Call, CancelScope, Outcome, crashed, run_attempt
 from flowrun.node import SharedContext
+
+if TYPE_CHECKING:  # imported with the first async chunk: most runs never need asyncio
+    from flowrun.engine.aio import LoopThread
 
 
 class ThreadBackend:
@@ -30,9 +38,35 @@ class ThreadBackend:
         self._cancelled = cancelled
         self._scope = CancelScope(cancelled)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowrun")
+        self._aio: LoopThread | None = None
+        self._aio_lock = threading.Lock()
+        if any(t.is_async for t in targets.values()):
+            self._start_loop()  # now, so that starting it (importing asyncio) delays no node
 
-    def submit(self, calls: list[Call]) -> Future[list[Outcome]]:
+    def together(self, uses: str) -> bool:
+        target = self._targets.get(uses)
+        return target is not None and target.is_async
+
+    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
+        targets = self._targets
+        if targets[calls[0].uses].is_async and all(targets[c.uses].is_async for c in calls):
+            return self._submit_async(calls, together)
         return self._pool.submit(self._run, calls)
+
+    def _submit_async(self, calls: list[Call], together: bool) -> Future[list[Outcome]]:
+        from flowrun.engine.aio import run_chunk, run_together
+
+        loop = self._aio or self._start_loop()
+        run = run_together if together else run_chunk
+        return loop.submit(run, calls, self._targets, self._run_id, self._context, self._scope)
+
+    def _start_loop(self) -> LoopThread:
+        from flowrun.engine.aio import LoopThread
+
+        with self._aio_lock:
+            if self._aio is None:
+                self._aio = LoopThread()
+            return self._aio
 
     def _run(self, calls: list[Call]) -> list[Outcome]:
         out: list[Outcome] = []
@@ -63,3 +97,5 @@ class ThreadBackend:
         if cancel:
             self._scope.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._aio is not None:
+            self._aio.close(cancel=cancel)

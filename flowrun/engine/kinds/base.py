@@ -85,7 +85,12 @@ class Runtime(Protocol):
         ...
 
     def free(self) -> int:
-        """How many more chunks may be in flight now."""
+        """How many more slots may be taken now (a chunk takes one; a chunk run together,
+        one per call)."""
+        ...
+
+    def together(self, uses: str) -> bool:
+        """Do chunks of `uses` run together (coroutine functions on one event loop)?"""
         ...
 
     def queue(self, work: Work) -> None:

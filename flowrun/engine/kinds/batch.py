@@ -5,6 +5,11 @@ Items are handed out in chunks sized so one chunk takes about `CHUNK_TARGET_MS` 
 the hand-off between threads for fast items, as dask.bag does), never more than the concurrency
 and `batch.concurrency` allow, so a million-item batch keeps a few futures alive.
 
+An `async def` worker's items are handed out in chunks that run together on the backend's
+event loop (`_fill_together`): each item holds a concurrency slot, and a chunk has about
+sqrt(concurrency) items, so a thousand coroutines in flight cost the driver some thirty hand-offs
+rather than a thousand.
+
 A streamed batch reads its items from a file (`itemsFrom`, `engine.itemsources`) as it hands
 them out, and with `outputTo` writes the results to a file in item order
 (`engine.outputfile`) instead of gathering them: its memory is bounded by what is in flight.
@@ -13,9 +18,11 @@ them out, and with `outputTo` writes the results to a file in item order
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, cast
 
@@ -24,7 +31,15 @@ from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.itemsources import ItemSource, Malformed, input_problem, open_source
 from flowrun.engine.itemsources import output_problem as output_file_problem
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
-from flowrun.engine.kinds.subflow import ChildRun, load_child
+from flowrun.engine.kinds.subflow import (
+    ChildRun,
+    child_context,
+    child_failed,
+    load_child,
+    replay,
+    retry_child,
+    timed_out,
+)
 from flowrun.engine.outputfile import MAX_AHEAD, OrderedWriter
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
@@ -131,6 +146,9 @@ class Batch(NodeKind):
         self.over: set[str] = set()  # batches that failed past their budget (announced once)
         #: batch -> item index -> its open child run (a batch over a subflow)
         self.kids: dict[str, dict[int, ChildRun]] = {}
+        self.together: set[str] = set()  # batches whose chunks run together (inflight: items)
+        #: batch -> item index -> the attempt after the first one its child run is, if any
+        self.again: dict[str, dict[int, int]] = {}
 
     def start(self, node: GraphNode) -> None:
         if node.kind is Kind.SCATTER:
@@ -158,6 +176,8 @@ class Batch(NodeKind):
         done = rt.stored.items.get(batch, {})
         done = {i: v for i, v in done.items() if i < len(value)}
         rt.emit(ev.BatchStarted(time.time(), batch, len(value), len(done)))
+        if done and node.batch_spec.subflow is not None:
+            replay(rt, {item_id(batch, i) for i in done})
         rt.sched.bind(batch, len(value), done)
 
     def _base(self) -> Path:
@@ -257,6 +277,9 @@ class Batch(NodeKind):
             cap = spec.concurrency or rt.concurrency
             if spec.subflow is not None:
                 continue  # opened below, with the children already running
+            if batch in self.together or rt.together(spec.uses):
+                self._fill_together(node, cap)
+                continue
             uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
             source, writer = self.sources.get(batch), self.writers.get(batch)
             items = self.items[batch] if source is None else None
@@ -293,6 +316,43 @@ class Batch(NodeKind):
         while self._fill_children():
             pass  # children that ended made room for more
 
+    def _fill_together(self, node: GraphNode, cap: int) -> None:
+        """Hand out items of an async worker in chunks run together: `inflight` and `cap`
+        count items here, as the driver's slots do."""
+        rt, batch, spec = self.rt, node.owner, node.batch_spec
+        self.together.add(batch)
+        uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
+        source, writer = self.sources.get(batch), self.writers.get(batch)
+        items = self.items[batch] if source is None else None
+        size = min(MAX_CHUNK, math.isqrt(max(1, rt.concurrency - 1)) + 1)
+        while (free := min(rt.free(), cap - self.inflight.get(batch, 0))) > 0:
+            if writer is not None and writer.ahead >= MAX_AHEAD:
+                break
+            room = rt.pools.room(batch)
+            if room <= 0:
+                break
+            idx = rt.sched.take_items(batch, min(room, free, size))
+            if not idx:
+                break
+            if items is not None:
+                values = [items[i] for i in idx]
+            else:
+                assert source is not None
+                values = self._read(batch, source, idx)
+                idx = [i for i, v in zip(idx, values, strict=True) if v is not _SETTLED]
+                values = [v for v in values if v is not _SETTLED]
+                if not idx:
+                    continue
+            works = [
+                Work(Call(item_id(batch, i), uses, (v,), params, 1, i, timeout), batch, self, i)
+                for i, v in zip(idx, values, strict=True)
+            ]
+            self.inflight[batch] = self.inflight.get(batch, 0) + len(works)
+            now = time.time()
+            for w in works:
+                rt.emit(ev.NodeStarted(now, w.call.node, 1, batch, w.index))
+            rt.submit(works)
+
     # -- a batch over a subflow: one child run per item ------------------------------------------
     def _open_children(self, node: GraphNode, cap: int) -> None:
         """Start child runs for the next items, at most `cap` open at once (memory stays
@@ -306,13 +366,23 @@ class Batch(NodeKind):
         except InputError as exc:
             rt.fail_inline(batch, "InputError", f"batch '{batch}': {exc}", batch)
             return
+        items, source = self.items.get(batch), self.sources.get(batch)
         while len(kids) < cap:
             idx = rt.sched.take_items(batch, 1)
             if not idx:
                 break
             i = idx[0]
-            context = {**graph.blueprint.context, "input": self.items[batch][i], **values}
-            kids[i] = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+            if items is not None:
+                item = items[i]
+            else:  # streamed (`itemsFrom`): an unreadable item fails at once
+                assert source is not None
+                item = self._read(batch, source, idx)[0]
+                if item is _SETTLED:
+                    continue
+            context = {**graph.blueprint.context, "input": item, **values}
+            kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+            if node.spec.config.timeout is not None:
+                kid.limit(node.spec.config.timeout)
             rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), 1, batch, i))
 
     def _fill_children(self) -> int:
@@ -331,24 +401,54 @@ class Batch(NodeKind):
             assert sub is not None
             for i, kid in list(kids.items()):
                 kid.pump()
-                if kid.done():
+                if kid.deadline is not None and kid.expired():
+                    del kids[i]
+                    ended += 1
+                    self._child_failed(batch, i, kid, timed_out)
+                elif kid.done():
                     del kids[i]
                     ended += 1
                     self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)
         return ended
 
+    def _child_failed(
+        self, batch: str, i: int, kid: ChildRun, why: Callable[[Work, GraphNode, ChildRun], Outcome]
+    ) -> None:
+        """Item `i`'s child run failed (`why` says how): run it again while attempts are left,
+        else the shared policy (`config.fallback`, else the item fails; `maxFailures`)."""
+        node = self.rt.graph.nodes[batch]
+        attempt = self.again.get(batch, {}).pop(i, 1)
+        item = kid.start_context.get("input")  # a streamed item cannot be read again
+        call = Call(item_id(batch, i), "", (item,), {}, attempt, i)
+        work = Work(call, batch, self, i)
+        retry_child(self, work, why(work, node, kid), functools.partial(self._relaunch, i, item))
+
+    def _relaunch(self, i: int, item: Any, node: GraphNode, attempt: int) -> None:
+        """Attempt `attempt` of item `i`'s child run (its retry is due)."""
+        rt, batch, sub = self.rt, node.owner, node.batch_spec.subflow
+        assert sub is not None
+        graph = rt.graph.children[batch]
+        values = {k: rt.router.read(v) for k, v in sub.inputs.items()}  # read once already
+        context = child_context(graph, item, values)
+        kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+        if node.spec.config.timeout is not None:
+            kid.limit(node.spec.config.timeout)
+        self.kids.setdefault(batch, {})[i] = kid
+        self.again.setdefault(batch, {})[i] = attempt
+        rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), attempt, batch, i))
+
     def _child_done(self, batch: str, i: int, kid: ChildRun, output: Any) -> None:
         rt, name = self.rt, item_id(batch, i)
         ms = (time.monotonic() - kid.t0) * 1000
         if kid.failed:
-            msg = f"subflow for {name} failed: {kid.first_error}"
-            rt.emit(ev.NodeFailed(time.time(), name, 1, ms, "SubflowError", msg, "", batch, i))
-            rt.sched.item_done(batch, i, False)
-        else:
-            text = json.dumps(output, allow_nan=False, separators=(",", ":"))
-            rt.emit(ev.NodeSucceeded(time.time(), name, 1, ms, batch, i, None, output, text))
-            rt.sched.item_done(batch, i, True, output)
-        self._after_item(batch)
+            sub = rt.graph.nodes[batch].batch_spec.subflow
+            assert sub is not None
+            self._child_failed(batch, i, kid, lambda w, _n, k: child_failed(w, k, sub))
+            return
+        attempt = self.again[batch].pop(i, 1) if batch in self.again else 1
+        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+        rt.emit(ev.NodeSucceeded(time.time(), name, attempt, ms, batch, i, None, output, text))
+        self._settle_item(batch, i, True, text, output)  # (and into `outputTo`, if any)
 
     def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
         """The items at `idx`; an unreadable one fails at once (it is never called), and its
@@ -385,7 +485,7 @@ class Batch(NodeKind):
 
     def returned(self, works: list[Work], outcomes: list[Outcome]) -> None:
         batch = works[0].node
-        self.inflight[batch] -= 1
+        self.inflight[batch] -= len(works) if batch in self.together else 1
         if outcomes:
             ms = sum(o.duration_ms for o in outcomes) / len(outcomes)
             old = self.item_ms.get(batch)

@@ -7,10 +7,17 @@ For the store, the display and the report an iteration is one item of the loop's
 loop emits `BatchStarted` (total: `maxIterations`) and `BatchFinished`, so it shows as one row
 with its own progress, its iterations are recorded as they finish, and `--resume` continues
 after the last recorded iteration without calling it again.
+
+With `loop.subflow` each iteration is one child run (`kinds.subflow.ChildRun`) whose `input`
+is the previous iteration's output (at first the node's input): its nodes are `poll#k/child`,
+recorded like any child run's, so `--resume` re-runs only the unfinished nodes of an
+unfinished iteration; `config` (retries, timeout as a whole) applies to each child run.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -18,12 +25,21 @@ from typing import Any, ClassVar
 from flowrun import events as ev
 from flowrun.engine.invoke import Call, Outcome
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
+from flowrun.engine.kinds.subflow import (
+    ChildRun,
+    child_context,
+    child_failed,
+    load_child,
+    replay,
+    retry_child,
+    timed_out,
+)
 from flowrun.engine.kinds.task import Task
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
-from flowrun.errors import PathT
+from flowrun.errors import PathT, Problem
 from flowrun.expr.compiler import ExprEvalError
-from flowrun.model import GraphNode, Kind, LoopSpec, NodeSpec
+from flowrun.model import Blueprint, Graph, GraphNode, Kind, LoopSpec, NodeSpec
 
 WHILE_NAMES = ("output", "iteration", "context")
 
@@ -35,6 +51,7 @@ def iteration_id(loop: str, k: int) -> str:
 class Loop(NodeKind):
     name: ClassVar[str] = "loop"
     can_stand_in: ClassVar[bool] = False
+    fills: ClassVar[bool] = True  # pumps the child runs of `loop.subflow` iterations
 
     # -- load time ---------------------------------------------------------------------------
     @classmethod
@@ -47,7 +64,19 @@ class Loop(NodeKind):
 
     @classmethod
     def reads(cls, spec: NodeSpec) -> Sequence[tuple[PathT, str]]:
-        return Task.reads(spec)
+        sub = spec.loop.subflow if spec.loop is not None else None
+        if sub is None:
+            return Task.reads(spec)
+        at = (*spec.path, "loop", "subflow", "inputs")
+        return [*Task.reads(spec), *[((*at, k), v) for k, v in sub.inputs.items()]]
+
+    @classmethod
+    def child(
+        cls, spec: NodeSpec, bp: Blueprint, chain: tuple[str, ...]
+    ) -> tuple[Graph | None, list[Problem]]:
+        if spec.loop is None or spec.loop.subflow is None:
+            return None, []
+        return load_child(spec, spec.loop.subflow, bp, chain, (*spec.path, "loop", "subflow"))
 
     @classmethod
     def expressions(cls, spec: NodeSpec) -> Sequence[tuple[str, PathT, str, Sequence[str]]]:
@@ -58,6 +87,9 @@ class Loop(NodeKind):
     def __init__(self, rt: Runtime) -> None:
         super().__init__(rt)
         self.counts: dict[str, tuple[int, int]] = {}  # loop -> (succeeded, failed) iterations
+        #: loop over a subflow -> (its open iteration's child run, that iteration's attempt)
+        self.children: dict[str, tuple[ChildRun, Work]] = {}
+        self.inputs: dict[str, dict[str, Any]] = {}  # loop -> what `subflow.inputs` read
 
     @staticmethod
     def _spec(node: GraphNode) -> LoopSpec:
@@ -75,8 +107,17 @@ class Loop(NodeKind):
         while last + 1 in done:  # iterations an earlier run finished, in order
             last += 1
         spec = self._spec(node)
+        if spec.subflow is not None:
+            try:
+                reads = spec.subflow.inputs.items()
+                self.inputs[node.id] = {k: rt.router.read(v) for k, v in reads}
+            except InputError as exc:
+                rt.fail_inline(node.id, "InputError", str(exc), node.id)
+                return
         self.counts[node.id] = (last, 0)
         rt.emit(ev.BatchStarted(time.time(), node.id, spec.max_iterations, last))
+        if last and spec.subflow is not None:
+            replay(rt, {iteration_id(node.id, k) for k in range(1, last + 1)})
         if last:
             self._next(node, last, done[last], None)
             return
@@ -89,10 +130,63 @@ class Loop(NodeKind):
         call = Call(iteration_id(node.id, k), spec.uses, args, {**kwargs, **spec.params}, 1, k,
                     node.spec.config.timeout)  # fmt: skip
         work = Work(call, node.id, self, k, input_kwargs=kwargs)
+        if spec.subflow is not None:
+            call.kwargs = {}  # a fallback standing in for the iteration gets its input
+            if delay > 0:
+                self.rt.later(delay, lambda: self._open(work, node, 1))
+            else:
+                self._open(work, node, 1)
+            return
         if delay > 0:
             self.rt.retry_later(work, delay)
         else:
             self.rt.queue(work)
+
+    # -- `loop.subflow`: each iteration is a child run ------------------------------------------
+    def _open(self, work: Work, node: GraphNode, attempt: int) -> None:
+        """Start attempt `attempt` of iteration `work.index` as a child run."""
+        rt, call = self.rt, work.call
+        call.attempt = attempt
+        graph = rt.graph.children[node.id]
+        value = call.args[0] if call.args else (dict(work.input_kwargs or {}) or None)
+        context = child_context(graph, value, self.inputs.get(node.id, {}))
+        child = ChildRun(rt, call.node, graph, context, fails_run=False)
+        if node.spec.config.timeout is not None:
+            child.limit(node.spec.config.timeout)
+        self.children[node.id] = (child, work)
+        rt.emit(ev.NodeStarted(time.time(), call.node, attempt, node.id, call.index))
+
+    def fill(self) -> None:
+        while self.children and self._pump():
+            pass  # an iteration that ended may have opened the next one
+
+    def _pump(self) -> int:
+        """Pump every open iteration's child run; how many ended."""
+        ended = 0
+        for loop, (child, work) in list(self.children.items()):
+            child.pump()
+            node = self.rt.graph.nodes[loop]
+            if child.deadline is not None and child.expired():
+                out = timed_out(work, node, child)
+            elif child.done():
+                sub = self._spec(node).subflow
+                assert sub is not None
+                if child.failed:
+                    out = child_failed(work, child, sub)
+                else:
+                    output = child.output(sub)
+                    ms = (time.monotonic() - child.t0) * 1000
+                    text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+                    out = Outcome(work.call.node, True, time.time(), ms, output, text)
+            else:
+                continue
+            del self.children[loop]
+            ended += 1
+            if out.ok:
+                self.succeeded(work, out)
+            else:
+                retry_child(self, work, out, functools.partial(self._open, work))
+        return ended
 
     def _next(self, node: GraphNode, k: int, output: Any, action: str | None) -> None:
         """Iteration `k` gave `output`: run iteration k+1, or settle the loop."""

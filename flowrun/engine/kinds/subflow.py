@@ -11,15 +11,16 @@ so `--resume` re-runs only the unfinished nodes of an unfinished child.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Call, Outcome
-from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Verbs, Work
+from flowrun.engine.invoke import AttemptTimeout, Call, Outcome, retryable
+from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Verbs, Work, group
 from flowrun.engine.kinds.task import Task, reused
 from flowrun.engine.routing import InputError, Router, resolve_source
 from flowrun.engine.scheduler import Scheduler, Status
@@ -86,14 +87,24 @@ class Subflow(NodeKind):
         graph = self.rt.graph.children[node.id]
         child = ChildRun(self.rt, node.id, graph, dict(context), fails_run=False)
         child.start_context = context
+        if node.spec.config.timeout is not None:
+            child.limit(node.spec.config.timeout)
         self.children[node.id] = child
 
     def fill(self) -> None:
         for name, child in list(self.children.items()):
             child.pump()
-            if child.done():
+            if child.deadline is not None and child.expired():
+                del self.children[name]
+                work = self.calls[name]
+                out = timed_out(work, self.rt.graph.nodes[name], child)
+                retry_child(self, work, out, functools.partial(self._again, child.start_context))
+            elif child.done():
                 del self.children[name]
                 self._settle(self.rt.graph.nodes[name], child)
+
+    def _again(self, context: dict[str, Any], node: GraphNode, attempt: int) -> None:
+        self._launch(node, context, attempt)
 
     def _settle(self, node: GraphNode, child: ChildRun) -> None:
         rt = self.rt
@@ -101,19 +112,8 @@ class Subflow(NodeKind):
         work = self.calls[node.id]
         attempt = work.call.attempt
         if child.failed:
-            message = f"subflow '{node.id}' ({_spec(node.spec).blueprint}) failed"
-            message += f": {child.first_error}" if child.first_error else ""
-            out = Outcome(node.id, False, time.time(), ms, error_type="SubflowError",
-                          message=message)  # fmt: skip
-            cfg = node.spec.config
-            if attempt <= cfg.max_retries and not rt.stopping:
-                delay = cfg.delay_before(attempt + 1)
-                rt.emit(ev.NodeRetry(time.time(), node.id, attempt, delay, "SubflowError", message,
-                                     "", None, None, "", cfg.max_retries + 1))  # fmt: skip
-                context = child.start_context
-                rt.later(delay, lambda: self._launch(node, context, attempt + 1))
-                return
-            self.attempt_failed(work, out)  # the shared policy: fallback, else fail for good
+            out = child_failed(work, child, _spec(node.spec))
+            retry_child(self, work, out, functools.partial(self._again, child.start_context))
             return
         del self.calls[node.id]
         output = child.output(_spec(node.spec))
@@ -143,6 +143,11 @@ class Subflow(NodeKind):
 
 class ChildRun(Verbs):
     """One run of a child blueprint inside its parent's loop: the `Runtime` of its kinds."""
+
+    #: with `config.timeout` on the child run as a whole (`limit`): when its time is up
+    #: (`time.monotonic()`), else None
+    deadline: float | None = None
+    _held: list[Work] | None = None  # calls waiting for room, while a deadline is set
 
     def __init__(
         self,
@@ -192,9 +197,13 @@ class ChildRun(Verbs):
             self.start_ready()
         for name in self._filling:  # most children have no kind that hands out work itself
             self._kinds[name].fill()
+        if self._held:
+            self._release()
 
     def emit(self, event: ev.Event) -> None:
         """Forward `event` to the parent with the child's ids as `parent/child`."""
+        if self.deadline is not None and self.expired():
+            return  # timed out: what its cancelled calls report is not recorded
         p = self.prefix
         changes: dict[str, Any] = {}
         for name in ("node", "batch", "fallback", "fallback_for"):
@@ -209,23 +218,79 @@ class ChildRun(Verbs):
     def free(self) -> int:
         return self.parent.free()
 
+    def together(self, uses: str) -> bool:
+        return self.parent.together(uses)
+
     def _own(self, work: Work) -> Work:
         """Name the call `parent/child` (ids hold no '/', so a named call is never renamed)."""
         if not work.call.node.startswith(self.prefix):
             work.call.node = self.prefix + work.call.node
+        if work.call.context is None:  # `ctx.get`/`ctx.set` see the child's own context
+            work.call.context = self.context
         return work
 
     def queue(self, work: Work) -> None:
+        if self._held is not None:
+            self._held.append(self._own(work))  # handed on when there is room (`_release`)
+            return
         self.parent.queue(self._own(work))
 
     def submit(self, works: list[Work]) -> None:
+        if self.deadline is not None:
+            works = [w for w in works if self._cut(w)]
+            if not works:
+                return
         self.parent.submit([self._own(w) for w in works])
 
     def retry_later(self, work: Work, delay: float) -> None:
+        if self.deadline is not None:
+            self.later(delay, lambda: self.queue(work))  # `queue` holds and cuts it
+            return
         self.parent.retry_later(work, delay)
 
     def later(self, delay: float, fn: Callable[[], None]) -> None:
+        if self.deadline is not None:
+            # Due no later than the deadline, so the parent's loop wakes to see the time is up.
+            left = max(0.0, self.deadline - time.monotonic())
+            self.parent.later(min(delay, left), lambda: None if self.expired() else fn())
+            return
         self.parent.later(delay, fn)
+
+    # -- `config.timeout` on the child run as a whole ------------------------------------------
+    def limit(self, seconds: float) -> None:
+        """End this child run after `seconds`: each call it makes has its own timeout cut to
+        the time left, so when the time is up its running calls end as any timed-out attempt
+        does (`ctx.cancelled` set, a shell node's process group killed), and they wake the
+        parent's loop, whose kind sees `expired()`. From then on nothing the child does reaches
+        the parent: no event, no call, no timer."""
+        self.deadline = time.monotonic() + seconds
+        self._held = []
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _cut(self, work: Work) -> bool:
+        """Cut `work`'s timeout to the time left; False when there is none left."""
+        assert self.deadline is not None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return False
+        call = work.call
+        if call.timeout is None or call.timeout > left:
+            call.timeout = left
+        return True
+
+    def _release(self) -> None:
+        """Hand held calls on while the parent has room: their timeouts are cut just before
+        they are submitted, not while they wait."""
+        held = self._held
+        assert held is not None
+        room = self.parent.free()
+        while held and room > 0:
+            work = held.pop(0)
+            if self._cut(work):
+                self.parent.queue(work)
+                room -= 1
 
     def run_failed(self) -> None:
         self.failed = True
@@ -271,6 +336,65 @@ def load_child(
     except BlueprintError as exc:
         return None, list(exc.problems)
     return child, _check_ends(spec, sub, child, doc, at)
+
+
+def child_context(graph: Graph, value: Any, values: Mapping[str, Any]) -> dict[str, Any]:
+    """A child run's context: its declared keys, `input` (the node's input, an item, the
+    previous iteration's output) and what `inputs` sets."""
+    return {**graph.blueprint.context, "input": value, **values}
+
+
+def replay(rt: Runtime, heads: Collection[str]) -> None:
+    """On `--resume`, announce what the child runs in `heads` (a batch's finished items, a
+    loop's finished iterations) recorded as reused, without running them again: the run's
+    report lists their nodes as an uninterrupted run's does."""
+    if not heads:
+        return
+    for name, (status, output, _action, attempts) in rt.stored.nodes.items():
+        head, sep, _ = name.partition("/")
+        if sep and head in heads:
+            rt.emit(ev.NodeSucceeded(time.time(), name, attempts, output=output, reused=True,
+                                     status=status))  # fmt: skip
+
+
+def child_failed(work: Work, child: ChildRun, sub: SubflowSpec) -> Outcome:
+    """The failed outcome of an attempt (`work`) whose child run failed."""
+    message = f"subflow '{work.call.node}' ({sub.blueprint}) failed"
+    message += f": {child.first_error}" if child.first_error else ""
+    ms = (time.monotonic() - child.t0) * 1000
+    return Outcome(work.call.node, False, time.time(), ms, error_type="SubflowError",
+                   message=message)  # fmt: skip
+
+
+def timed_out(work: Work, node: GraphNode, child: ChildRun) -> Outcome:
+    """The failed outcome of an attempt whose child run ran past `config.timeout`: a timeout
+    as any node's (`AttemptTimeout`, retried unless `config.retryOn` leaves it out)."""
+    limit = node.spec.config.timeout or 0.0
+    message = f"subflow '{work.call.node}' timed out after {limit:g} s"
+    ms = (time.monotonic() - child.t0) * 1000
+    retry_on = node.spec.config.retry_on
+    can_retry = retryable(AttemptTimeout(message), retry_on)
+    return Outcome(work.call.node, False, time.time(), ms, error_type="AttemptTimeout",
+                   message=message, retryable=can_retry)  # fmt: skip
+
+
+def retry_child(
+    kind: NodeKind, work: Work, out: Outcome, relaunch: Callable[[GraphNode, int], None]
+) -> None:
+    """An attempt run as a child run failed with `out`: start attempt k+1 after
+    `config.retryDelay` (`relaunch(node, k + 1)`) while attempts are left, else the shared
+    policy (`config.fallback`, else fail for good)."""
+    rt, call = kind.rt, work.call
+    node = rt.graph.nodes[work.node]
+    cfg = node.spec.config
+    attempt = call.attempt
+    if attempt <= cfg.max_retries and out.retryable and not rt.stopping:
+        delay = cfg.delay_before(attempt + 1)
+        rt.emit(ev.NodeRetry(time.time(), call.node, attempt, delay, out.error_type, out.message,
+                             "", group(work), call.index, "", cfg.max_retries + 1))  # fmt: skip
+        rt.later(delay, lambda: relaunch(node, attempt + 1))
+        return
+    kind.attempt_failed(work, out)
 
 
 #: id(child graph) -> (the graph, its entries, the kinds in it that fill): computed once per

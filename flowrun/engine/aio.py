@@ -1,0 +1,326 @@
+"""`async def` nodes: one event loop per backend, in one thread of its own.
+
+A chunk whose calls are all coroutine functions runs as one asyncio task on that loop
+(`LoopThread.submit`), its calls one after another as a thread chunk's are; the driver gets a
+`concurrent.futures.Future` that completes into its queue like a thread future, and counts the
+chunk against `--concurrency` and the pools the same way. So `-c 1000` means a thousand
+coroutines awaiting on one loop, not a thousand threads each owning a loop (and its file
+descriptors).
+
+`run_attempt_async` is `invoke.run_attempt` for a coroutine: the same JSON round trips, the
+same outcome, and a `config.timeout` that cancels the node's task (`CancelledError` at its
+`await`), not one that leaves it running. Captured output goes to the task's own buffer
+(`capture.begin_task`): many attempts share the loop's thread.
+
+This module imports asyncio; it is itself imported only when an async node is first called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flowrun.engine import capture
+from flowrun.engine.invoke import (
+    _SCALARS,
+    AttemptTimeout,
+    Call,
+    CancelScope,
+    Outcome,
+    _bad_call,
+    _encode,
+    _fresh_args,
+    _fresh_kwargs,
+    _user_traceback,
+    crashed,
+    how_called,
+    retryable,
+)
+from flowrun.expr.template import Params
+from flowrun.node import NodeContext, Result, SharedContext
+
+if TYPE_CHECKING:
+    from flowrun.blueprint.resolve import Target
+
+T = TypeVar("T")
+_encode_str: Callable[[Any], str] = json.encoder.encode_basestring_ascii
+#: how long a closing loop lets its cancelled tasks unwind before it is left to the GC
+CLOSE_GRACE_S = 1.0
+
+
+class LoopThread:
+    """An asyncio loop running in a daemon thread, fed from other threads.
+
+    Submissions made while the loop is busy are handed over together: one wake-up of the loop
+    (a write to its self-pipe) for a burst of chunks, not one per chunk."""
+
+    def __init__(self, name: str = "flowrun-loop") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._pending: list[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> Future[T]:
+        """Run `fn(*args)` as a task on the loop; its result or exception lands in the future.
+        The coroutine is made on the loop, so one that never runs (closed loop) is never made."""
+        fut: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                fut.set_exception(RuntimeError("the event loop of this run is closed"))
+                return fut
+            wake = not self._pending
+            self._pending.append((fut, fn, args))
+        if wake:
+            self._loop.call_soon_threadsafe(self._drain)
+        return fut
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        for fut, fn, args in batch:
+            if fut.set_running_or_notify_cancel():
+                task = self._loop.create_task(_settle(fut, fn(*args)))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+            left = [t for t in self._tasks if not t.done()]
+            for task in left:
+                task.cancel()
+            if left:  # let them unwind (finally blocks, closing connections), but not forever
+                self._loop.run_until_complete(asyncio.wait(left, timeout=CLOSE_GRACE_S))
+            if not any(not t.done() for t in left):
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+                self._loop.close()
+        except RuntimeError:  # the loop was closed under us at interpreter exit
+            pass
+
+    def cancel_all(self) -> None:
+        """Cancel every task on the loop now: each node sees `CancelledError` at its await."""
+        with contextlib.suppress(RuntimeError):  # the loop already stopped
+            self._loop.call_soon_threadsafe(self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop the loop without waiting for it: with `cancel`, its tasks are cancelled first."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(RuntimeError):
+            if cancel:
+                self._loop.call_soon_threadsafe(self._cancel_all)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+async def _settle(fut: Future[T], coro: Coroutine[Any, Any, T]) -> None:
+    try:
+        result = await coro
+    except BaseException as exc:  # CancelledError too: the future must complete
+        fut.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise
+    else:
+        fut.set_result(result)
+
+
+async def run_chunk(
+    calls: Sequence[Call],
+    targets: Mapping[str, Target],
+    run_id: str,
+    context: SharedContext,
+    scope: CancelScope,
+) -> list[Outcome]:
+    """A chunk of async calls, one after another (as a thread runs a chunk)."""
+    out: list[Outcome] = []
+    for call in calls:
+        if out and scope.run_cancelled.is_set():
+            break  # the driver treats the calls not run as never started
+        t = targets[call.uses]
+        try:
+            outcome = await run_attempt_async(
+                call, t.fn, wants_ctx=t.wants_ctx, run_id=run_id, context=context, cancel=scope
+            )
+        except Exception as exc:  # not the node's: a bug here must still fail only the call
+            outcome = crashed(call, exc)
+        out.append(outcome)
+    return out
+
+
+async def run_together(
+    calls: Sequence[Call],
+    targets: Mapping[str, Target],
+    run_id: str,
+    context: SharedContext,
+    scope: CancelScope,
+) -> list[Outcome]:
+    """A chunk of async calls all at once (each holds a slot of its own in the driver)."""
+    if len(calls) == 1:
+        return await run_chunk(calls, targets, run_id, context, scope)
+    t = targets[calls[0].uses]  # a batch's chunk: one function
+    if any(c.uses != t.uses for c in calls):
+        return await run_chunk(calls, targets, run_id, context, scope)
+    fn, wants_ctx = t.fn, t.wants_ctx
+    attempts = (
+        run_attempt_async(c, fn, wants_ctx=wants_ctx, run_id=run_id, context=context, cancel=scope)
+        for c in calls
+    )
+    return list(await asyncio.gather(*attempts))
+
+
+async def run_attempt_async(
+    call: Call,
+    fn: Callable[..., Any],
+    *,
+    wants_ctx: bool,
+    run_id: str,
+    context: SharedContext,
+    cancel: CancelScope,
+) -> Outcome:
+    """`invoke.run_attempt` for a coroutine function, awaited on the running loop.
+
+    A `KeyboardInterrupt`/`SystemExit` raised by the node comes back as its failed outcome; a
+    `CancelledError` from outside (the run's loop closing on cancel) propagates."""
+    started = time.time()
+    t0 = time.perf_counter()
+    token = capture.begin_task()
+    args = call.args
+    if len(args) != 1 or type(args[0]) not in _SCALARS:
+        args = _fresh_args(args)
+    kwargs: Any = call.kwargs if isinstance(call.kwargs, Params) else _fresh_kwargs(call.kwargs)
+    ctx = None
+    attempt_cancel = None
+    if wants_ctx:
+        attempt_cancel = cancel.open() if call.timeout else cancel.run_cancelled
+        ctx = NodeContext(
+            node_id=call.node,
+            run_id=run_id,
+            attempt=call.attempt,
+            index=call.index,
+            context=context,
+            cancelled=attempt_cancel,
+        )
+    try:
+        if isinstance(kwargs, Params):
+            kwargs = kwargs.render(call.args, context.data)
+        if ctx is not None:
+            kwargs = {**kwargs, "ctx": ctx}
+        value = fn(*args, **kwargs)
+        if call.timeout is not None:
+            value = await _timed(value, call.timeout, attempt_cancel)
+        elif asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+            value = await value
+        action = None
+        if isinstance(value, Result):
+            value, action = value.output, value.action
+            if action is not None and type(action) is not str:
+                raise TypeError(
+                    f"Result action must be a string or None, not {type(action).__name__} "
+                    f"({action!r:.80}); it names the edges to take"
+                )
+        kind = type(value)
+        if kind is int or kind is str or value is None or kind is bool:
+            text = _scalar_json(value)
+        else:
+            text = _encode(value)
+            if kind not in _SCALARS:
+                value = json.loads(text)
+    except (Exception, KeyboardInterrupt, SystemExit) as exc:
+        message, can_retry = str(exc), retryable(exc, call.retry_on)
+        if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
+            message, can_retry = f"{exc} ({how_called(call, wants_ctx)})", False
+        return Outcome(
+            call.node,
+            False,
+            started,
+            (time.perf_counter() - t0) * 1000,
+            error_type=type(exc).__name__,
+            message=message,
+            traceback=_user_traceback(exc),
+            updates=ctx.updates if ctx is not None else {},
+            retryable=can_retry,
+            logs=capture.end_task(token),
+        )
+    finally:
+        if attempt_cancel is not None and attempt_cancel is not cancel.run_cancelled:
+            cancel.close(attempt_cancel)
+    return Outcome(
+        call.node,
+        True,
+        started,
+        (time.perf_counter() - t0) * 1000,
+        output=value,
+        output_json=text,
+        action=action,
+        updates=ctx.updates if ctx is not None else {},
+        logs=capture.end_task(token),
+    )
+
+
+def _scalar_json(value: int | str | bool | None) -> str:
+    """`json.dumps` of an int, str, bool or None without building an encoder per call."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return int.__repr__(value)
+    return _encode_str(value)
+
+
+async def _timed(value: Any, timeout: float, cancel: threading.Event | None) -> Any:
+    """Await `value` for at most `timeout`; past it, cancel the node's task (it sees
+    `CancelledError` at its await, and `ctx.cancelled`) and fail the attempt at once, without
+    waiting for the node to unwind."""
+    if not (asyncio.iscoroutine(value) or isinstance(value, asyncio.Future)):
+        return value
+    task = asyncio.ensure_future(value)  # a copy of this context: same capture buffer
+    task.add_done_callback(_forget)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        if cancel is not None:
+            cancel.set()
+        raise AttemptTimeout(f"attempt timed out after {timeout:g} s")
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+_shared: LoopThread | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_loop() -> LoopThread:
+    """This process's loop for workers of other backends (a process or Dask worker): made on
+    the first async chunk, kept for the life of the process."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = LoopThread("flowrun-worker-loop")
+        return _shared
