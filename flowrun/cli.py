@@ -4,16 +4,17 @@ place. Heavy modules are imported inside the commands so `flowrun --version` sta
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec
 
 import typer
 
@@ -35,6 +36,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+_P = ParamSpec("_P")
 
 
 class ValidateFormat(StrEnum):
@@ -120,6 +122,57 @@ def _fail(exc: FlowrunError, debug: bool) -> NoReturn:
     raise typer.Exit(exc.exit_code)
 
 
+def _signals_restored(command: Callable[_P, None]) -> Callable[_P, None]:
+    """`command` puts back the SIGINT/SIGTERM handlers it found, however it ends (`_signals`
+    leaves `_after_the_run` in place for the printing of the result)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return command(*args, **kwargs)
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        _deferred.clear()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            for s, h in old.items():
+                if h is not None:  # None: a handler not set from Python, left as it is
+                    signal.signal(s, h)
+
+    return wrapper
+
+
+_deferred: list[int] = []  # the signals `_after_the_run` received
+
+
+def _after_the_run(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM once the run has ended: the result (the `--json` document, say) is
+    printed whole and the run's exit code kept; a second signal exits 130 at once."""
+    if _deferred:
+        os._exit(130)
+    _deferred.append(signum)
+    name = signal.Signals(signum).name
+    with contextlib.suppress(OSError):  # not `print`: the handler may interrupt a write to stderr
+        os.write(2, f"flowrun: {name}: the run has ended; printing its result first "
+                    f"({name} again to quit now)\n".encode())  # fmt: skip
+
+
+def _print_document(text: str) -> None:
+    """`print(text)`, written whole even when a signal arrives meanwhile: a write to a pipe
+    that a signal interrupts returns short, and `print` drops the rest of a large text."""
+    out = sys.stdout
+    try:
+        fd = out.fileno()
+    except (AttributeError, ValueError, OSError):  # not a file (tests capture it in memory)
+        print(text)
+        return
+    data = (text + "\n").encode(out.encoding or "utf-8", out.errors or "strict")
+    out.flush()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(metavar="FILE", help="Blueprint files to check.")],
@@ -194,6 +247,7 @@ def schema_cmd() -> None:
 
 
 @app.command()
+@_signals_restored
 def run(
     file: FileArg,
     concurrency: Annotated[
@@ -317,7 +371,7 @@ def run(
     if mode in ("live", "plain") and report.status in ("failed", "cancelled"):
         print(f"resume with: {resume_command(file, report.run_id, state_dir)}", file=sys.stderr)
     if as_json:
-        print(report.to_json())
+        _print_document(report.to_json())
     elif mode != "quiet":
         _print_results(r, report)
     _exit(report.exit_code, teardown=executor is not ExecutorKind.thread)
@@ -396,7 +450,7 @@ def _run(
 
 def _print_plan(plan: dict[str, object], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(plan, indent=2))
+        _print_document(json.dumps(plan, indent=2))
         return
     nodes: dict[str, dict[str, object]] = plan["nodes"]  # type: ignore[assignment]
     resumed = f" (resuming {plan['runId']})" if plan["runId"] else ""
@@ -487,12 +541,13 @@ def _signals(r: Run, reporter: Reporter) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, handler)
     try:
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    finally:  # the run has ended: its result is printed whole (`run` restores the handlers)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _after_the_run)
 
 
 #: set by `main()`: the console script may end without the interpreter's teardown; tests
@@ -509,16 +564,16 @@ def _exit(code: int, *, teardown: bool = False) -> NoReturn:
     the interpreter's teardown (tens of milliseconds after a run, more after a large
     validate). `teardown=True` keeps the ordinary exit (the process and Dask backends clean
     up in atexit handlers)."""
+    try:  # here, where a signal waits for the output (see `_after_the_run`)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: let Python report it as it always does
+        if code != 130:
+            raise typer.Exit(code) from None
     if code == 130 or (_fast_exit and not teardown):
         shell = sys.modules.get("flowrun.std.shell")
         if shell is not None:  # a command still running was abandoned (it timed out): it runs
             shell.kill_all()  # in a session of its own, so it would outlive us
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):  # a closed pipe: let Python report it as it always does
-            if code != 130:
-                raise typer.Exit(code) from None
         os._exit(code)
     raise typer.Exit(code)
 

@@ -211,9 +211,14 @@ def _compile(espec: EdgeSpec, field: str, names: list[str], chk: _Checker) -> An
     try:
         return compile_expr(text, names, kind=field)
     except ExprError as exc:
-        message = f"{field} {text!r}: {exc.message}"
+        message = f"{field} {_quoted(text)}: {exc.message}"
         chk.add((*espec.path, field), f"expr-{field}", message, at=(text, exc.column))
         return None
+
+
+def _quoted(text: str, width: int = 120) -> str:
+    """`repr(text)`, cut short for a long expression (the location says where it is)."""
+    return repr(text) if len(text) <= width else repr(text[: width - 20]) + "..."
 
 
 def _node_expressions(
@@ -227,7 +232,7 @@ def _node_expressions(
             try:
                 out[(spec.id, field)] = compile_expr(text, [*names, *ids], kind=field)
             except ExprError as exc:
-                message = f"{field} {text!r}: {exc.message}"
+                message = f"{field} {_quoted(text)}: {exc.message}"
                 chk.add((*spec.path, *path), f"expr-{field}", message, at=(text, exc.column))
     return out
 

@@ -34,11 +34,14 @@ from flowrun.expr.limits import (
     Fn,
     attr_reader,
     budget,
+    check_data,
     index_reader,
     name_reader,
 )
 
 MAX_DEPTH = 100  # AST nesting; the closures recurse once per level
+MAX_LENGTH = 10_000  # characters of one expression: parsing and compiling cost grow with it
+DATA_KINDS = frozenset({"transform", "interpolation"})  # kinds whose value is data for a node
 
 _NONE: Fn = lambda scope: None  # noqa: E731  (a missing slice bound)
 _WHITESPACE = " \t\r\n\f\v"
@@ -71,8 +74,16 @@ class CompiledExpr:
     def evaluate(self, scope: Mapping[str, Any]) -> Any:
         """Evaluate with `scope` (name -> value); every failure is raised as `ExprEvalError`."""
         budget.left = BUDGET
+        return self.evaluate_within(scope)
+
+    def evaluate_within(self, scope: Mapping[str, Any]) -> Any:
+        """`evaluate` on what is left of the budget that the caller's last `reset_budget` (or
+        evaluation) set: the expressions of one call's params share one budget."""
         try:
-            return self._fn(scope)
+            value = self._fn(scope)
+            if self.kind in DATA_KINDS:
+                check_data(value)
+            return value
         except Fail as exc:
             raise ExprEvalError(f'{self.kind} "{_clip(self.source)}": {exc}') from None
         except Exception as exc:  # any failure of user data or a builtin is the user's problem
@@ -83,11 +94,19 @@ class CompiledExpr:
         return (_recompile, (self.source, self.names, self.kind))
 
 
+def reset_budget() -> None:
+    """Give the evaluations that follow on this thread one fresh `BUDGET` to share."""
+    budget.left = BUDGET
+
+
 def compile_expr(text: str, names: Collection[str], *, kind: str = "expression") -> CompiledExpr:
     """Check `text` against the allow-list and compile it; raise `ExprError` if it is invalid.
 
     `names` are the names in scope; `kind` ("condition", "transform") is used in messages.
     """
+    if len(text) > MAX_LENGTH:
+        message = f"the expression is too long ({len(text):,} characters; at most {MAX_LENGTH:,})"
+        raise ExprError(message, 1, source=text, kind=kind)
     body = text.lstrip(_WHITESPACE)
     base = len(text) - len(body)  # columns count from the start of the original text
     if not body:

@@ -22,8 +22,14 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flowrun.expr.compiler import CompiledExpr, ExprError, compile_expr
-from flowrun.expr.limits import Fail
+from flowrun.expr.compiler import (
+    CompiledExpr,
+    ExprError,
+    ExprEvalError,
+    compile_expr,
+    reset_budget,
+)
+from flowrun.expr.limits import Fail, charge
 
 TEMPLATE_NAMES = ("input", "context", "env")
 _MARK = re.compile(r"\$\$\{\{|\$\{\{")
@@ -46,18 +52,30 @@ class Template:
     parts: tuple[str | CompiledExpr, ...]
     quote: bool = False
 
-    def render(self, scope: Mapping[str, Any]) -> Any:
+    def render(self, scope: Mapping[str, Any], *, fresh: bool = True) -> Any:
+        """The value (one whole-string expression) or the text; the expressions share one
+        budget, a fresh one unless `fresh` is false (`Params` gives one to a whole call)."""
+        if fresh:
+            reset_budget()
         if len(self.parts) == 1 and not isinstance(self.parts[0], str):
-            return self.parts[0].evaluate(scope)
+            return self.parts[0].evaluate_within(scope)
         out = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
                 continue
-            value = part.evaluate(scope)
+            value = part.evaluate_within(scope)
             text = value if isinstance(value, str) else json.dumps(value, allow_nan=False)
+            try:  # the text is kept: `"${{ x }}${{ x }}..."` must not multiply a big x
+                charge(len(text))
+            except Fail as exc:
+                raise ExprEvalError(f"interpolation {_short(part.source)}: {exc}") from None
             out.append(shlex.quote(text) if self.quote else text)
         return "".join(out)
+
+
+def _short(text: str) -> str:
+    return f'"{text if len(text) <= 80 else text[:77] + "..."}"'
 
 
 def compile_template(text: str, names: Collection[str], *, quote: bool = False) -> str | Template:
@@ -178,7 +196,7 @@ class _Scope(Mapping[str, Any]):
 
 def _render(value: Any, scope: Mapping[str, Any]) -> Any:
     if isinstance(value, Template):
-        return value.render(scope)
+        return value.render(scope, fresh=False)
     if isinstance(value, dict):
         return {k: _render(v, scope) for k, v in value.items()}
     if isinstance(value, list):
@@ -213,6 +231,7 @@ class Params(Mapping[str, Any]):
         """The call's keyword arguments, for positional `args` and the run context."""
         input = args[0] if args else (self.bound or None)
         scope = _Scope(input, context)
+        reset_budget()  # one budget for all of the call's expressions
         return {**self.bound, **{k: _render(v, scope) for k, v in self.tree.items()}}
 
     def __reduce__(self) -> tuple[Any, ...]:

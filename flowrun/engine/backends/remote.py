@@ -14,11 +14,13 @@ one after another, or all at once when it was submitted `together`.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -222,11 +224,27 @@ def init_process() -> None:
         threading.Thread(
             target=_exit_with, args=(parent,), daemon=True, name="flowrun-parent-watch"
         ).start()
+    # Called by the interpreter's exit just before it waits for the non-daemon threads.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_leave_stray_threads)
 
 
 def _terminated(signum: int, frame: object) -> None:
     kill_all()
     os._exit(1)
+
+
+def _leave_stray_threads() -> None:
+    """A thread a node started and left running must not keep its worker alive once the pool
+    has let the worker go (the run would wait for that worker at its end): every result has
+    been sent by then, so the worker ends without waiting for it."""
+    me = threading.current_thread()
+    if any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
 
 
 def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
