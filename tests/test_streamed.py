@@ -336,3 +336,32 @@ def test_resume_reads_only_the_indices_of_a_file_batch(tmp_path: Path) -> None:
     assert again.status == "completed"
     assert lines(tmp_path / "out.jsonl") == [{"x": i} for i in range(60)]
     assert not set(log.read_text().split()[len(before) :]) & {str(i) for i in ran}
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_bad_lines_fail_alone_naming_file_and_line_and_are_never_retried(
+    tmp_path: Path, executor: str
+) -> None:
+    """On the thread executor a chunk's lines are parsed by the worker, elsewhere by the run:
+    either way an unreadable line fails its item (ItemError, file:line), with no attempt and
+    no retry, and every other item of its chunk runs once."""
+    good = [json.dumps(i) for i in range(40)]
+    text = good[:5] + ["{oops"] + good[5:30] + ["[1,"] + good[30:]
+    (tmp_path / "in.jsonl").write_text("\n".join(text) + "\n")
+    log = tmp_path / "calls.log"
+    path = blueprint(
+        tmp_path,
+        "{uses: streamnodes.record, itemsFrom: in.jsonl, outputTo: out.jsonl, maxFailures: 5,"
+        f" params: {{log: '{log}'}}}}\n    config: {{maxRetries: 2}}",
+    )
+    report = run(path, concurrency=4, executor=executor)
+    assert report.status == "completed" and report.context["B"]["failed"] == 2
+    errors = {e["node"]: e for e in report.errors}
+    assert set(errors) == {"B[5]", "B[31]"}
+    assert errors["B[5]"]["type"] == "ItemError"
+    assert errors["B[5]"]["message"].startswith(f"{tmp_path / 'in.jsonl'}:6: not a JSON value")
+    assert errors["B[31]"]["message"].startswith(f"{tmp_path / 'in.jsonl'}:32: not a JSON value")
+    out = lines(tmp_path / "out.jsonl")
+    assert out[5] is None and out[31] is None
+    assert [o["x"] for o in out if o is not None] == list(range(40))
+    assert sorted(int(x) for x in log.read_text().split()) == list(range(40))  # each once

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from flowrun.engine import capture
@@ -407,12 +407,34 @@ class Items:
     retry_on: tuple[str, ...] | None = None
     #: each success's JSON text is wanted on its own too (a batch writing its `outputTo` file)
     texts: bool = False
+    #: the `.jsonl` file `values` are raw lines of: the worker parses them (`parsed`), so the
+    #: driver does not, and the values it gets are fresh (no round trip to copy them)
+    lines: str | None = None
 
     def call(self, pos: int) -> Call:
         """The call of the item at position `pos` of the chunk (its first attempt)."""
         i = self.indices[pos]
-        return Call(f"{self.batch}[{i}]", self.uses, (self.values[pos],), self.kwargs, 1, i,
+        value = self.values[pos]
+        if self.lines is not None:
+            from flowrun.engine.itemsources import parse_jsonl
+
+            value = parse_jsonl(value, self.lines, i)
+        return Call(f"{self.batch}[{i}]", self.uses, (value,), self.kwargs, 1, i,
                     self.timeout, self.retry_on)  # fmt: skip
+
+    def parsed(self) -> tuple[Items, dict[int, str]]:
+        """This chunk with its raw lines parsed, and the message of each line that is not a
+        JSON value, by position (those items fail without being called)."""
+        from flowrun.engine.itemsources import Malformed, parse_jsonl
+
+        assert self.lines is not None
+        name, values, bad = self.lines, [], {}
+        for pos, (line, i) in enumerate(zip(self.values, self.indices, strict=True)):
+            value = parse_jsonl(line, name, i)
+            if isinstance(value, Malformed):
+                bad[pos], value = value.message, None
+            values.append(value)
+        return replace(self, values=values, lines=None), bad
 
 
 @dataclass(slots=True)
@@ -451,10 +473,14 @@ def run_items(
     gives is what `run_attempt` would: a JSON round trip of its input and its output, its
     prints captured, a failure described. The outputs are encoded once, as one array."""
     started = time.time()
+    bad: dict[int, str] = {}
+    fresh = chunk.lines is not None
+    if fresh:
+        chunk, bad = chunk.parsed()
     if wants_ctx or is_async or chunk.timeout is not None:
-        return _each(chunk, fn, started, wants_ctx, is_async, run_id, context, cancel)
+        return _each(chunk, fn, started, wants_ctx, is_async, run_id, context, cancel, bad)
     values = chunk.values
-    if not _SCALARS.issuperset(map(type, values)):
+    if not fresh and not _SCALARS.issuperset(map(type, values)):
         values = _fresh_values(values)
     kwargs: Any = chunk.kwargs
     render = isinstance(kwargs, Params)
@@ -474,6 +500,9 @@ def run_items(
         if pos and stopped():
             break  # the driver treats the items not run as never started
         ran += 1
+        if bad and pos in bad:
+            others.append((pos, _malformed(chunk, pos, bad[pos], started)))
+            continue
         kw: Any = kwargs
         local.buf = opened
         try:
@@ -614,12 +643,16 @@ def _each(
     run_id: str,
     context: SharedContext,
     cancel: CancelScope,
+    bad: Mapping[int, str],
 ) -> ItemsOutcome:
     """A chunk whose items need `run_attempt` each (`ctx`, a timeout, an `async def`)."""
     outcomes: list[Outcome] = []
     for pos in range(len(chunk.values)):
         if pos and cancel.run_cancelled.is_set():
             break
+        if pos in bad:
+            outcomes.append(_malformed(chunk, pos, bad[pos], started))
+            continue
         call = chunk.call(pos)
         try:
             out = run_attempt(call, fn, wants_ctx=wants_ctx, is_async=is_async, run_id=run_id,
@@ -628,6 +661,13 @@ def _each(
             out = crashed(call, exc)
         outcomes.append(out)
     return items_outcome(outcomes, started)
+
+
+def _malformed(chunk: Items, pos: int, message: str, started: float) -> Outcome:
+    """The item whose line could not be read: it fails at once, and no retry can help."""
+    node = f"{chunk.batch}[{chunk.indices[pos]}]"
+    return Outcome(node, False, started, 0.0, error_type="ItemError", message=message,
+                   retryable=False)  # fmt: skip
 
 
 def items_outcome(outcomes: Sequence[Outcome], started: float) -> ItemsOutcome:

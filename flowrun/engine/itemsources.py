@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -138,6 +137,14 @@ def _json_fast(line: bytes) -> Any:
 
 
 _SLOW = object()
+READ_AHEAD = 1 << 20  # bytes of lines a `.jsonl`/`.txt` source reads at a time
+
+
+def parse_jsonl(line: bytes, name: str, index: int) -> Any:
+    """The value on the raw `.jsonl` line of item `index` of file `name` (as `read_raw` gives
+    it), or `Malformed`, with the message `LineSource` gives."""
+    value = _json_fast(line)
+    return _json_line(_strip(line), f"{name}:{index + 1}") if value is _SLOW else value
 
 
 def _text_line(line: bytes, where: str) -> Any:
@@ -174,15 +181,35 @@ class LineSource:
         self._file: IO[bytes] = open(path, "rb")  # noqa: SIM115 (closed by close())
         self._parse = parse
         self._fast = _json_fast if parse is _json_line else None
-        self._next = 0
+        self._next = 0  # the index of the next line `_take` gives
+        self._ahead: list[bytes] = []  # lines read ahead (at most `READ_AHEAD` bytes of them)
+        self._at = 0  # the first of them not taken
+
+    def _take(self, n: int) -> list[bytes]:
+        """The next `n` lines (fewer at the end of the file), read a block at a time."""
+        out: list[bytes] = []
+        while len(out) < n:
+            if self._at >= len(self._ahead):
+                self._ahead, self._at = self._file.readlines(READ_AHEAD), 0
+                if not self._ahead:
+                    break
+            k = min(n - len(out), len(self._ahead) - self._at)
+            out += self._ahead[self._at : self._at + k]
+            self._at += k
+        self._next += len(out)
+        return out
+
+    def _skip_to(self, index: int) -> None:
+        """Skip, unparsed, the lines before `index` (items finished earlier)."""
+        while self._next < index and self._take(min(index - self._next, 1 << 16)):
+            pass
 
     def read(self, index: int) -> Any:
-        f = self._file
-        while self._next < index:  # an item finished earlier: skip its line unparsed
-            f.readline()
+        self._skip_to(index)
+        taken = self._take(1)
+        line = taken[0] if taken else b""
+        if not taken:
             self._next += 1
-        line = f.readline()
-        self._next += 1
         if not line:
             return Malformed(
                 f"{self.name}: ended before line {index + 1}; it changed during the run"
@@ -195,13 +222,10 @@ class LineSource:
             return _read_each(self, indices)
         # A run of consecutive `.jsonl` lines (the usual case): read together, parsed by
         # the C scanner; only the lines it cannot vouch for go through `read`'s path.
-        f = self._file
-        while self._next < indices[0]:
-            f.readline()
-            self._next += 1
-        lines = list(islice(f, len(indices)))
+        self._skip_to(indices[0])
+        lines = self._take(len(indices))
+        self._next += len(indices) - len(lines)
         lines += [b""] * (len(indices) - len(lines))  # the file ended early: malformed
-        self._next += len(indices)
         values = list(map(fast, lines))
         bad = False
         if _SLOW in values:
@@ -210,6 +234,21 @@ class LineSource:
                     values[n] = self._slow(lines[n], indices[n])
                     bad = bad or isinstance(values[n], Malformed)
         return values, bad
+
+    def read_raw(self, indices: list[int]) -> list[bytes] | None:
+        """The `.jsonl` lines at `indices` as read (line breaks included), left for the worker
+        to parse (`parse_jsonl`), or None when this source cannot hand out raw lines: not a
+        `.jsonl` file, indices not one run, or the file ended early (then `read_many` says so).
+        Nothing is read when it answers None."""
+        if self._fast is None or indices[-1] - indices[0] != len(indices) - 1:
+            return None
+        self._skip_to(indices[0])
+        lines = self._take(len(indices))
+        if len(lines) < len(indices):  # ended early: back to where the run was, parsed
+            self._file.seek(0)
+            self._next, self._ahead, self._at = 0, [], 0
+            return None
+        return lines
 
     def _slow(self, line: bytes, index: int) -> Any:
         if not line:

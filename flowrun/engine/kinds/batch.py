@@ -325,6 +325,15 @@ class Batch(NodeKind):
             submit_items = (
                 getattr(rt, "submit_items", None) if getattr(rt, "runs_items", False) else None
             )
+            # A `.jsonl` file's lines go to the worker as read, parsed there: not in this
+            # thread, which every item passes through (not with a fallback, which a line that
+            # is no JSON value must never reach).
+            read_raw = (
+                getattr(source, "read_raw", None)
+                if submit_items is not None and node.spec.config.fallback is None
+                else None
+            )
+            name = source.name if source is not None else ""
             while rt.free() > 0 and inflight.get(batch, 0) < cap:
                 if writer is not None and writer.ahead >= MAX_AHEAD:
                     break  # the first unfinished item holds the file back: wait for it
@@ -335,12 +344,15 @@ class Batch(NodeKind):
                 if not idx:
                     break
                 seq: list[int] | range = idx
+                lines: list[bytes] | None = None
                 if items is not None:
                     if idx[-1] - idx[0] == len(idx) - 1:  # consecutive: the common case
                         seq = range(idx[0], idx[-1] + 1)
                         values = items[seq.start : seq.stop]
                     else:
                         values = [items[i] for i in idx]
+                elif read_raw is not None and (lines := read_raw(idx)) is not None:
+                    values, seq = lines, range(idx[0], idx[-1] + 1)
                 else:
                     assert source is not None
                     values, bad = source.read_many(idx)
@@ -355,7 +367,8 @@ class Batch(NodeKind):
                     inflight[batch] = inflight.get(batch, 0) + 1
                     emit(ev.ItemsStarted(time.time(), batch, seq))
                     submit_items(Items(batch, uses, values, seq, params, timeout,
-                                       texts=writer is not None))  # fmt: skip
+                                       texts=writer is not None,
+                                       lines=None if lines is None else name))  # fmt: skip
                     continue
                 # The per-item path is the hot one: no lookups or helper calls inside it.
                 works = [
