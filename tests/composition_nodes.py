@@ -45,6 +45,11 @@ def context_view(x: Any = None, *, ctx: NodeContext) -> dict[str, Any]:
     return seen
 
 
+async def context_view_async(x: Any = None, *, ctx: NodeContext) -> dict[str, Any]:
+    """`context_view` as an `async def` node (run on the backend's event loop)."""
+    return context_view(x, ctx=ctx)
+
+
 def read_scratch(x: Any = None, *, ctx: NodeContext) -> Any:
     """What the previous child node set with `ctx.set`."""
     return ctx.get("scratch")

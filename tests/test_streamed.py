@@ -346,7 +346,7 @@ def test_bad_lines_fail_alone_naming_file_and_line_and_are_never_retried(
     either way an unreadable line fails its item (ItemError, file:line), with no attempt and
     no retry, and every other item of its chunk runs once."""
     good = [json.dumps(i) for i in range(40)]
-    text = good[:5] + ["{oops"] + good[5:30] + ["[1,"] + good[30:]
+    text = [*good[:5], "{oops", *good[5:30], "[1,", *good[30:]]
     (tmp_path / "in.jsonl").write_text("\n".join(text) + "\n")
     log = tmp_path / "calls.log"
     path = blueprint(

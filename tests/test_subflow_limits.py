@@ -41,11 +41,14 @@ edges:
 """
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
+@pytest.mark.parametrize(
+    ("executor", "view"),
+    [("thread", "context_view"), ("process", "context_view"), ("thread", "context_view_async")],
+)
 def test_ctx_in_a_child_node_sees_the_child_context_and_sets_keys_there(
-    tmp_path: Path, executor: str
+    tmp_path: Path, executor: str, view: str
 ) -> None:
-    (tmp_path / "view.yaml").write_text(VIEW)
+    (tmp_path / "view.yaml").write_text(VIEW.replace("context_view", view))
     (tmp_path / "p.yaml").write_text(
         _parent(
             "  - id: sub\n    subflow:\n      blueprint: view.yaml\n      inputs: {who: name}\n"

@@ -36,14 +36,14 @@ from flowrun.engine.invoke import (
     _bad_call,
     _encode,
     _fresh_args,
-    _fresh_kwargs,
     _user_traceback,
+    attempt_setup,
     crashed,
     how_called,
     retryable,
 )
 from flowrun.expr.template import Params
-from flowrun.node import NodeContext, Result, SharedContext
+from flowrun.node import Result, SharedContext
 
 if TYPE_CHECKING:
     from flowrun.blueprint.resolve import Target
@@ -202,19 +202,7 @@ async def run_attempt_async(
     args = call.args
     if len(args) != 1 or type(args[0]) not in _SCALARS:
         args = _fresh_args(args)
-    kwargs: Any = call.kwargs if isinstance(call.kwargs, Params) else _fresh_kwargs(call.kwargs)
-    ctx = None
-    attempt_cancel = None
-    if wants_ctx:
-        attempt_cancel = cancel.open() if call.timeout else cancel.run_cancelled
-        ctx = NodeContext(
-            node_id=call.node,
-            run_id=run_id,
-            attempt=call.attempt,
-            index=call.index,
-            context=context,
-            cancelled=attempt_cancel,
-        )
+    context, kwargs, ctx, attempt_cancel = attempt_setup(call, wants_ctx, run_id, context, cancel)
     try:
         if isinstance(kwargs, Params):
             kwargs = kwargs.render(call.args, context.data)

@@ -300,6 +300,29 @@ def crashed(call: Call, exc: BaseException) -> Outcome:
     )
 
 
+def attempt_setup(
+    call: Call, wants_ctx: bool, run_id: str, context: SharedContext, cancel: CancelScope
+) -> tuple[SharedContext, Any, NodeContext | None, threading.Event | None]:
+    """What one attempt of `call` runs with: the context (a child run's own for its calls),
+    the keyword arguments (plain ones copied; `${{ }}` params, a `Params`, are rendered by the
+    caller), the node's `ctx` when it takes one, and the event that cancels the attempt."""
+    if call.context is not None:
+        context = call.context  # a child run's call
+    kwargs: Any = call.kwargs if isinstance(call.kwargs, Params) else _fresh_kwargs(call.kwargs)
+    if not wants_ctx:
+        return context, kwargs, None, None
+    attempt_cancel = cancel.open() if call.timeout else cancel.run_cancelled
+    ctx = NodeContext(
+        node_id=call.node,
+        run_id=run_id,
+        attempt=call.attempt,
+        index=call.index,
+        context=context,
+        cancelled=attempt_cancel,
+    )
+    return context, kwargs, ctx, attempt_cancel
+
+
 def run_attempt(
     call: Call,
     fn: Callable[..., Any],
@@ -317,24 +340,9 @@ def run_attempt(
     keys are strings downstream, and a node that mutates its input changes nobody's output."""
     started = time.time()
     t0 = time.perf_counter()
-    if call.context is not None:
-        context = call.context  # a child run's call
     capture.begin()
     args = _fresh_args(call.args)
-    # `${{ }}` params (a `Params`) are rendered below, for this call; plain ones are copied
-    kwargs: Any = call.kwargs if isinstance(call.kwargs, Params) else _fresh_kwargs(call.kwargs)
-    ctx = None
-    attempt_cancel = None
-    if wants_ctx:
-        attempt_cancel = cancel.open() if call.timeout else cancel.run_cancelled
-        ctx = NodeContext(
-            node_id=call.node,
-            run_id=run_id,
-            attempt=call.attempt,
-            index=call.index,
-            context=context,
-            cancelled=attempt_cancel,
-        )
+    context, kwargs, ctx, attempt_cancel = attempt_setup(call, wants_ctx, run_id, context, cancel)
     try:
         if isinstance(kwargs, Params):  # `${{ }}` in params: rendered for this call
             kwargs = kwargs.render(call.args, context.data)
