@@ -28,18 +28,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowrun.engine import capture
 from flowrun.engine.invoke import (
+    _PLAIN,
     _SCALARS,
     AttemptTimeout,
     Call,
     CancelScope,
+    Items,
+    ItemsOutcome,
     Outcome,
     _bad_call,
     _encode,
+    _encoded,
+    _failure,
     _fresh_args,
+    _fresh_kwargs,
+    _fresh_values,
+    _same,
+    _success,
     _user_traceback,
     attempt_setup,
     crashed,
     how_called,
+    items_outcome,
     retryable,
 )
 from flowrun.expr.template import Params
@@ -181,6 +191,112 @@ async def run_together(
         for c in calls
     )
     return list(await asyncio.gather(*attempts))
+
+
+async def run_items_async(
+    chunk: Items,
+    targets: Mapping[str, Target],
+    run_id: str,
+    context: SharedContext,
+    scope: CancelScope,
+) -> ItemsOutcome:
+    """A batch's chunk of async items, all at once (each holds a slot of its own in the
+    driver), as `invoke.run_items` runs a chunk of sync ones: the plain successes come back as
+    columns with their outputs encoded once, every other item with an `Outcome` of its own.
+    Each item's coroutine runs in a task of its own, so what it prints is its own."""
+    started = time.time()
+    t = targets[chunk.uses]
+    fn, n = t.fn, len(chunk.values)
+    if t.wants_ctx or chunk.timeout is not None:  # each item as a call of its own
+        calls = [chunk.call(pos) for pos in range(n)]
+        outcomes = await asyncio.gather(
+            *(_guarded(c, fn, t.wants_ctx, run_id, context, scope) for c in calls)
+        )
+        return items_outcome(outcomes, started)
+    values = chunk.values
+    if not _SCALARS.issuperset(map(type, values)):
+        values = _fresh_values(values)
+    kwargs: Any = chunk.kwargs
+    if isinstance(kwargs, Params):  # rendered per item, in its task (a failure is its own)
+        data = context.data
+        raw = chunk.values
+        items = (_item(fn, v, kwargs, raw[pos], data) for pos, v in enumerate(values))
+    elif _SCALARS.issuperset(map(type, kwargs.values())):
+        items = (_item(fn, v, kwargs) for v in values)
+    else:  # each item gets a copy it may change
+        items = (_item(fn, v, _fresh_kwargs(kwargs)) for v in values)
+    results = await asyncio.gather(*items)
+    ok: list[int] = []
+    outputs: list[Any] = []
+    durations: list[float] = []
+    others: list[tuple[int, Outcome]] = []
+    for pos, (done, out, ms, logs) in enumerate(results):
+        if done is True:
+            action = None
+            if type(out) not in _PLAIN and isinstance(out, Result):
+                out, action = out.output, out.action
+                if action is not None and type(action) is not str:
+                    bad = TypeError(
+                        f"Result action must be a string or None, not {type(action).__name__} "
+                        f"({action!r:.80}); it names the edges to take"
+                    )
+                    call = chunk.call(pos)
+                    others.append((pos, _failure(call, _same, bad, {}, started, ms, logs)))
+                    continue
+            if action is None and not logs:
+                ok.append(pos)
+                outputs.append(out)
+                durations.append(ms)
+            else:
+                others.append((pos, _success(chunk, pos, out, action, logs, started, ms)))
+            continue
+        if done is False:
+            exc, kw = out if type(out) is tuple else (out, kwargs)
+            others.append((pos, _failure(chunk.call(pos), fn, exc, kw, started, ms, logs)))
+        else:  # KeyboardInterrupt, SystemExit from the node: only it fails
+            failed = crashed(chunk.call(pos), out)
+            failed.duration_ms, failed.logs = ms, logs
+            others.append((pos, failed))
+    return _encoded(chunk, started, n, ok, outputs, durations, others)
+
+
+async def _item(
+    fn: Callable[..., Any], value: Any, kwargs: Any, raw: Any = None, data: Any = None
+) -> tuple[bool | None, Any, float, str]:
+    """One item of `run_items_async`, in its own task: (True, output, ms, printed); when it
+    raised, (False, (the exception, the params it got), ...), or (None, a `KeyboardInterrupt`
+    or `SystemExit`, ...). `data`: `kwargs` is a `Params` to render for the item's `raw`
+    input. A `CancelledError` from outside propagates."""
+    token = capture.begin_task()
+    t0 = time.perf_counter()
+    try:
+        if data is not None:
+            kwargs = kwargs.render((raw,), data)
+        out = fn(value, **kwargs)
+        if asyncio.iscoroutine(out) or isinstance(out, asyncio.Future):
+            out = await out
+    except Exception as exc:
+        return False, (exc, kwargs), (time.perf_counter() - t0) * 1000, capture.end_task(token)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        return None, exc, (time.perf_counter() - t0) * 1000, capture.end_task(token)
+    return True, out, (time.perf_counter() - t0) * 1000, capture.end_task(token)
+
+
+async def _guarded(
+    call: Call,
+    fn: Callable[..., Any],
+    wants_ctx: bool,
+    run_id: str,
+    context: SharedContext,
+    scope: CancelScope,
+) -> Outcome:
+    """`run_attempt_async`, where a bug of flowrun's fails only the call."""
+    try:
+        return await run_attempt_async(
+            call, fn, wants_ctx=wants_ctx, run_id=run_id, context=context, cancel=scope
+        )
+    except Exception as exc:
+        return crashed(call, exc)
 
 
 async def run_attempt_async(

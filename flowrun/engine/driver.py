@@ -35,7 +35,8 @@ from flowrun.report import ReportBuilder, RunReport
 
 CANCEL_GRACE_S = 3.0
 # a chunk of calls (its future, its slots) or a batch's chunk of items
-Done = tuple[list[Work], Future[list[Outcome]], int] | tuple[Items, Future[ItemsOutcome]]
+# (each with the slots it holds)
+Done = tuple[list[Work], Future[list[Outcome]], int] | tuple[Items, Future[ItemsOutcome], int]
 
 __all__ = ["CANCEL_GRACE_S", "Driver", "Options", "Stored"]
 
@@ -260,16 +261,17 @@ class Driver(Verbs):
     def _returned(self, works: list[Work], slots: int, fut: Future[list[Outcome]]) -> None:
         self.done_q.put((works, fut, slots))  # on the thread that completed the future
 
-    def submit_items(self, chunk: Items) -> None:
+    def submit_items(self, chunk: Items, slots: int = 1) -> None:
         """Hand a chunk of a batch's items to the backend now (the caller checked `free()`;
-        only when `runs_items`); it comes back to the batch kind's `items_returned`."""
+        only when `runs_items`); it comes back to the batch kind's `items_returned`. A chunk
+        of an async worker's items runs together and holds a slot per item (`slots`)."""
         fut = self.backend.submit_items(chunk)  # type: ignore[attr-defined]
         self.pools.started(chunk.batch, len(chunk.values))
-        self.inflight += 1
-        fut.add_done_callback(functools.partial(self._items_back, chunk))
+        self.inflight += slots
+        fut.add_done_callback(functools.partial(self._items_back, chunk, slots))
 
-    def _items_back(self, chunk: Items, fut: Future[ItemsOutcome]) -> None:
-        self.done_q.put((chunk, fut))
+    def _items_back(self, chunk: Items, slots: int, fut: Future[ItemsOutcome]) -> None:
+        self.done_q.put((chunk, fut, slots))
 
     def retry_later(self, work: Work, delay: float) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), work))
@@ -308,8 +310,8 @@ class Driver(Verbs):
             else:
                 work.owner.settle(work, out)
 
-    def _complete_items(self, chunk: Items, fut: Future[ItemsOutcome]) -> None:
-        self.inflight -= 1
+    def _complete_items(self, chunk: Items, fut: Future[ItemsOutcome], slots: int) -> None:
+        self.inflight -= slots
         self.pools.finished(chunk.batch, len(chunk.values))
         try:
             res = fut.result()

@@ -7,7 +7,6 @@ Chunks of `async def` calls do not take a thread: they run on the backend's one 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -20,7 +19,6 @@ from flowrun.engine.invoke import (
     ItemsOutcome,
     Outcome,
     crashed,
-    items_outcome,
     run_attempt,
     run_items,
 )
@@ -102,8 +100,12 @@ class ThreadBackend:
         return out
 
     def submit_items(self, chunk: Items) -> Future[ItemsOutcome]:
-        if self._targets[chunk.uses].is_async:  # its items go the way of single calls
-            return _as_items(self.submit([chunk.call(p) for p in range(len(chunk.values))]))
+        if self._targets[chunk.uses].is_async:  # its items gathered on the loop
+            from flowrun.engine.aio import run_items_async
+
+            loop = self._aio or self._start_loop()
+            args = (chunk, self._targets, self._run_id, self._context, self._scope)
+            return loop.submit(run_items_async, *args)
         return self._pool.submit(self._run_items, chunk)
 
     def _run_items(self, chunk: Items) -> ItemsOutcome:
@@ -128,18 +130,3 @@ class ThreadBackend:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._aio is not None:
             self._aio.close(cancel=cancel)
-
-
-def _as_items(fut: Future[list[Outcome]]) -> Future[ItemsOutcome]:
-    """The future of a chunk's outcome, from the future of its calls' outcomes."""
-    started = time.time()
-    out: Future[ItemsOutcome] = Future()
-
-    def done(f: Future[list[Outcome]]) -> None:
-        try:
-            out.set_result(items_outcome(f.result(), started))
-        except BaseException as exc:
-            out.set_exception(exc)
-
-    fut.add_done_callback(done)
-    return out

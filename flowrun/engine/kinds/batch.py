@@ -8,7 +8,8 @@ and `batch.concurrency` allow, so a million-item batch keeps a few futures alive
 An `async def` worker's items are handed out in chunks that run together on the backend's
 event loop (`_fill_together`): each item holds a concurrency slot, and a chunk has about
 sqrt(concurrency) items, so a thousand coroutines in flight cost the driver some thirty hand-offs
-rather than a thousand.
+rather than a thousand. On the thread backend such a chunk is one `Items` too (its coroutines
+gathered on the loop, `aio.run_items_async`), settled and announced by the chunk.
 
 A streamed batch reads its items from a file (`itemsFrom`, `engine.itemsources`) as it hands
 them out, and with `outputTo` writes the results to a file in item order
@@ -393,6 +394,9 @@ class Batch(NodeKind):
         source, writer = self.sources.get(batch), self.writers.get(batch)
         items = self.items[batch] if source is None else None
         size = min(MAX_CHUNK, math.isqrt(max(1, rt.concurrency - 1)) + 1)
+        submit_items = (
+            getattr(rt, "submit_items", None) if getattr(rt, "runs_items", False) else None
+        )
         while (free := min(rt.free(), cap - self.inflight.get(batch, 0))) > 0:
             if writer is not None and writer.ahead >= MAX_AHEAD:
                 break
@@ -411,11 +415,19 @@ class Batch(NodeKind):
                 values = [v for v in values if v is not _SETTLED]
                 if not idx:
                     continue
+            self.inflight[batch] = self.inflight.get(batch, 0) + len(idx)
+            if submit_items is not None:  # one `Items` for the chunk, one event; a slot each
+                seq: list[int] | range = idx
+                if idx[-1] - idx[0] == len(idx) - 1:
+                    seq = range(idx[0], idx[-1] + 1)
+                rt.emit(ev.ItemsStarted(time.time(), batch, seq))
+                submit_items(Items(batch, uses, values, seq, params, timeout,
+                                   texts=writer is not None), len(idx))  # fmt: skip
+                continue
             works = [
                 Work(Call(item_id(batch, i), uses, (v,), params, 1, i, timeout), batch, self, i)
                 for i, v in zip(idx, values, strict=True)
             ]
-            self.inflight[batch] = self.inflight.get(batch, 0) + len(works)
             now = time.time()
             for w in works:
                 rt.emit(ev.NodeStarted(now, w.call.node, 1, batch, w.index))
@@ -569,7 +581,7 @@ class Batch(NodeKind):
         call); any other item goes the way of a single call (retries, fallbacks, failures).
         Events keep item order."""
         batch = chunk.batch
-        self.inflight[batch] -= 1
+        self.inflight[batch] -= len(chunk.values) if batch in self.together else 1
         others = res.others
         if res.ran:
             ms = sum(res.durations_ms) + sum(o.duration_ms for _, o in others)
