@@ -14,14 +14,17 @@ the cost of the display grows with the rows shown, never with the number of even
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
+from itertools import islice
 from typing import ClassVar, Literal
 
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
-from rich.progress_bar import ProgressBar
 from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
@@ -51,6 +54,7 @@ MAX_BATCHES = 8
 #: retrying nodes and latest failures shown above the running nodes
 MAX_EVENT_ROWS = 5
 _BAR_WIDTH = 30
+_LABEL_WIDTH = 22  # the label column: node names are cut with an ellipsis past this
 _STATUS_STYLE = {"succeeded": "green", "failed": "red", "recovered": "yellow"}
 
 
@@ -121,14 +125,18 @@ class LiveView:
         shown = _visible_batches(batches, MAX_BATCHES)
         stopping = rec.cancelling is not None and rec.finished is None
         yield Text(_header(rec, now), style="bold yellow" if stopping else "bold", no_wrap=True)
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=22)
-        grid.add_column(no_wrap=True, overflow="ellipsis")
-        grid.add_row(Text(_run_label(rec)), self._overall(now))
+        # one Text per line, laid out here: a rich Table would measure every cell each frame
+        labels = [_run_label(rec), *(batch.node for batch in shown)]
+        width = min(max(map(cell_len, labels)), _LABEL_WIDTH)
+        colour = console.color_system is not None and not console.no_color
+        yield _line(_cell(labels[0], width), self._overall(now, colour))
+        active = Counter(owner for owner, _ in running.values()) if shown else Counter()
+        items = [(b.node, b.running.copy()) for b in batches if b.running]
         for batch in shown:
-            grid.add_row(Text(batch.node), _batch_bar(batch))
-            grid.add_row(Text(""), _batch_detail(batch, running, now, eta=not stopping))
-        yield grid
+            yield _line(_cell(batch.node, width), _batch_bar(batch, colour))
+            count = active[batch.node] + len(batch.running)
+            detail = _batch_detail(batch, count, now, eta=not stopping)
+            yield _line(Text(" " * width), detail)
         hidden = len(batches) - len(shown)
         if hidden:
             yield Text(f"+{hidden} more batches", style="dim")
@@ -137,17 +145,30 @@ class LiveView:
         # keep "+N more" on screen: rich cuts a live display taller than the terminal
         used = 2 + 2 * len(shown) + (1 if hidden else 0) + len(events) + 1
         room = (options.height or options.max_height) - used
-        yield from _running_rows(running, now, max(1, min(self.max_rows, room)))
+        yield from _running_rows(running, items, now, max(1, min(self.max_rows, room)))
 
-    def _overall(self, now: float) -> RenderableType:
+    def _overall(self, now: float, colour: bool) -> Text:
         rec = self.record
         if rec.started is None:
-            return _bar_row(0, 1, "starting")
+            return _bar_row(0, 1, "starting", None, colour)
         end = rec.finished_at if rec.finished_at is not None else now
         done = len(rec.settled)  # read before `total`, which is never less than it
         failed = rec.any_failed or (rec.finished is not None and rec.finished.status == "failed")
         label = f"{done}/{rec.total} nodes  {_clock(end - rec.started_at)}"
-        return _bar_row(done, rec.total, label, "red" if failed else None)
+        return _bar_row(done, rec.total, label, "red" if failed else None, colour)
+
+
+def _cell(text: str, width: int) -> Text:
+    """`text` in a column `width` cells wide: padded, or cut with an ellipsis."""
+    cell = Text(text)
+    cell.truncate(width, overflow="ellipsis", pad=True)
+    return cell
+
+
+def _line(*parts: Text) -> Text:
+    line = Text(" ").join(parts)
+    line.no_wrap, line.overflow = True, "ellipsis"
+    return line
 
 
 def _run_label(rec: RunRecord) -> str:
@@ -159,23 +180,39 @@ def _header(rec: RunRecord, now: float) -> str:
     head = f"run {rec.started.blueprint} {rec.started.run_id}" if rec.started else "run"
     if rec.cancelling is not None and rec.finished is None:
         grace, _, since = rec.cancelling
-        running = len(rec.running.copy())
+        running = rec.running_count()
         return f"{head}  {cancelling_text(grace, running, grace - (now - since))}"
     return head
 
 
-def _bar_row(done: int, total: int, label: str, colour: str | None = None) -> RenderableType:
-    row = Table.grid(padding=(0, 1))
-    bar = ProgressBar(total=max(total, 1), completed=done, width=_BAR_WIDTH)
-    if colour is not None:
-        bar.complete_style = bar.finished_style = colour
-    row.add_row(bar, Text(label, style=colour or ""))
-    return row
+def _bar_row(
+    done: int, total: int, label: str, colour: str | None = None, draw_back: bool = True
+) -> Text:
+    """A bar `_BAR_WIDTH` cells wide then `label`, drawn as rich's `ProgressBar` draws it."""
+    return Text.assemble(_bar(done, total, colour, draw_back), " ", Text(label, style=colour or ""))
 
 
-def _batch_bar(batch: BatchRecord) -> RenderableType:
+def _bar(done: int, total: int, colour: str | None, draw_back: bool) -> Text:
+    total = max(total, 1)
+    halves = int(_BAR_WIDTH * 2 * min(total, max(0, done)) / total)
+    full, half = divmod(halves, 2)
+    style = colour or ("bar.finished" if done >= total else "bar.complete")
+    bar = Text.assemble(("━" * full, style), ("╸" * half, style))
+    rest = _BAR_WIDTH - full - half
+    if rest and draw_back:  # the unfinished part, in colour only (as rich draws it)
+        if not half and full:
+            bar.append("╺", "bar.back")
+            rest -= 1
+        bar.append("━" * rest, "bar.back")
+    elif rest:
+        bar.append(" " * rest)
+    return bar
+
+
+def _batch_bar(batch: BatchRecord, draw_back: bool = True) -> Text:
     colour = "red" if batch.status == "failed" else None
-    return _bar_row(batch.done, batch.total, f"{batch.done}/{batch.total} items", colour)
+    label = f"{batch.done}/{batch.total} items"
+    return _bar_row(batch.done, batch.total, label, colour, draw_back)
 
 
 def _event_rows(rec: RunRecord, now: float, cap: int) -> list[Text]:
@@ -195,15 +232,9 @@ def _event_rows(rec: RunRecord, now: float, cap: int) -> list[Text]:
     return rows
 
 
-def _batch_detail(
-    batch: BatchRecord,
-    running: dict[str, tuple[str | None, float]],
-    now: float,
-    *,
-    eta: bool = True,
-) -> Text:
-    """`2 failed · 4 running · 1,234/s · ETA 0:00:05` under the batch's bar."""
-    active = sum(1 for owner, _ in running.values() if owner == batch.node)
+def _batch_detail(batch: BatchRecord, active: int, now: float, *, eta: bool = True) -> Text:
+    """`2 failed · 4 running · 1,234/s · ETA 0:00:05` under the batch's bar (`active`: its
+    running items)."""
     parts = [f"{batch.failed} failed", f"{active} running"]
     if batch.retries:
         parts.append(f"{batch.retries} retries")
@@ -234,15 +265,32 @@ def _visible_batches(batches: list[BatchRecord], cap: int) -> list[BatchRecord]:
     return (unfinished + [b for b in batches if b.finished_at is not None])[:cap]
 
 
-def _running_rows(running: dict[str, tuple[str | None, float]], now: float, cap: int) -> list[Text]:
-    """`running: B[3]  0.42 s` for the longest-running nodes first, then `+N more`."""
+def _running_rows(
+    running: dict[str, tuple[str | None, float]],
+    items: list[tuple[str, dict[int, float]]],
+    now: float,
+    cap: int,
+) -> list[Text]:
+    """`running: B[3]  0.42 s` for the longest-running nodes first, then `+N more`.
+
+    `running` holds nodes (and items announced one by one), `items` each batch's items
+    announced by the chunk; each is oldest first, so only the first `cap` of each are merged
+    and only the rows shown are formatted."""
+    firsts = [((since, node) for node, (_, since) in islice(running.items(), cap))]
+    for batch, started in items:
+        firsts.append(((since, f"{batch}[{i}]") for i, since in islice(started.items(), cap)))
     rows = [
         Text(f"running: {node}  {fmt_seconds(now - since)}", no_wrap=True, overflow="ellipsis")
-        for node, (_, since) in list(running.items())[:cap]
+        for since, node in islice(heapq.merge(*firsts, key=_since), cap)
     ]
-    if len(running) > cap:
-        rows.append(Text(f"+{len(running) - cap} more", style="dim"))
+    total = len(running) + sum(len(started) for _, started in items)
+    if total > cap:
+        rows.append(Text(f"+{total - cap} more", style="dim"))
     return rows
+
+
+def _since(row: tuple[float, str]) -> float:
+    return row[0]
 
 
 def _clock(seconds: float) -> str:

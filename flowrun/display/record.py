@@ -79,6 +79,9 @@ class BatchRecord:
     failures: list[NodeRecord] = field(default_factory=list)  # at most MAX_ITEM_TRACEBACKS
     omitted: int = 0  # failed items whose traceback was not kept
     waiting: str = ""  # "waiting on pool api: 10/s" once its items waited on a pool's rate
+    #: item index -> start time, for items announced by the chunk (`ItemsStarted`): keyed by
+    #: int, so a chunk costs the record no per-item name; the render thread reads `.copy()`
+    running: dict[int, float] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
@@ -168,6 +171,7 @@ class RunRecord:
 
     def on_succeeded(self, e: NodeSucceeded) -> None:
         self.running.pop(e.node, None)
+        self._item_ended(e.batch, e.index)
         if is_child(e.node) and e.batch is None:
             return  # a subflow's child node: its subflow's row says how it went
         if e.batch is not None:
@@ -181,16 +185,28 @@ class RunRecord:
         self.settled.add(e.node)
 
     def on_items_started(self, e: ItemsStarted) -> None:
-        names = map(f"{e.batch}[{{}}]".format, e.indices)  # a chunk: the loops run in C
-        self.running.update(zip(names, repeat((e.batch, self.now()))))
+        batch = self.batches.get(e.batch) or self.batch(e.batch)
+        batch.running.update(zip(e.indices, repeat(self.now())))  # a chunk: the loop runs in C
 
     def on_items_succeeded(self, e: ItemsSucceeded) -> None:
-        names = map(f"{e.batch}[{{}}]".format, e.indices)
-        deque(map(self.running.pop, names, repeat(None)), maxlen=0)
-        (self.batches.get(e.batch) or self.batch(e.batch)).succeeded += len(e.indices)
+        batch = self.batches.get(e.batch) or self.batch(e.batch)
+        deque(map(batch.running.pop, e.indices, repeat(None)), maxlen=0)
+        batch.succeeded += len(e.indices)
+
+    def _item_ended(self, batch: str | None, index: int | None) -> None:
+        """An item (or loop iteration) stopped running: drop it if a chunk announced it."""
+        if batch is not None and index is not None:
+            found = self.batches.get(batch)
+            if found is not None and found.running:
+                found.running.pop(index, None)
+
+    def running_count(self) -> int:
+        """Nodes and items running now."""
+        return len(self.running) + sum(len(b.running) for b in self.batches.copy().values())
 
     def on_failed(self, e: NodeFailed) -> None:
         self.running.pop(e.node, None)
+        self._item_ended(e.batch, e.index)
         rec = NodeRecord(e.node, "failed", e.attempt, e.duration_ms)
         rec.error, rec.traceback = error_line(e.error_type, e.message), e.traceback
         rec.logs = e.logs
@@ -213,6 +229,7 @@ class RunRecord:
 
     def on_retry(self, e: NodeRetry) -> None:
         self.running.pop(e.node, None)
+        self._item_ended(e.batch, e.index)
         if e.batch is not None:
             self.batch(e.batch).retries += 1
         elif not is_child(e.node):
@@ -256,6 +273,7 @@ class RunRecord:
         batch.total, batch.succeeded, batch.failed = e.total, e.succeeded, e.failed
         batch.resumed = 0
         batch.status, batch.finished_at = e.status, self.now()
+        batch.running = {}  # what was still announced as running (a cancelled run) is over
         self.settled.add(e.node)
 
     def node_ids(self) -> list[str]:
