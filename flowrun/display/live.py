@@ -18,7 +18,7 @@ import heapq
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from itertools import islice
 from typing import ClassVar, Literal
 
@@ -26,6 +26,7 @@ from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.rule import Rule
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -118,6 +119,18 @@ class LiveView:
         self.max_rows = max_rows
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # Each row is one line: cut it to the width and hand rich its segments, which skips
+        # rich's wrapping machinery (most of a frame's cost) for text that never wraps.
+        width, line = options.max_width, Segment.line()
+        for row in self._rows(console, options):
+            row.truncate(width, overflow="ellipsis")
+            segments = row.render(console)
+            if row.style:
+                segments = Segment.apply_style(segments, console.get_style(row.style))
+            yield from segments
+            yield line
+
+    def _rows(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
         rec = self.record
         now = rec.now()
         running = rec.running.copy()
