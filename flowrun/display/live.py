@@ -20,14 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from itertools import islice
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
-from rich.rule import Rule
 from rich.segment import Segment
-from rich.table import Table
 from rich.text import Text
 
 from flowrun.display.plain import (
@@ -38,6 +36,7 @@ from flowrun.display.plain import (
     QuietReporter,
     Reporter,
     RunRecord,
+    SummaryRow,
     cancelling_text,
     failure_text,
     fmt_rate,
@@ -361,30 +360,52 @@ class LiveReporter(Reporter):
 
     def print_summary(self) -> None:
         """Tracebacks of the failures, a table of the nodes, then the final line."""
-        for rec in self.record.reported_failures():
-            head, _, body = failure_text(rec).partition("\n")
-            self.console.print(Rule(Text(head), style="red", align="left"))
-            if body:
-                self.console.print(Text(body), soft_wrap=True)
+        failures = list(self.record.reported_failures())
+        if failures:
+            from rich.rule import Rule  # only a failed run draws rules
+
+            for rec in failures:
+                head, _, body = failure_text(rec).partition("\n")
+                self.console.print(Rule(Text(head), style="red", align="left"))
+                if body:
+                    self.console.print(Text(body), soft_wrap=True)
         self.print_omitted()
         rows = self.record.summary_rows()
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for name, justify in _COLUMNS:  # only the notes may wrap: ids and numbers stay whole
-            table.add_column(name, justify=justify, no_wrap=name != "notes", overflow="fold")
-        for row in rows:
-            status = Text(row.status, style=_STATUS_STYLE.get(row.status, "dim"))
-            table.add_row(Text(row.node), status, row.attempts, row.duration, Text(row.notes))
-        self.console.print(table)
+        for line in _summary_table(rows, self.console):
+            self.console.print(line, soft_wrap=True)
         self.console.print(Text(self.record.final_line(rows), style="bold"), soft_wrap=True)
 
 
-_COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (
-    ("node", "left"),
-    ("status", "left"),
-    ("attempts", "right"),
-    ("duration", "right"),
-    ("notes", "left"),
-)
+_HEADER = SummaryRow("node", "status", "attempts", "duration", "notes")
+_RIGHT = (False, False, True, True, False)  # attempts and duration are right-aligned
+
+
+def _summary_table(rows: list[SummaryRow], console: Console) -> list[Text]:
+    """The summary's table, laid out as rich's `Table(box=None, pad_edge=False)` lays it out
+    (two spaces between columns, a bold header), without rich's table machinery: ids and
+    numbers stay whole, only the notes wrap, under their own column."""
+    widths = [max(cell_len(row[c]) for row in (_HEADER, *rows)) for c in range(len(_HEADER))]
+    lead = sum(widths[:-1]) + 2 * (len(widths) - 1)  # where the notes column starts
+    notes_width = max(console.width - lead, 10)
+    lines = []
+    for n, row in enumerate((_HEADER, *rows)):
+        line = Text(style="bold" if n == 0 else "")
+        for c, (cell, w) in enumerate(zip(row[:-1], widths, strict=False)):
+            pad = " " * (w - cell_len(cell))
+            style = _STATUS_STYLE.get(cell, "dim") if c == 1 and n else ""
+            if _RIGHT[c]:
+                line.append(pad)
+            line.append(cell, style)
+            line.append("  " if _RIGHT[c] else pad + "  ")
+        notes = Text(row.notes)
+        parts = notes.wrap(console, notes_width, overflow="fold") if row.notes else [notes]
+        line.append_text(parts[0])
+        lines.append(line)
+        for more in parts[1:]:
+            lines.append(Text(" " * lead, style=line.style).append_text(more))
+    for line in lines:
+        line.rstrip()
+    return lines
 
 
 def _stdout_is_tty() -> bool:
