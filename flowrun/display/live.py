@@ -18,8 +18,8 @@ import heapq
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from itertools import islice
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import chain, islice
 from typing import ClassVar
 
 from rich.cells import cell_len
@@ -143,10 +143,10 @@ class LiveView:
         colour = console.color_system is not None and not console.no_color
         yield _line(_cell(labels[0], width), self._overall(now, colour))
         active = Counter(owner for owner, _ in running.values()) if shown else Counter()
-        items = [(b.node, b.running.copy()) for b in batches if b.running]
+        items = [(b.node, b.chunks.copy(), b.running.copy()) for b in batches if b.active]
         for batch in shown:
             yield _line(_cell(batch.node, width), _batch_bar(batch, colour))
-            count = active[batch.node] + len(batch.running)
+            count = active[batch.node] + batch.active
             detail = _batch_detail(batch, count, now, eta=not stopping)
             yield _line(Text(" " * width), detail)
         hidden = len(batches) - len(shown)
@@ -279,26 +279,33 @@ def _visible_batches(batches: list[BatchRecord], cap: int) -> list[BatchRecord]:
 
 def _running_rows(
     running: dict[str, tuple[str | None, float]],
-    items: list[tuple[str, dict[int, float]]],
+    items: list[tuple[str, dict[int, tuple[Sequence[int], float]], dict[int, float]]],
     now: float,
     cap: int,
 ) -> list[Text]:
     """`running: B[3]  0.42 s` for the longest-running nodes first, then `+N more`.
 
-    `running` holds nodes (and items announced one by one), `items` each batch's items
-    announced by the chunk; each is oldest first, so only the first `cap` of each are merged
-    and only the rows shown are formatted."""
-    firsts = [((since, node) for node, (_, since) in islice(running.items(), cap))]
-    for batch, started in items:
-        firsts.append(((since, f"{batch}[{i}]") for i, since in islice(started.items(), cap)))
+    `running` holds nodes (and items announced one by one), `items` each batch's running
+    chunks and the items of chunks that settled in parts; only the `cap` oldest are
+    formatted."""
+    firsts = [(since, node) for node, (_, since) in islice(running.items(), cap)]
+    total = len(running)
+    for batch, chunks, started in items:
+        in_chunks = ((since, i) for indices, since in chunks.values() for i in indices)
+        for since, i in heapq.nsmallest(cap, chain(islice(in_chunks, cap), _swap(started))):
+            firsts.append((since, f"{batch}[{i}]"))
+        total += sum(len(indices) for indices, _ in chunks.values()) + len(started)
     rows = [
         Text(f"running: {node}  {fmt_seconds(now - since)}", no_wrap=True, overflow="ellipsis")
-        for since, node in islice(heapq.merge(*firsts, key=_since), cap)
+        for since, node in heapq.nsmallest(cap, firsts, key=_since)
     ]
-    total = len(running) + sum(len(started) for _, started in items)
     if total > cap:
         rows.append(Text(f"+{total - cap} more", style="dim"))
     return rows
+
+
+def _swap(started: dict[int, float]) -> Iterator[tuple[float, int]]:
+    return ((since, i) for i, since in started.items())
 
 
 def _since(row: tuple[float, str]) -> float:

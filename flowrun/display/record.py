@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -79,9 +79,25 @@ class BatchRecord:
     failures: list[NodeRecord] = field(default_factory=list)  # at most MAX_ITEM_TRACEBACKS
     omitted: int = 0  # failed items whose traceback was not kept
     waiting: str = ""  # "waiting on pool api: 10/s" once its items waited on a pool's rate
-    #: item index -> start time, for items announced by the chunk (`ItemsStarted`): keyed by
-    #: int, so a chunk costs the record no per-item name; the render thread reads `.copy()`
+    #: items announced by the chunk (`ItemsStarted`) and running: a chunk's first index ->
+    #: (its indices, start time), kept whole while the chunk settles whole (the usual case),
+    #: so a chunk costs the record O(1); the render thread reads it via `.copy()`
+    chunks: dict[int, tuple[Sequence[int], float]] = field(default_factory=dict)
+    #: items of chunks that settled in parts: index -> start time (read via `.copy()`)
     running: dict[int, float] = field(default_factory=dict)
+    chunked: int = 0  # items in `chunks`
+
+    @property
+    def active(self) -> int:
+        """Items of chunks still running (items announced one by one are not counted)."""
+        return self.chunked + len(self.running)
+
+    def split_chunks(self) -> None:
+        """Keep the running chunks' items one by one (a chunk settles in parts)."""
+        chunks, self.chunks = self.chunks, {}
+        for indices, since in chunks.values():
+            self.running.update(zip(indices, repeat(since)))
+        self.chunked = 0
 
     @property
     def done(self) -> int:
@@ -185,24 +201,41 @@ class RunRecord:
         self.settled.add(e.node)
 
     def on_items_started(self, e: ItemsStarted) -> None:
+        if not e.indices:
+            return
         batch = self.batches.get(e.batch) or self.batch(e.batch)
-        batch.running.update(zip(e.indices, repeat(self.now())))  # a chunk: the loop runs in C
+        if e.indices[0] in batch.chunks:  # not seen from the engine; keep both anyway
+            batch.split_chunks()
+        batch.chunks[e.indices[0]] = (e.indices, self.now())
+        batch.chunked += len(e.indices)
 
     def on_items_succeeded(self, e: ItemsSucceeded) -> None:
         batch = self.batches.get(e.batch) or self.batch(e.batch)
-        deque(map(batch.running.pop, e.indices, repeat(None)), maxlen=0)
-        batch.succeeded += len(e.indices)
+        indices = e.indices
+        batch.succeeded += len(indices)
+        if not indices:
+            return
+        whole = batch.chunks.get(indices[0])
+        if whole is not None and (whole[0] is indices or whole[0] == indices):
+            del batch.chunks[indices[0]]  # the whole chunk succeeded: O(1)
+            batch.chunked -= len(indices)
+            return
+        if batch.chunks:
+            batch.split_chunks()
+        deque(map(batch.running.pop, indices, repeat(None)), maxlen=0)  # the loop runs in C
 
     def _item_ended(self, batch: str | None, index: int | None) -> None:
         """An item (or loop iteration) stopped running: drop it if a chunk announced it."""
         if batch is not None and index is not None:
             found = self.batches.get(batch)
-            if found is not None and found.running:
+            if found is not None and (found.chunks or found.running):
+                if index not in found.running and found.chunks:
+                    found.split_chunks()
                 found.running.pop(index, None)
 
     def running_count(self) -> int:
         """Nodes and items running now."""
-        return len(self.running) + sum(len(b.running) for b in self.batches.copy().values())
+        return len(self.running) + sum(b.active for b in self.batches.copy().values())
 
     def on_failed(self, e: NodeFailed) -> None:
         self.running.pop(e.node, None)
@@ -273,7 +306,8 @@ class RunRecord:
         batch.total, batch.succeeded, batch.failed = e.total, e.succeeded, e.failed
         batch.resumed = 0
         batch.status, batch.finished_at = e.status, self.now()
-        batch.running = {}  # what was still announced as running (a cancelled run) is over
+        # what was still announced as running (a cancelled run) is over
+        batch.chunks, batch.running, batch.chunked = {}, {}, 0
         self.settled.add(e.node)
 
     def node_ids(self) -> list[str]:
