@@ -9,7 +9,9 @@
 
 The sink itself only does plain-Python bookkeeping (`display.record.RunRecord`); in live mode
 rich renders that record on its own refresh thread, `refresh_per_second` times a second, so
-the cost of the display grows with the rows shown, never with the number of events.
+the cost of the display grows with the rows shown, never with the number of events. A frame
+is laid out here line by line (no rich Table, no text wrapping), and only the rows shown are
+formatted; rich itself is imported only for a live display.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 `RunRecord` turns the event stream into counters, a dict of running nodes and per-node
 records. It is the only state the displays read: the live view (`progress.py`) renders it
 from rich's refresh thread, and every mode prints its summary from it. Item events are the
-hot path (a 50,000-item batch is ~100,000 events a second), so an item event costs a few
-dict operations and integer increments, and items get no per-item record unless they fail.
+hot path, so an item event costs a few dict operations and integer increments, a chunk of
+items (`ItemsStarted`/`ItemsSucceeded`) that runs and succeeds whole costs O(1) whatever its
+size, and items get no per-item record unless they fail.
 
 Rows shared by the rich and the plain summary are built here as plain strings
 (`summary_rows`, `final_line`) so both modes say the same thing.
