@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,28 @@ def live_vs_plain(blueprint: Path, scratch: Path, reps: int) -> tuple[list[float
         live.append(timed_run(blueprint, scratch / f"l{i}"))
         off.append(timed_run(blueprint, scratch / f"o{i}", "--no-progress"))
     return live, off
+
+
+IMPORT_PROBE = """
+import time
+import flowrun.cli, flowrun.display.plain, flowrun.display.streams, flowrun.engine.driver
+t = time.perf_counter()
+import flowrun.display.live
+print((time.perf_counter() - t) * 1000)
+"""
+
+
+def import_ms(reps: int) -> float:
+    """Median ms a live run spends importing the live display (rich) on top of what a
+    `--no-progress` run imports: the part of the display's cost that does not depend on the
+    run's length."""
+    env = {**pty_env(), "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", IMPORT_PROBE]
+    walls = []
+    for _ in range(max(reps, 3)):
+        probe = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
+        walls.append(float(probe.stdout))
+    return statistics.median(walls)
 
 
 def ratio(live: list[float], off: list[float]) -> float:

@@ -523,6 +523,7 @@ def live_display(ctx: Context) -> list[Row]:
     row = Row(f"live display: W1 {n:,} items on a pty vs --no-progress", statistics.median(on),
               statistics.median(off))  # fmt: skip
     row.notes.append(f"median of {len(on)} alternating pairs {live.ratio(on, off):.3f}×")
+    row.notes.append(f"of which importing rich {live.import_ms(ctx.plan.reps):.0f} ms (fixed)")
     row.notes.append("target ≤ 1.10×")
     return [_done(row)]
 

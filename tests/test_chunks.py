@@ -219,7 +219,7 @@ def test_the_progress_record_counts_a_chunk_as_its_items() -> None:
 
     record = RunRecord(lambda: 5.0)
     record.on_items_started(ev.ItemsStarted(1.0, "B", range(3)))
-    assert record.running == {f"B[{i}]": ("B", 5.0) for i in range(3)}
+    assert record.batches["B"].active == 3 and record.running_count() == 3
     record.on_items_succeeded(ev.ItemsSucceeded(1.0, "B", [0, 2], [1.0, 1.0], [1, 2], "[1,2]"))
-    assert record.running == {"B[1]": ("B", 5.0)}
+    assert record.batches["B"].active == 1 and record.batches["B"].running == {1: 5.0}
     assert record.batches["B"].succeeded == 2

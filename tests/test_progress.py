@@ -19,6 +19,8 @@ from flowrun.events import (
     BatchFinished,
     BatchStarted,
     Event,
+    ItemsStarted,
+    ItemsSucceeded,
     NodeFailed,
     NodeRecovered,
     NodeRetry,
@@ -629,3 +631,50 @@ def test_off_mode_prints_nothing() -> None:
 def test_unknown_mode_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown progress mode 'fancy'"):
         make_reporter("fancy", term_console())  # type: ignore[arg-type]
+
+
+# -- items announced by the chunk -------------------------------------------------------------
+
+
+def test_live_view_shows_items_announced_by_the_chunk() -> None:
+    clock = FakeClock()
+    rep = reporter("live", term_console(), clock)
+    feed(rep, run_started("B"), BatchStarted(ts=EPOCH, node="B", total=10))
+    feed(rep, ItemsStarted(ts=EPOCH, batch="B", indices=range(0, 4)))
+    clock.advance(1.0)
+    feed(rep, ItemsStarted(ts=EPOCH, batch="B", indices=range(4, 8)))
+    shown = render(rep)
+    assert "0 failed · 8 running" in shown
+    assert "running: B[0]  1.00 s" in shown and "running: B[7]  0.00 s" in shown
+    # the whole first chunk succeeds; of the second, one item fails and the rest succeed
+    feed(rep, ItemsSucceeded(ts=EPOCH, batch="B", indices=range(0, 4)))
+    feed(rep, failed("B[5]", batch="B", index=5))
+    feed(rep, ItemsSucceeded(ts=EPOCH, batch="B", indices=[4, 6]))
+    shown = render(rep)
+    assert "7/10 items" in shown
+    assert "1 failed · 1 running" in shown
+    assert "running: B[7]" in shown
+    assert not re.search(r"running: B\[[0-6]\]", shown)
+    feed(rep, ItemsSucceeded(ts=EPOCH, batch="B", indices=[7]))
+    assert "running:" not in render(rep)
+
+
+def test_live_view_caps_chunked_rows_oldest_first() -> None:
+    clock = FakeClock()
+    rep = reporter("live", term_console(), clock)
+    feed(rep, run_started("A", "B"), BatchStarted(ts=EPOCH, node="A", total=500))
+    feed(rep, BatchStarted(ts=EPOCH, node="B", total=500))
+    feed(rep, ItemsStarted(ts=EPOCH, batch="B", indices=range(0, 200)))
+    clock.advance(1.0)
+    feed(rep, ItemsStarted(ts=EPOCH, batch="A", indices=list(range(200))))
+    shown = render(rep)
+    assert shown.count("running: B[") == progress.MAX_ROWS  # B's items started first
+    assert f"+{400 - progress.MAX_ROWS} more" in shown
+
+
+def test_a_finished_batch_shows_no_running_chunk() -> None:
+    rep = reporter("live", term_console(), FakeClock())
+    feed(rep, run_started("B"), BatchStarted(ts=EPOCH, node="B", total=8))
+    feed(rep, ItemsStarted(ts=EPOCH, batch="B", indices=range(0, 8)))
+    feed(rep, BatchFinished(ts=EPOCH, node="B", status="cancelled", total=8))
+    assert "running:" not in render(rep)

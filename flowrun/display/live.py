@@ -9,21 +9,25 @@
 
 The sink itself only does plain-Python bookkeeping (`display.record.RunRecord`); in live mode
 rich renders that record on its own refresh thread, `refresh_per_second` times a second, so
-the cost of the display grows with the rows shown, never with the number of events.
+the cost of the display grows with the rows shown, never with the number of events. A frame
+is laid out here line by line (no rich Table, no text wrapping), and only the rows shown are
+formatted; rich itself is imported only for a live display.
 """
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
-from collections.abc import Mapping
-from typing import ClassVar, Literal
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import chain, islice
+from typing import ClassVar
 
-from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.rule import Rule
-from rich.table import Table
+from rich.segment import Segment
 from rich.text import Text
 
 from flowrun.display.plain import (
@@ -34,6 +38,7 @@ from flowrun.display.plain import (
     QuietReporter,
     Reporter,
     RunRecord,
+    SummaryRow,
     cancelling_text,
     failure_text,
     fmt_rate,
@@ -51,6 +56,7 @@ MAX_BATCHES = 8
 #: retrying nodes and latest failures shown above the running nodes
 MAX_EVENT_ROWS = 5
 _BAR_WIDTH = 30
+_LABEL_WIDTH = 22  # the label column: node names are cut with an ellipsis past this
 _STATUS_STYLE = {"succeeded": "green", "failed": "red", "recovered": "yellow"}
 
 
@@ -114,6 +120,18 @@ class LiveView:
         self.max_rows = max_rows
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # Each row is one line: cut it to the width and hand rich its segments, which skips
+        # rich's wrapping machinery (most of a frame's cost) for text that never wraps.
+        width, line = options.max_width, Segment.line()
+        for row in self._rows(console, options):
+            row.truncate(width, overflow="ellipsis")
+            segments = row.render(console)
+            if row.style:
+                segments = Segment.apply_style(segments, console.get_style(row.style))
+            yield from segments
+            yield line
+
+    def _rows(self, console: Console, options: ConsoleOptions) -> Iterator[Text]:
         rec = self.record
         now = rec.now()
         running = rec.running.copy()
@@ -121,14 +139,18 @@ class LiveView:
         shown = _visible_batches(batches, MAX_BATCHES)
         stopping = rec.cancelling is not None and rec.finished is None
         yield Text(_header(rec, now), style="bold yellow" if stopping else "bold", no_wrap=True)
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=22)
-        grid.add_column(no_wrap=True, overflow="ellipsis")
-        grid.add_row(Text(_run_label(rec)), self._overall(now))
+        # one Text per line, laid out here: a rich Table would measure every cell each frame
+        labels = [_run_label(rec), *(batch.node for batch in shown)]
+        width = min(max(map(cell_len, labels)), _LABEL_WIDTH)
+        colour = console.color_system is not None and not console.no_color
+        yield _line(_cell(labels[0], width), self._overall(now, colour))
+        active = Counter(owner for owner, _ in running.values()) if shown else Counter()
+        items = [(b.node, b.chunks.copy(), b.running.copy()) for b in batches if b.active]
         for batch in shown:
-            grid.add_row(Text(batch.node), _batch_bar(batch))
-            grid.add_row(Text(""), _batch_detail(batch, running, now, eta=not stopping))
-        yield grid
+            yield _line(_cell(batch.node, width), _batch_bar(batch, colour))
+            count = active[batch.node] + batch.active
+            detail = _batch_detail(batch, count, now, eta=not stopping)
+            yield _line(Text(" " * width), detail)
         hidden = len(batches) - len(shown)
         if hidden:
             yield Text(f"+{hidden} more batches", style="dim")
@@ -137,17 +159,30 @@ class LiveView:
         # keep "+N more" on screen: rich cuts a live display taller than the terminal
         used = 2 + 2 * len(shown) + (1 if hidden else 0) + len(events) + 1
         room = (options.height or options.max_height) - used
-        yield from _running_rows(running, now, max(1, min(self.max_rows, room)))
+        yield from _running_rows(running, items, now, max(1, min(self.max_rows, room)))
 
-    def _overall(self, now: float) -> RenderableType:
+    def _overall(self, now: float, colour: bool) -> Text:
         rec = self.record
         if rec.started is None:
-            return _bar_row(0, 1, "starting")
+            return _bar_row(0, 1, "starting", None, colour)
         end = rec.finished_at if rec.finished_at is not None else now
         done = len(rec.settled)  # read before `total`, which is never less than it
         failed = rec.any_failed or (rec.finished is not None and rec.finished.status == "failed")
         label = f"{done}/{rec.total} nodes  {_clock(end - rec.started_at)}"
-        return _bar_row(done, rec.total, label, "red" if failed else None)
+        return _bar_row(done, rec.total, label, "red" if failed else None, colour)
+
+
+def _cell(text: str, width: int) -> Text:
+    """`text` in a column `width` cells wide: padded, or cut with an ellipsis."""
+    cell = Text(text)
+    cell.truncate(width, overflow="ellipsis", pad=True)
+    return cell
+
+
+def _line(*parts: Text) -> Text:
+    line = Text(" ").join(parts)
+    line.no_wrap, line.overflow = True, "ellipsis"
+    return line
 
 
 def _run_label(rec: RunRecord) -> str:
@@ -159,23 +194,39 @@ def _header(rec: RunRecord, now: float) -> str:
     head = f"run {rec.started.blueprint} {rec.started.run_id}" if rec.started else "run"
     if rec.cancelling is not None and rec.finished is None:
         grace, _, since = rec.cancelling
-        running = len(rec.running.copy())
+        running = rec.running_count()
         return f"{head}  {cancelling_text(grace, running, grace - (now - since))}"
     return head
 
 
-def _bar_row(done: int, total: int, label: str, colour: str | None = None) -> RenderableType:
-    row = Table.grid(padding=(0, 1))
-    bar = ProgressBar(total=max(total, 1), completed=done, width=_BAR_WIDTH)
-    if colour is not None:
-        bar.complete_style = bar.finished_style = colour
-    row.add_row(bar, Text(label, style=colour or ""))
-    return row
+def _bar_row(
+    done: int, total: int, label: str, colour: str | None = None, draw_back: bool = True
+) -> Text:
+    """A bar `_BAR_WIDTH` cells wide then `label`, drawn as rich's `ProgressBar` draws it."""
+    return Text.assemble(_bar(done, total, colour, draw_back), " ", Text(label, style=colour or ""))
 
 
-def _batch_bar(batch: BatchRecord) -> RenderableType:
+def _bar(done: int, total: int, colour: str | None, draw_back: bool) -> Text:
+    total = max(total, 1)
+    halves = int(_BAR_WIDTH * 2 * min(total, max(0, done)) / total)
+    full, half = divmod(halves, 2)
+    style = colour or ("bar.finished" if done >= total else "bar.complete")
+    bar = Text.assemble(("━" * full, style), ("╸" * half, style))
+    rest = _BAR_WIDTH - full - half
+    if rest and draw_back:  # the unfinished part, in colour only (as rich draws it)
+        if not half and full:
+            bar.append("╺", "bar.back")
+            rest -= 1
+        bar.append("━" * rest, "bar.back")
+    elif rest:
+        bar.append(" " * rest)
+    return bar
+
+
+def _batch_bar(batch: BatchRecord, draw_back: bool = True) -> Text:
     colour = "red" if batch.status == "failed" else None
-    return _bar_row(batch.done, batch.total, f"{batch.done}/{batch.total} items", colour)
+    label = f"{batch.done}/{batch.total} items"
+    return _bar_row(batch.done, batch.total, label, colour, draw_back)
 
 
 def _event_rows(rec: RunRecord, now: float, cap: int) -> list[Text]:
@@ -195,15 +246,9 @@ def _event_rows(rec: RunRecord, now: float, cap: int) -> list[Text]:
     return rows
 
 
-def _batch_detail(
-    batch: BatchRecord,
-    running: dict[str, tuple[str | None, float]],
-    now: float,
-    *,
-    eta: bool = True,
-) -> Text:
-    """`2 failed · 4 running · 1,234/s · ETA 0:00:05` under the batch's bar."""
-    active = sum(1 for owner, _ in running.values() if owner == batch.node)
+def _batch_detail(batch: BatchRecord, active: int, now: float, *, eta: bool = True) -> Text:
+    """`2 failed · 4 running · 1,234/s · ETA 0:00:05` under the batch's bar (`active`: its
+    running items)."""
     parts = [f"{batch.failed} failed", f"{active} running"]
     if batch.retries:
         parts.append(f"{batch.retries} retries")
@@ -234,15 +279,39 @@ def _visible_batches(batches: list[BatchRecord], cap: int) -> list[BatchRecord]:
     return (unfinished + [b for b in batches if b.finished_at is not None])[:cap]
 
 
-def _running_rows(running: dict[str, tuple[str | None, float]], now: float, cap: int) -> list[Text]:
-    """`running: B[3]  0.42 s` for the longest-running nodes first, then `+N more`."""
+def _running_rows(
+    running: dict[str, tuple[str | None, float]],
+    items: list[tuple[str, dict[int, tuple[Sequence[int], float]], dict[int, float]]],
+    now: float,
+    cap: int,
+) -> list[Text]:
+    """`running: B[3]  0.42 s` for the longest-running nodes first, then `+N more`.
+
+    `running` holds nodes (and items announced one by one), `items` each batch's running
+    chunks and the items of chunks that settled in parts; only the `cap` oldest are
+    formatted."""
+    firsts = [(since, node) for node, (_, since) in islice(running.items(), cap)]
+    total = len(running)
+    for batch, chunks, started in items:
+        in_chunks = ((since, i) for indices, since in chunks.values() for i in indices)
+        for since, i in heapq.nsmallest(cap, chain(islice(in_chunks, cap), _swap(started))):
+            firsts.append((since, f"{batch}[{i}]"))
+        total += sum(len(indices) for indices, _ in chunks.values()) + len(started)
     rows = [
         Text(f"running: {node}  {fmt_seconds(now - since)}", no_wrap=True, overflow="ellipsis")
-        for node, (_, since) in list(running.items())[:cap]
+        for since, node in heapq.nsmallest(cap, firsts, key=_since)
     ]
-    if len(running) > cap:
-        rows.append(Text(f"+{len(running) - cap} more", style="dim"))
+    if total > cap:
+        rows.append(Text(f"+{total - cap} more", style="dim"))
     return rows
+
+
+def _swap(started: dict[int, float]) -> Iterator[tuple[float, int]]:
+    return ((since, i) for i, since in started.items())
+
+
+def _since(row: tuple[float, str]) -> float:
+    return row[0]
 
 
 def _clock(seconds: float) -> str:
@@ -300,30 +369,52 @@ class LiveReporter(Reporter):
 
     def print_summary(self) -> None:
         """Tracebacks of the failures, a table of the nodes, then the final line."""
-        for rec in self.record.reported_failures():
-            head, _, body = failure_text(rec).partition("\n")
-            self.console.print(Rule(Text(head), style="red", align="left"))
-            if body:
-                self.console.print(Text(body), soft_wrap=True)
+        failures = list(self.record.reported_failures())
+        if failures:
+            from rich.rule import Rule  # only a failed run draws rules
+
+            for rec in failures:
+                head, _, body = failure_text(rec).partition("\n")
+                self.console.print(Rule(Text(head), style="red", align="left"))
+                if body:
+                    self.console.print(Text(body), soft_wrap=True)
         self.print_omitted()
         rows = self.record.summary_rows()
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for name, justify in _COLUMNS:  # only the notes may wrap: ids and numbers stay whole
-            table.add_column(name, justify=justify, no_wrap=name != "notes", overflow="fold")
-        for row in rows:
-            status = Text(row.status, style=_STATUS_STYLE.get(row.status, "dim"))
-            table.add_row(Text(row.node), status, row.attempts, row.duration, Text(row.notes))
-        self.console.print(table)
+        for line in _summary_table(rows, self.console):
+            self.console.print(line, soft_wrap=True)
         self.console.print(Text(self.record.final_line(rows), style="bold"), soft_wrap=True)
 
 
-_COLUMNS: tuple[tuple[str, Literal["left", "right"]], ...] = (
-    ("node", "left"),
-    ("status", "left"),
-    ("attempts", "right"),
-    ("duration", "right"),
-    ("notes", "left"),
-)
+_HEADER = SummaryRow("node", "status", "attempts", "duration", "notes")
+_RIGHT = (False, False, True, True, False)  # attempts and duration are right-aligned
+
+
+def _summary_table(rows: list[SummaryRow], console: Console) -> list[Text]:
+    """The summary's table, laid out as rich's `Table(box=None, pad_edge=False)` lays it out
+    (two spaces between columns, a bold header), without rich's table machinery: ids and
+    numbers stay whole, only the notes wrap, under their own column."""
+    widths = [max(cell_len(row[c]) for row in (_HEADER, *rows)) for c in range(len(_HEADER))]
+    lead = sum(widths[:-1]) + 2 * (len(widths) - 1)  # where the notes column starts
+    notes_width = max(console.width - lead, 10)
+    lines = []
+    for n, row in enumerate((_HEADER, *rows)):
+        line = Text(style="bold" if n == 0 else "")
+        for c, (cell, w) in enumerate(zip(row[:-1], widths, strict=False)):
+            pad = " " * (w - cell_len(cell))
+            style = _STATUS_STYLE.get(cell, "dim") if c == 1 and n else ""
+            if _RIGHT[c]:
+                line.append(pad)
+            line.append(cell, style)
+            line.append("  " if _RIGHT[c] else pad + "  ")
+        notes = Text(row.notes)
+        parts = notes.wrap(console, notes_width, overflow="fold") if row.notes else [notes]
+        line.append_text(parts[0])
+        lines.append(line)
+        for more in parts[1:]:
+            lines.append(Text(" " * lead, style=line.style).append_text(more))
+    for line in lines:
+        line.rstrip()
+    return lines
 
 
 def _stdout_is_tty() -> bool:

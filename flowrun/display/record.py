@@ -3,8 +3,9 @@
 `RunRecord` turns the event stream into counters, a dict of running nodes and per-node
 records. It is the only state the displays read: the live view (`progress.py`) renders it
 from rich's refresh thread, and every mode prints its summary from it. Item events are the
-hot path (a 50,000-item batch is ~100,000 events a second), so an item event costs a few
-dict operations and integer increments, and items get no per-item record unless they fail.
+hot path, so an item event costs a few dict operations and integer increments, a chunk of
+items (`ItemsStarted`/`ItemsSucceeded`) that runs and succeeds whole costs O(1) whatever its
+size, and items get no per-item record unless they fail.
 
 Rows shared by the rich and the plain summary are built here as plain strings
 (`summary_rows`, `final_line`) so both modes say the same thing.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, NamedTuple
@@ -79,6 +80,25 @@ class BatchRecord:
     failures: list[NodeRecord] = field(default_factory=list)  # at most MAX_ITEM_TRACEBACKS
     omitted: int = 0  # failed items whose traceback was not kept
     waiting: str = ""  # "waiting on pool api: 10/s" once its items waited on a pool's rate
+    #: items announced by the chunk (`ItemsStarted`) and running: a chunk's first index ->
+    #: (its indices, start time), kept whole while the chunk settles whole (the usual case),
+    #: so a chunk costs the record O(1); the render thread reads it via `.copy()`
+    chunks: dict[int, tuple[Sequence[int], float]] = field(default_factory=dict)
+    #: items of chunks that settled in parts: index -> start time (read via `.copy()`)
+    running: dict[int, float] = field(default_factory=dict)
+    chunked: int = 0  # items in `chunks`
+
+    @property
+    def active(self) -> int:
+        """Items of chunks still running (items announced one by one are not counted)."""
+        return self.chunked + len(self.running)
+
+    def split_chunks(self) -> None:
+        """Keep the running chunks' items one by one (a chunk settles in parts)."""
+        chunks, self.chunks = self.chunks, {}
+        for indices, since in chunks.values():
+            self.running.update(zip(indices, repeat(since)))
+        self.chunked = 0
 
     @property
     def done(self) -> int:
@@ -168,6 +188,7 @@ class RunRecord:
 
     def on_succeeded(self, e: NodeSucceeded) -> None:
         self.running.pop(e.node, None)
+        self._item_ended(e.batch, e.index)
         if is_child(e.node) and e.batch is None:
             return  # a subflow's child node: its subflow's row says how it went
         if e.batch is not None:
@@ -181,16 +202,45 @@ class RunRecord:
         self.settled.add(e.node)
 
     def on_items_started(self, e: ItemsStarted) -> None:
-        names = map(f"{e.batch}[{{}}]".format, e.indices)  # a chunk: the loops run in C
-        self.running.update(zip(names, repeat((e.batch, self.now()))))
+        if not e.indices:
+            return
+        batch = self.batches.get(e.batch) or self.batch(e.batch)
+        if e.indices[0] in batch.chunks:  # not seen from the engine; keep both anyway
+            batch.split_chunks()
+        batch.chunks[e.indices[0]] = (e.indices, self.now())
+        batch.chunked += len(e.indices)
 
     def on_items_succeeded(self, e: ItemsSucceeded) -> None:
-        names = map(f"{e.batch}[{{}}]".format, e.indices)
-        deque(map(self.running.pop, names, repeat(None)), maxlen=0)
-        (self.batches.get(e.batch) or self.batch(e.batch)).succeeded += len(e.indices)
+        batch = self.batches.get(e.batch) or self.batch(e.batch)
+        indices = e.indices
+        batch.succeeded += len(indices)
+        if not indices:
+            return
+        whole = batch.chunks.get(indices[0])
+        if whole is not None and (whole[0] is indices or whole[0] == indices):
+            del batch.chunks[indices[0]]  # the whole chunk succeeded: O(1)
+            batch.chunked -= len(indices)
+            return
+        if batch.chunks:
+            batch.split_chunks()
+        deque(map(batch.running.pop, indices, repeat(None)), maxlen=0)  # the loop runs in C
+
+    def _item_ended(self, batch: str | None, index: int | None) -> None:
+        """An item (or loop iteration) stopped running: drop it if a chunk announced it."""
+        if batch is not None and index is not None:
+            found = self.batches.get(batch)
+            if found is not None and (found.chunks or found.running):
+                if index not in found.running and found.chunks:
+                    found.split_chunks()
+                found.running.pop(index, None)
+
+    def running_count(self) -> int:
+        """Nodes and items running now."""
+        return len(self.running) + sum(b.active for b in self.batches.copy().values())
 
     def on_failed(self, e: NodeFailed) -> None:
         self.running.pop(e.node, None)
+        self._item_ended(e.batch, e.index)
         rec = NodeRecord(e.node, "failed", e.attempt, e.duration_ms)
         rec.error, rec.traceback = error_line(e.error_type, e.message), e.traceback
         rec.logs = e.logs
@@ -213,6 +263,7 @@ class RunRecord:
 
     def on_retry(self, e: NodeRetry) -> None:
         self.running.pop(e.node, None)
+        self._item_ended(e.batch, e.index)
         if e.batch is not None:
             self.batch(e.batch).retries += 1
         elif not is_child(e.node):
@@ -256,6 +307,8 @@ class RunRecord:
         batch.total, batch.succeeded, batch.failed = e.total, e.succeeded, e.failed
         batch.resumed = 0
         batch.status, batch.finished_at = e.status, self.now()
+        # what was still announced as running (a cancelled run) is over
+        batch.chunks, batch.running, batch.chunked = {}, {}, 0
         self.settled.add(e.node)
 
     def node_ids(self) -> list[str]:
