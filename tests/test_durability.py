@@ -357,7 +357,7 @@ def test_kill_9_during_a_2000_node_dag_then_resume_reruns_no_committed_node(
         return sum(1 for e in w.read_events() if e["event"] == "node_succeeded")
 
     proc = w.start("-c", str(CONCURRENCY))
-    wait_for(proc, lambda: succeeded() >= DAG_GATE, f"{DAG_GATE} nodes succeeded", timeout=60)
+    wait_for(proc, lambda: succeeded() >= DAG_GATE, f"{DAG_GATE} nodes succeeded", timeout=240)
     proc.kill()
     assert proc.wait(timeout=10) == -signal.SIGKILL
     committed = committed_nodes(w)
