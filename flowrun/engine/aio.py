@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -36,8 +35,6 @@ from flowrun.engine.invoke import (
     Items,
     ItemsOutcome,
     Outcome,
-    _bad_call,
-    _encode,
     _encoded,
     _failure,
     _fresh_args,
@@ -45,12 +42,11 @@ from flowrun.engine.invoke import (
     _fresh_values,
     _same,
     _success,
-    _user_traceback,
     attempt_setup,
     crashed,
-    how_called,
+    failed_attempt,
     items_outcome,
-    retryable,
+    stored_result,
 )
 from flowrun.expr.template import Params
 from flowrun.node import Result, SharedContext
@@ -59,7 +55,6 @@ if TYPE_CHECKING:
     from flowrun.blueprint.resolve import Target
 
 T = TypeVar("T")
-_encode_str: Callable[[Any], str] = json.encoder.encode_basestring_ascii
 #: how long a closing loop lets its cancelled tasks unwind before it is left to the GC
 CLOSE_GRACE_S = 1.0
 
@@ -329,37 +324,10 @@ async def run_attempt_async(
             value = await _timed(value, call.timeout, attempt_cancel)
         elif asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
             value = await value
-        action = None
-        if isinstance(value, Result):
-            value, action = value.output, value.action
-            if action is not None and type(action) is not str:
-                raise TypeError(
-                    f"Result action must be a string or None, not {type(action).__name__} "
-                    f"({action!r:.80}); it names the edges to take"
-                )
-        kind = type(value)
-        if kind is int or kind is str or value is None or kind is bool:
-            text = _scalar_json(value)
-        else:
-            text = _encode(value)
-            if kind not in _SCALARS:
-                value = json.loads(text)
+        value, action, text = stored_result(value)
     except (Exception, KeyboardInterrupt, SystemExit) as exc:
-        message, can_retry = str(exc), retryable(exc, call.retry_on)
-        if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
-            message, can_retry = f"{exc} ({how_called(call, wants_ctx)})", False
-        return Outcome(
-            call.node,
-            False,
-            started,
-            (time.perf_counter() - t0) * 1000,
-            error_type=type(exc).__name__,
-            message=message,
-            traceback=_user_traceback(exc),
-            updates=ctx.updates if ctx is not None else {},
-            retryable=can_retry,
-            logs=capture.end_task(token),
-        )
+        logs = capture.end_task(token)
+        return failed_attempt(call, fn, exc, kwargs, wants_ctx, started, t0, ctx, logs)
     finally:
         if attempt_cancel is not None and attempt_cancel is not cancel.run_cancelled:
             cancel.close(attempt_cancel)
@@ -374,19 +342,6 @@ async def run_attempt_async(
         updates=ctx.updates if ctx is not None else {},
         logs=capture.end_task(token),
     )
-
-
-def _scalar_json(value: int | str | bool | None) -> str:
-    """`json.dumps` of an int, str, bool or None without building an encoder per call."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if type(value) is int:
-        return int.__repr__(value)
-    return _encode_str(value)
 
 
 async def _timed(value: Any, timeout: float, cancel: threading.Event | None) -> Any:

@@ -323,6 +323,72 @@ def attempt_setup(
     return context, kwargs, ctx, attempt_cancel
 
 
+_encode_str: Callable[[Any], str] = json.encoder.encode_basestring_ascii
+
+
+def stored_result(value: Any) -> tuple[Any, str | None, str]:
+    """What a node's return value comes to: (output as the store gives it back, action, its
+    JSON text). A `Result` gives its output and action; the action must be a string or None."""
+    action = None
+    if isinstance(value, Result):
+        value, action = value.output, value.action
+        if action is not None and type(action) is not str:
+            raise TypeError(
+                f"Result action must be a string or None, not {type(action).__name__} "
+                f"({action!r:.80}); it names the edges to take"
+            )
+    kind = type(value)
+    if kind is int or kind is str or value is None or kind is bool:
+        return value, action, _scalar_json(value)
+    text = _encode(value)
+    if kind not in _SCALARS:
+        value = json.loads(text)
+    return value, action, text
+
+
+def _scalar_json(value: int | str | bool | None) -> str:
+    """`json.dumps` of an int, str, bool or None without building an encoder per call."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if type(value) is int:
+        return int.__repr__(value)
+    return _encode_str(value)
+
+
+def failed_attempt(
+    call: Call,
+    fn: Callable[..., Any],
+    exc: BaseException,
+    kwargs: Any,
+    wants_ctx: bool,
+    started: float,
+    t0: float,
+    ctx: NodeContext | None,
+    logs: str,
+) -> Outcome:
+    """The outcome of an attempt whose node raised `exc`: a call that could not bind (a
+    `TypeError` from the call itself) says how it was called and is not retried."""
+    message, can_retry = str(exc), retryable(exc, call.retry_on)
+    if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
+        message, can_retry = f"{exc} ({how_called(call, wants_ctx)})", False
+    return Outcome(
+        call.node,
+        False,
+        started,
+        (time.perf_counter() - t0) * 1000,
+        error_type=type(exc).__name__,
+        message=message,
+        traceback=_user_traceback(exc),
+        updates=ctx.updates if ctx is not None else {},
+        retryable=can_retry,
+        logs=logs,
+    )
+
+
 def run_attempt(
     call: Call,
     fn: Callable[..., Any],
@@ -352,34 +418,10 @@ def run_attempt(
             value = _call(fn, is_async, args, kwargs)
         else:
             value = _with_timeout(fn, is_async, args, kwargs, call.timeout, attempt_cancel)
-        action = None
-        if isinstance(value, Result):
-            value, action = value.output, value.action
-            if action is not None and type(action) is not str:
-                raise TypeError(
-                    f"Result action must be a string or None, not {type(action).__name__} "
-                    f"({action!r:.80}); it names the edges to take"
-                )
-        text = _encode(value)
-        if type(value) not in _SCALARS:
-            value = json.loads(text)
+        value, action, text = stored_result(value)
         logs = capture.end()
     except Exception as exc:
-        message, can_retry = str(exc), retryable(exc, call.retry_on)
-        if isinstance(exc, TypeError) and _bad_call(fn, call.args, kwargs, exc):
-            message, can_retry = f"{exc} ({how_called(call, wants_ctx)})", False
-        return Outcome(
-            call.node,
-            False,
-            started,
-            (time.perf_counter() - t0) * 1000,
-            error_type=type(exc).__name__,
-            message=message,
-            traceback=_user_traceback(exc),
-            updates=ctx.updates if ctx is not None else {},
-            retryable=can_retry,
-            logs=capture.end(),
-        )
+        return failed_attempt(call, fn, exc, kwargs, wants_ctx, started, t0, ctx, capture.end())
     finally:
         if attempt_cancel is not None and attempt_cancel is not cancel.run_cancelled:
             cancel.close(attempt_cancel)
