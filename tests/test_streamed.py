@@ -365,3 +365,15 @@ def test_bad_lines_fail_alone_naming_file_and_line_and_are_never_retried(
     assert out[5] is None and out[31] is None
     assert [o["x"] for o in out if o is not None] == list(range(40))
     assert sorted(int(x) for x in log.read_text().split()) == list(range(40))  # each once
+
+
+def test_writer_takes_a_run_of_lines_in_and_out_of_order(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    w = OrderedWriter.create(path)
+    w.put_many(3, ["3", "4"])  # ahead of the file: held
+    w.put(5, "5")
+    w.put_many(0, ["0", "1", "2"])  # the next lines: written, and what was held after them
+    assert w.next == 6 and w.ahead == 0
+    w.put_many(6, ["6"])
+    w.close()
+    assert lines(path) == [0, 1, 2, 3, 4, 5, 6]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,20 @@ class OrderedWriter:
                 self._advance()
         else:
             self._ahead[index] = text
+        if self._size >= GROUP_BYTES or time.monotonic() - self._since >= GROUP_SECONDS:
+            self.flush()
+
+    def put_many(self, first: int, texts: Sequence[str]) -> None:
+        """Items `first`, `first + 1`, ... finished with JSON `texts` (a chunk's successes)."""
+        if first != self.next:
+            for i, text in enumerate(texts, first):
+                self.put(i, text)
+            return
+        self._buf += texts
+        self._size += sum(map(len, texts)) + len(texts)
+        self.next = first + len(texts)
+        if self._ahead or self._stored:
+            self._advance()
         if self._size >= GROUP_BYTES or time.monotonic() - self._since >= GROUP_SECONDS:
             self.flush()
 

@@ -628,8 +628,11 @@ class Batch(NodeKind):
         if writer is not None:
             assert res.texts is not None
             try:
-                for i, t in zip(indices, res.texts[a:b], strict=True):
-                    writer.put(i, t)
+                if isinstance(indices, range):
+                    writer.put_many(indices.start, res.texts[a:b])
+                else:
+                    for i, t in zip(indices, res.texts[a:b], strict=True):
+                        writer.put(i, t)
             except OSError as exc:
                 self._write_failed(batch, exc, scatter_id(batch))
         rt.sched.items_done(batch, indices, outputs)
