@@ -680,8 +680,29 @@ def _encoded(
         text = _ENCODER.encode(outputs)
     if not _SCALARS.issuperset(map(type, outputs)):
         outputs = json.loads(text)
-    texts = [_ENCODER.encode(v) for v in outputs] if chunk.texts or others else None
+    texts = _each_json(outputs) if chunk.texts or others else None
     return ItemsOutcome(started, ran, ok, outputs, text, durations, others, texts)
+
+
+# The C encoder `_ENCODER.encode` builds anew on every call, built once: each success's text
+# on its own (a batch writing its `outputTo` file) costs one C call, not an encoder per item.
+# No circular-reference markers: the values come from `json.loads` (they have no cycles).
+_C_ENCODE = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False,
+        False, False,
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)  # fmt: skip
+
+
+def _each_json(values: list[Any]) -> list[str]:
+    """The JSON text of each of `values` (decoded JSON data), as `_ENCODER.encode` gives it."""
+    if _C_ENCODE is None:
+        return [_ENCODER.encode(v) for v in values]
+    join, enc = "".join, _C_ENCODE
+    return [join(enc(v, 0)) for v in values]
 
 
 def _each(
