@@ -46,10 +46,12 @@ from flowrun.engine.invoke import (
     crashed,
     failed_attempt,
     items_outcome,
+    result_parts,
     stored_result,
+    succeeded_attempt,
 )
 from flowrun.expr.template import Params
-from flowrun.node import Result, SharedContext
+from flowrun.node import SharedContext
 
 if TYPE_CHECKING:
     from flowrun.blueprint.resolve import Target
@@ -228,13 +230,10 @@ async def run_items_async(
     for pos, (done, out, ms, logs) in enumerate(results):
         if done is True:
             action = None
-            if type(out) not in _PLAIN and isinstance(out, Result):
-                out, action = out.output, out.action
-                if action is not None and type(action) is not str:
-                    bad = TypeError(
-                        f"Result action must be a string or None, not {type(action).__name__} "
-                        f"({action!r:.80}); it names the edges to take"
-                    )
+            if type(out) not in _PLAIN:
+                try:
+                    out, action = result_parts(out)
+                except TypeError as bad:  # an action that is not a string
                     call = chunk.call(pos)
                     others.append((pos, _failure(call, _same, bad, {}, started, ms, logs)))
                     continue
@@ -331,17 +330,8 @@ async def run_attempt_async(
     finally:
         if attempt_cancel is not None and attempt_cancel is not cancel.run_cancelled:
             cancel.close(attempt_cancel)
-    return Outcome(
-        call.node,
-        True,
-        started,
-        (time.perf_counter() - t0) * 1000,
-        output=value,
-        output_json=text,
-        action=action,
-        updates=ctx.updates if ctx is not None else {},
-        logs=capture.end_task(token),
-    )
+    logs = capture.end_task(token)
+    return succeeded_attempt(call, started, t0, value, action, text, ctx, logs)
 
 
 async def _timed(value: Any, timeout: float, cancel: threading.Event | None) -> Any:

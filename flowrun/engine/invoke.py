@@ -326,9 +326,9 @@ def attempt_setup(
 _encode_str: Callable[[Any], str] = json.encoder.encode_basestring_ascii
 
 
-def stored_result(value: Any) -> tuple[Any, str | None, str]:
-    """What a node's return value comes to: (output as the store gives it back, action, its
-    JSON text). A `Result` gives its output and action; the action must be a string or None."""
+def result_parts(value: Any) -> tuple[Any, str | None]:
+    """(output, action) of a node's return value: a `Result`'s two, else (value, None). The
+    action must be a string or None: it names the edges to take."""
     action = None
     if isinstance(value, Result):
         value, action = value.output, value.action
@@ -337,6 +337,13 @@ def stored_result(value: Any) -> tuple[Any, str | None, str]:
                 f"Result action must be a string or None, not {type(action).__name__} "
                 f"({action!r:.80}); it names the edges to take"
             )
+    return value, action
+
+
+def stored_result(value: Any) -> tuple[Any, str | None, str]:
+    """What a node's return value comes to: (output as the store gives it back, action, its
+    JSON text). A `Result` gives its output and action (`result_parts`)."""
+    value, action = result_parts(value)
     kind = type(value)
     if kind is int or kind is str or value is None or kind is bool:
         return value, action, _scalar_json(value)
@@ -357,6 +364,31 @@ def _scalar_json(value: int | str | bool | None) -> str:
     if type(value) is int:
         return int.__repr__(value)
     return _encode_str(value)
+
+
+def succeeded_attempt(
+    call: Call,
+    started: float,
+    t0: float,
+    value: Any,
+    action: str | None,
+    text: str,
+    ctx: NodeContext | None,
+    logs: str,
+) -> Outcome:
+    """The outcome of an attempt whose node returned (`stored_result` gave value, action and
+    text)."""
+    return Outcome(
+        call.node,
+        True,
+        started,
+        (time.perf_counter() - t0) * 1000,
+        output=value,
+        output_json=text,
+        action=action,
+        updates=ctx.updates if ctx is not None else {},
+        logs=logs,
+    )
 
 
 def failed_attempt(
@@ -426,17 +458,7 @@ def run_attempt(
         if attempt_cancel is not None and attempt_cancel is not cancel.run_cancelled:
             cancel.close(attempt_cancel)
         capture.attach(None)
-    return Outcome(
-        call.node,
-        True,
-        started,
-        (time.perf_counter() - t0) * 1000,
-        output=value,
-        output_json=text,
-        action=action,
-        updates=ctx.updates if ctx is not None else {},
-        logs=logs,
-    )
+    return succeeded_attempt(call, started, t0, value, action, text, ctx, logs)
 
 
 # -- a chunk of batch items ------------------------------------------------------------------
@@ -591,15 +613,7 @@ def _unwrap(value: Any) -> tuple[Any, str | None]:
     """A value that is not plain data: a coroutine (run it) or a `Result` (output, action)."""
     if isinstance(value, Coroutine):
         value = _call(_same, False, (value,), {})
-    action = None
-    if isinstance(value, Result):
-        value, action = value.output, value.action
-        if action is not None and type(action) is not str:
-            raise TypeError(
-                f"Result action must be a string or None, not {type(action).__name__} "
-                f"({action!r:.80}); it names the edges to take"
-            )
-    return value, action
+    return result_parts(value)
 
 
 def _same(value: Any) -> Any:
