@@ -1,6 +1,7 @@
 """Streamed batches and pools, measured as a user runs them (state store on, display off).
 
     python bench/streamed.py --items 1000000 3000000     # memory and µs/item, both shapes
+    python bench/streamed.py --items 1000000 --reps 3    # alternating runs, medians
     python bench/streamed.py --rate-only                 # 200 items through a 50/s pool
 
 Memory: each run is its own `flowrun run` process under `/usr/bin/time -v` (peak RSS);
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,17 +70,22 @@ def flowrun_cmd() -> list[str]:
     return [str(Path(sys.executable).with_name("flowrun"))]
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one process."""
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds (user + sys), peak RSS in MB) of one process."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     t0 = time.perf_counter()
     done = subprocess.run(
-        ["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True, check=True
+        ["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True, check=True, env=env
     )
     took = time.perf_counter() - t0
-    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    assert found is not None
-    rss = int(found[1])
-    return took, rss / 1024
+
+    def field(name: str) -> float:
+        found = re.search(re.escape(name) + r": ([\d.]+)", done.stderr)
+        assert found is not None, name
+        return float(found[1])
+
+    cpu = field("User time (seconds)") + field("System time (seconds)")
+    return took, cpu, field("Maximum resident set size (kbytes)") / 1024
 
 
 def write_items(path: Path, n: int) -> None:
@@ -87,9 +95,12 @@ def write_items(path: Path, n: int) -> None:
             f.write("".join(f'{{"i": {i}}}\n' for i in range(lo, min(n, lo + step))))
 
 
-def memory_and_speed(sizes: list[int], shapes: tuple[str, ...] = ("memory", "stream")) -> None:
-    print("| shape | items | wall s | µs/item | peak RSS MB |")
-    print("|---|---|---|---|---|")
+def memory_and_speed(
+    sizes: list[int], shapes: tuple[str, ...] = ("memory", "stream"), reps: int = 1
+) -> None:
+    """Each size's shapes alternate `reps` times (memory, stream, memory, ...); medians."""
+    print("| shape | items | wall s | µs/item | CPU µs/item | peak RSS MB | reps |")
+    print("|---|---|---|---|---|---|---|")
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
@@ -97,13 +108,21 @@ def memory_and_speed(sizes: list[int], shapes: tuple[str, ...] = ("memory", "str
             write_items(d / "items.jsonl", n)
             (d / "stream.yaml").write_text(STREAM)
             (d / "memory.yaml").write_text(MEMORY.replace("N", str(n)))
+            samples: dict[str, list[tuple[float, float, float]]] = {s: [] for s in shapes}
+            for _ in range(reps):
+                for shape in shapes:
+                    cmd = [*flowrun_cmd(), "run", f"{shape}.yaml", "--no-progress"]
+                    samples[shape].append(timed(cmd, d))
+                    if shape == "stream":
+                        with open(d / "out.jsonl", "rb") as f:
+                            assert sum(1 for _ in f) == n
             for shape in shapes:
-                cmd = [*flowrun_cmd(), "run", f"{shape}.yaml", "--no-progress"]
-                took, rss = timed(cmd, d)
-                print(f"| {shape} | {n:,} | {took:.1f} | {took / n * 1e6:.2f} | {rss:.0f} |")
-                if shape == "stream":
-                    with open(d / "out.jsonl", "rb") as f:
-                        assert sum(1 for _ in f) == n
+                runs = samples[shape]
+                took, cpu, rss = (statistics.median(col) for col in zip(*runs, strict=True))
+                print(
+                    f"| {shape} | {n:,} | {took:.1f} | {took / n * 1e6:.2f} | "
+                    f"{cpu / n * 1e6:.2f} | {rss:.0f} | {reps} |"
+                )
 
 
 def rate_accuracy(items: int = 200) -> None:
@@ -134,10 +153,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, nargs="*", default=[1_000_000])
     parser.add_argument("--rate-only", action="store_true")
     parser.add_argument("--stream-only", action="store_true", help="skip the in-memory batch")
+    parser.add_argument("--reps", type=int, default=1, help="alternating runs per shape; medians")
     args = parser.parse_args()
     rate_accuracy()
     if not args.rate_only:
-        memory_and_speed(args.items, ("stream",) if args.stream_only else ("memory", "stream"))
+        shapes = ("stream",) if args.stream_only else ("memory", "stream")
+        memory_and_speed(args.items, shapes, args.reps)
 
 
 if __name__ == "__main__":
