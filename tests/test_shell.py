@@ -321,3 +321,43 @@ def test_the_fallbacks_wait_and_stop_the_same_way(
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _alive(child)
+
+
+@pytest.mark.parametrize("start", ["fork_exec", "popen"])
+def test_both_ways_of_starting_a_command_behave_the_same(
+    start: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    std_shell = sys.modules["flowrun.std.shell"]
+    if start == "popen":
+        monkeypatch.setattr(std_shell, "_fork_exec", None)
+    elif std_shell._fork_exec is None:
+        pytest.skip("this interpreter starts commands through Popen only")
+    script = tmp_path / "no-shebang"
+    script.write_bytes(b"\x7fELF not really")
+    script.chmod(0o755)
+    (tmp_path / "sub").mkdir()
+    out = shell(command='echo "$GREETING"; pwd; echo err >&2; exit 0', env={"GREETING": 1},
+                cwd="sub", _dir=str(tmp_path), output="lines")  # fmt: skip
+    assert out == ["1", str(tmp_path / "sub")]
+    assert shell(command=["printf", "%s|", "a b", "$HOME"]) == "a b|$HOME|"
+    with pytest.raises(ShellError) as info:
+        shell(command="echo bad >&2; kill -TERM $$")
+    assert info.value.exit_code == -15 and "was killed by SIGTERM" in str(info.value)
+    assert "bad" in str(info.value)
+    cases = [
+        (["flowrun-no-such-program"], None, "No such file or directory"),
+        ([str(tmp_path / "missing")], None, "No such file or directory"),
+        (["true"], "no-such-dir", "No such file or directory"),
+        ([str(tmp_path / "sub")], None, "Permission denied"),
+        ([str(script)], None, "Exec format error"),
+    ]
+    for command, cwd, why in cases:
+        with pytest.raises(ShellError) as info:
+            shell(command=command, cwd=cwd, _dir=str(tmp_path))
+        where = os.path.join(str(tmp_path), cwd or "")
+        assert str(info.value) == f"cannot start command `{command[0]}` in {where}: {why}"
+    with pytest.raises(ValueError, match="illegal environment variable name"):
+        shell(command=["true"], env={"A=B": "x"})
+    pid = int(shell(command="echo $$"))
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left behind
+        os.waitpid(pid, os.WNOHANG)
