@@ -195,7 +195,9 @@ def _memfds() -> tuple[int, int]:
 
 def _read(fd: int) -> bytes:
     """All a command wrote to its in-memory file."""
-    size = os.fstat(fd).st_size
+    size = os.lseek(fd, 0, os.SEEK_END)  # its size, without building a stat result
+    if not size:
+        return b""
     chunks, at = [], 0
     while at < size:
         chunk = os.pread(fd, size - at, at)
