@@ -361,3 +361,20 @@ def test_both_ways_of_starting_a_command_behave_the_same(
     pid = int(shell(command="echo $$"))
     with pytest.raises(ChildProcessError):  # reaped: no zombie left behind
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_fork_exec_that_refuses_the_arguments_falls_back_to_popen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    std_shell = sys.modules["flowrun.std.shell"]
+    calls: list[int] = []
+
+    def other_signature(*args: Any) -> int:
+        calls.append(len(args))
+        raise TypeError("fork_exec() takes exactly 22 arguments")
+
+    monkeypatch.setattr(std_shell, "_fork_exec", other_signature)
+    assert shell(command=["echo", "still runs"]) == "still runs"
+    assert std_shell._fork_exec is None  # Popen from now on, without trying again
+    assert shell(command="echo again") == "again"
+    assert calls == [23]
