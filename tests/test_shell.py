@@ -378,3 +378,26 @@ def test_a_fork_exec_that_refuses_the_arguments_falls_back_to_popen(
     assert std_shell._fork_exec is None  # Popen from now on, without trying again
     assert shell(command="echo again") == "again"
     assert calls == [23]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_wait_cut_short_by_an_exception_still_reaps_the_command(tmp_path: Path) -> None:
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    pidfile = tmp_path / "cmd.pid"
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(_Interrupted):
+            shell(command=f"echo $$ > {pidfile}; sleep 30")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(ChildProcessError):  # killed with its group and reaped: no zombie
+        os.waitpid(int(pidfile.read_text()), os.WNOHANG)

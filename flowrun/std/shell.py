@@ -120,6 +120,8 @@ def shell(
             _kill_group(proc, signal.SIGKILL)  # whatever the command left running in its group
             with _live_lock:
                 _live.discard(proc)
+            if proc.returncode is None:  # the wait was interrupted: reap it, leave no zombie
+                proc.wait()
         if files is not None:
             out, err = _read(files[0]), _read(files[1])
     finally:
