@@ -17,9 +17,9 @@ stdout/stderr onto the memfds, setsid, close_fds, default SIGPIPE, an exec error
 a pipe), without the rest of `Popen`: its argument checks, handle and lock set-up, the
 /dev/null it opens per command, and the bookkeeping of its `wait`. On 1,000 `true` commands
 from eight threads that took the parent's CPU per command from about 215 to 155 us.
-`os.posix_spawn` (glibc's clone(CLONE_VFORK)) measured four times slower in wall time there:
-it does not release the GIL while the child starts. Any other interpreter, or a `fork_exec`
-that refuses the arguments, uses `Popen`.
+`os.posix_spawn` (glibc's clone(CLONE_VFORK)) measured four times slower in wall time there,
+and it has no working-directory action. Any other interpreter, or a `fork_exec` that refuses
+the arguments, uses `Popen`.
 """
 
 from __future__ import annotations
