@@ -2,6 +2,8 @@
 
     python bench/shell.py                 # both measurements, a minute or so on 2 cores
     python bench/shell.py --items 1000 --reps 5 --w1-items 100000
+    python bench/shell.py --shell-only    # 1. only (the W1 figures are null in the JSON)
+    python bench/shell.py --w1-only       # 2. only (the shell figures are null)
 
 1. A batch of N shell items (`true ITEM`, a list command: no /bin/sh) at concurrency 8, as a
    whole `flowrun run` process, against `xargs -P 8 -n 1 true` over the same list. The
@@ -30,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from measure import base_env
 
@@ -122,7 +125,10 @@ def main() -> None:
     parser.add_argument("--w1-items", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--shell-only", action="store_true", help="skip the W1 measurement")
+    parser.add_argument("--w1-only", action="store_true", help="only the W1 measurement")
     args = parser.parse_args()
+    if args.shell_only and args.w1_only:
+        parser.error("--shell-only and --w1-only exclude each other")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "shellbench.py").write_text(NODES)
@@ -131,25 +137,87 @@ def main() -> None:
         listing = work / "items.txt"
         listing.write_text("".join(f"item-{i}\n" for i in range(args.items)))
 
-        shell_bp = blueprint(work, "shell", args.items,
-                             '{shell: ["true", "${{ input }}"], inputKey: start}')  # fmt: skip
-        fl, xa = alternate(flowrun(shell_bp, work), xargs(listing, "true"), args.reps)
-        # The same items through the least a Python runner does (a thread pool of
-        # subprocess.run), against xargs again: how much of the gap any Python runner pays.
-        py, xa2 = alternate(python_peer(listing, "true"), xargs(listing, "true"), args.reps)
-        sh_bp = blueprint(work, "sh", args.items, "{shell: 'true ${{ input }}', inputKey: start}")
-        sh_xargs = xargs(listing, "sh", "-c", 'true "$1"', "sh")
-        fl_sh, xa_sh = alternate(flowrun(sh_bp, work), sh_xargs, args.reps)
-        worker = "{uses: shellbench.noop, inputKey: start, params: {tag: %s}}"
-        plain_bp = blueprint(work, "plain", args.w1_items, worker % "x")
-        tmpl_bp = blueprint(work, "tmpl", args.w1_items, worker % '"${{ input }}"')
-        plain, tmpl = ([1.0], [1.0]) if args.shell_only else alternate(
-            flowrun(plain_bp, work), flowrun(tmpl_bp, work), args.reps)  # fmt: skip
+        fl = xa = py = xa2 = fl_sh = xa_sh = plain = tmpl = None
+        if not args.w1_only:
+            shell_bp = blueprint(work, "shell", args.items,
+                                 '{shell: ["true", "${{ input }}"], inputKey: start}')  # fmt: skip
+            fl, xa = alternate(flowrun(shell_bp, work), xargs(listing, "true"), args.reps)
+            # The same items through the least a Python runner does (a thread pool of
+            # subprocess.run), against xargs again: how much of the gap any Python runner pays.
+            py, xa2 = alternate(python_peer(listing, "true"), xargs(listing, "true"), args.reps)
+            sh_bp = blueprint(work, "sh", args.items,
+                              "{shell: 'true ${{ input }}', inputKey: start}")  # fmt: skip
+            sh_xargs = xargs(listing, "sh", "-c", 'true "$1"', "sh")
+            fl_sh, xa_sh = alternate(flowrun(sh_bp, work), sh_xargs, args.reps)
+        if not args.shell_only:
+            worker = "{uses: shellbench.noop, inputKey: start, params: {tag: %s}}"
+            plain_bp = blueprint(work, "plain", args.w1_items, worker % "x")
+            tmpl_bp = blueprint(work, "tmpl", args.w1_items, worker % '"${{ input }}"')
+            plain, tmpl = alternate(flowrun(plain_bp, work), flowrun(tmpl_bp, work), args.reps)
 
-    med = statistics.median
-    per_item_us = (med(tmpl) - med(plain)) / args.w1_items * 1e6
-    rows = {
-        "shell_items": args.items,
+    rows: dict[str, Any] = {"shell_items": args.items, "w1_items": args.w1_items}
+    if fl and xa and py and xa2 and fl_sh and xa_sh:
+        rows.update(shell_rows(fl, xa, py, xa2, fl_sh, xa_sh))
+        cpu = {k: round(med(v), 3) for k, v in CPU.items()}
+        rows["cpu_s"] = cpu
+    else:  # not measured: null, not a number that reads like a measurement
+        rows.update(dict.fromkeys(SHELL_KEYS))
+    if plain and tmpl:
+        per_item_us = (med(tmpl) - med(plain)) / args.w1_items * 1e6
+        rows.update({
+            "w1_plain_s": round(med(plain), 3),
+            "w1_template_s": round(med(tmpl), 3),
+            "w1_ratio": round(med(tmpl) / med(plain), 3),
+            "interpolation_us_per_item": round(per_item_us, 2),
+            "w1_plain_cpu_s": round(med(CPU["plain"]), 3),
+            "w1_template_cpu_s": round(med(CPU["tmpl"]), 3),
+            "interpolation_cpu_us_per_item": round(
+                (med(CPU["tmpl"]) - med(CPU["plain"])) / args.w1_items * 1e6, 2),
+        })  # fmt: skip
+    else:
+        rows.update(dict.fromkeys(W1_KEYS))
+    print("| measurement | flowrun | baseline | ratio |")
+    print("|---|---:|---:|---:|")
+    if rows["ratio"] is not None:
+        cpu = rows["cpu_s"]
+        print(f"| {args.items} shell items (`true ITEM`), c=8, vs `xargs -P 8 -n 1 true` | "
+              f"{rows['flowrun_s']} s | {rows['xargs_s']} s | {rows['ratio']}x |")  # fmt: skip
+        print(f"| {args.items} items through bench/shell_peer.py (ThreadPoolExecutor(8) + "
+              f"subprocess.run), vs `xargs -P 8 -n 1 true` | {rows['python_peer_s']} s | "
+              f"{rows['python_peer_xargs_s']} s | {rows['python_peer_ratio']}x |")  # fmt: skip
+        print(f"| flowrun's shell batch vs bench/shell_peer.py | {rows['flowrun_s']} s | "
+              f"{rows['python_peer_s']} s | {rows['flowrun_vs_python_peer']}x |")  # fmt: skip
+        print(f"| {args.items} shell items (`sh -c 'true ITEM'`), c=8, vs `xargs -P 8 -n 1 sh "
+              f"-c` | {rows['sh_flowrun_s']} s | {rows['sh_xargs_s']} s | "
+              f"{rows['sh_ratio']}x |")  # fmt: skip
+        print(f"| CPU s (medians), list: flowrun {cpu['shell']} vs xargs {cpu['xargs-true']} "
+              f"({cpu['shell'] / cpu['xargs-true']:.2f}x); sh -c: flowrun {cpu['sh']} vs xargs "
+              f"{cpu['xargs-sh']} ({cpu['sh'] / cpu['xargs-sh']:.2f}x) | | | |")  # fmt: skip
+    if rows["w1_ratio"] is not None:
+        what = f"W1 {args.w1_items} items with `${{{{ input }}}}` in params vs plain params"
+        print(f"| {what} | {rows['w1_template_s']} s | {rows['w1_plain_s']} s | "
+              f"{rows['w1_ratio']}x |")  # fmt: skip
+        print(
+            f"\ninterpolation: {rows['interpolation_us_per_item']:.2f} us per item wall, "
+            f"{rows['interpolation_cpu_us_per_item']:.2f} us CPU ({args.reps} reps, medians)"
+        )
+    print(json.dumps(rows))
+
+
+SHELL_KEYS = ("flowrun_s", "xargs_s", "ratio", "python_peer_s", "python_peer_xargs_s",
+              "python_peer_ratio", "flowrun_vs_python_peer", "sh_flowrun_s", "sh_xargs_s",
+              "sh_ratio", "cpu_s")  # fmt: skip
+W1_KEYS = ("w1_plain_s", "w1_template_s", "w1_ratio", "interpolation_us_per_item",
+           "w1_plain_cpu_s", "w1_template_cpu_s", "interpolation_cpu_us_per_item")  # fmt: skip
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def shell_rows(fl: list[float], xa: list[float], py: list[float], xa2: list[float],
+               fl_sh: list[float], xa_sh: list[float]) -> dict[str, Any]:  # fmt: skip
+    return {
         "flowrun_s": round(med(fl), 3),
         "xargs_s": round(med(xa), 3),
         "ratio": round(med(fl) / med(xa), 2),
@@ -160,34 +228,7 @@ def main() -> None:
         "sh_flowrun_s": round(med(fl_sh), 3),
         "sh_xargs_s": round(med(xa_sh), 3),
         "sh_ratio": round(med(fl_sh) / med(xa_sh), 2),
-        "w1_items": args.w1_items,
-        "w1_plain_s": round(med(plain), 3),
-        "w1_template_s": round(med(tmpl), 3),
-        "w1_ratio": round(med(tmpl) / med(plain), 3),
-        "interpolation_us_per_item": round(per_item_us, 2),
     }
-    print("| measurement | flowrun | baseline | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| {args.items} shell items (`true ITEM`), c=8, vs `xargs -P 8 -n 1 true` | "
-          f"{rows['flowrun_s']} s | {rows['xargs_s']} s | {rows['ratio']}x |")  # fmt: skip
-    print(f"| {args.items} items through bench/shell_peer.py (ThreadPoolExecutor(8) + "
-          f"subprocess.run), vs `xargs -P 8 -n 1 true` | {rows['python_peer_s']} s | "
-          f"{rows['python_peer_xargs_s']} s | {rows['python_peer_ratio']}x |")  # fmt: skip
-    print(f"| flowrun's shell batch vs bench/shell_peer.py | {rows['flowrun_s']} s | "
-          f"{rows['python_peer_s']} s | {rows['flowrun_vs_python_peer']}x |")  # fmt: skip
-    print(f"| {args.items} shell items (`sh -c 'true ITEM'`), c=8, vs `xargs -P 8 -n 1 sh -c` | "
-          f"{rows['sh_flowrun_s']} s | {rows['sh_xargs_s']} s | {rows['sh_ratio']}x |")  # fmt: skip
-    w1 = f"{rows['w1_template_s']} s | {rows['w1_plain_s']} s | {rows['w1_ratio']}x"
-    cpu = {k: round(med(v), 3) for k, v in CPU.items()}
-    print(f"| CPU s (medians), list: flowrun {cpu['shell']} vs xargs {cpu['xargs-true']} "
-          f"({cpu['shell'] / cpu['xargs-true']:.2f}x); sh -c: flowrun {cpu['sh']} vs xargs "
-          f"{cpu['xargs-sh']} ({cpu['sh'] / cpu['xargs-sh']:.2f}x) | | | |")  # fmt: skip
-    rows["cpu_s"] = cpu
-    if not args.shell_only:
-        what = f"W1 {args.w1_items} items with `${{{{ input }}}}` in params vs plain params"
-        print(f"| {what} | {w1} |")
-        print(f"\ninterpolation: {per_item_us:.2f} us per item ({args.reps} reps, medians)")
-    print(json.dumps(rows))
 
 
 if __name__ == "__main__":

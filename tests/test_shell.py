@@ -321,3 +321,83 @@ def test_the_fallbacks_wait_and_stop_the_same_way(
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _alive(child)
+
+
+@pytest.mark.parametrize("start", ["fork_exec", "popen"])
+def test_both_ways_of_starting_a_command_behave_the_same(
+    start: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    std_shell = sys.modules["flowrun.std.shell"]
+    if start == "popen":
+        monkeypatch.setattr(std_shell, "_fork_exec", None)
+    elif std_shell._fork_exec is None:
+        pytest.skip("this interpreter starts commands through Popen only")
+    script = tmp_path / "no-shebang"
+    script.write_bytes(b"\x7fELF not really")
+    script.chmod(0o755)
+    (tmp_path / "sub").mkdir()
+    out = shell(command='echo "$GREETING"; pwd; echo err >&2; exit 0', env={"GREETING": 1},
+                cwd="sub", _dir=str(tmp_path), output="lines")  # fmt: skip
+    assert out == ["1", str(tmp_path / "sub")]
+    assert shell(command=["printf", "%s|", "a b", "$HOME"]) == "a b|$HOME|"
+    with pytest.raises(ShellError) as info:
+        shell(command="echo bad >&2; kill -TERM $$")
+    assert info.value.exit_code == -15 and "was killed by SIGTERM" in str(info.value)
+    assert "bad" in str(info.value)
+    cases = [
+        (["flowrun-no-such-program"], None, "No such file or directory"),
+        ([str(tmp_path / "missing")], None, "No such file or directory"),
+        (["true"], "no-such-dir", "No such file or directory"),
+        ([str(tmp_path / "sub")], None, "Permission denied"),
+        ([str(script)], None, "Exec format error"),
+    ]
+    for command, cwd, why in cases:
+        with pytest.raises(ShellError) as info:
+            shell(command=command, cwd=cwd, _dir=str(tmp_path))
+        where = os.path.join(str(tmp_path), cwd or "")
+        assert str(info.value) == f"cannot start command `{command[0]}` in {where}: {why}"
+    with pytest.raises(ValueError, match="illegal environment variable name"):
+        shell(command=["true"], env={"A=B": "x"})
+    pid = int(shell(command="echo $$"))
+    with pytest.raises(ChildProcessError):  # reaped: no zombie left behind
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_fork_exec_that_refuses_the_arguments_falls_back_to_popen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    std_shell = sys.modules["flowrun.std.shell"]
+    calls: list[int] = []
+
+    def other_signature(*args: Any) -> int:
+        calls.append(len(args))
+        raise TypeError("fork_exec() takes exactly 22 arguments")
+
+    monkeypatch.setattr(std_shell, "_fork_exec", other_signature)
+    assert shell(command=["echo", "still runs"]) == "still runs"
+    assert std_shell._fork_exec is None  # Popen from now on, without trying again
+    assert shell(command="echo again") == "again"
+    assert calls == [23]
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_wait_cut_short_by_an_exception_still_reaps_the_command(tmp_path: Path) -> None:
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted
+
+    pidfile = tmp_path / "cmd.pid"
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(_Interrupted):
+            shell(command=f"echo $$ > {pidfile}; sleep 30")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(ChildProcessError):  # killed with its group and reaped: no zombie
+        os.waitpid(int(pidfile.read_text()), os.WNOHANG)

@@ -10,10 +10,21 @@ command has exited, and the exit is waited for on a pidfd (`poll` with a timeout
 cancel event is seen): no pipes and no read loop per command, which is most of what a short
 command costs here besides its own start. Elsewhere they are pipes read together by
 `communicate` (reading one pipe after the other can deadlock on a full pipe).
+
+On CPython 3.11 to 3.13 the command is started by `_posixsubprocess.fork_exec`, the call
+`subprocess.Popen` itself makes (vfork, and the same steps in the child: stdin from /dev/null,
+stdout/stderr onto the memfds, setsid, close_fds, default SIGPIPE, an exec error sent back on
+a pipe), without the rest of `Popen`: its argument checks, handle and lock set-up, the
+/dev/null it opens per command, and the bookkeeping of its `wait`. On 1,000 `true` commands
+from eight threads that took the parent's CPU per command from about 215 to 155 us.
+`os.posix_spawn` (glibc's clone(CLONE_VFORK)) measured four times slower in wall time there,
+and it has no working-directory action. Any other interpreter, or a `fork_exec` that refuses
+the arguments, uses `Popen`.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -23,8 +34,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from flowrun.node import NodeContext
 
@@ -35,7 +47,17 @@ OUTPUTS = ("text", "json", "lines", "none")
 #: the keyword arguments a blueprint may give (`_dir` is added by flowrun: the blueprint's dir)
 PARAMS = ("command", "env", "cwd", "output", "check")
 
-_live: set[subprocess.Popen[bytes]] = set()
+
+class _Proc(Protocol):
+    """What the waiting and killing below need of a started command."""
+
+    pid: int
+    returncode: int | None
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+_live: set[_Proc] = set()
 _live_lock = threading.Lock()
 
 
@@ -68,23 +90,29 @@ def shell(
     cancelled = ctx.cancelled if ctx is not None else threading.Event()
     files = _memfds() if _MEMFD else None
     try:
+        proc: _Proc
         try:
-            proc = subprocess.Popen(
-                argv,
-                executable=_executable(argv[0], environ),
-                cwd=where,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if files is None else files[0],
-                stderr=subprocess.PIPE if files is None else files[1],
-                start_new_session=True,
-            )
+            executable = _executable(argv[0], environ)
+            if files is not None and _fork_exec is not None:
+                proc = _spawn(argv, executable, where, environ, *files)
+            else:
+                proc = subprocess.Popen(
+                    argv,
+                    executable=executable,
+                    cwd=where,
+                    env=environ,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if files is None else files[0],
+                    stderr=subprocess.PIPE if files is None else files[1],
+                    start_new_session=True,
+                )
         except OSError as exc:
             raise ShellError(f"cannot start {_show(argv)} in {where}: {exc.strerror}") from exc
         with _live_lock:
             _live.add(proc)
         try:
             if files is None:
+                assert isinstance(proc, subprocess.Popen)
                 out, err, stopped = _wait(proc, cancelled)
             else:
                 stopped = _wait_exit(proc, cancelled)
@@ -92,6 +120,8 @@ def shell(
             _kill_group(proc, signal.SIGKILL)  # whatever the command left running in its group
             with _live_lock:
                 _live.discard(proc)
+            if proc.returncode is None:  # the wait was interrupted: reap it, leave no zombie
+                proc.wait()
         if files is not None:
             out, err = _read(files[0]), _read(files[1])
     finally:
@@ -103,9 +133,9 @@ def shell(
         sys.stderr.write(stderr if stderr.endswith("\n") else stderr + "\n")
     if stopped:
         raise ShellError(f"{_show(argv)} was stopped (cancelled or timed out)", stderr=stderr)
-    if check and proc.returncode != 0:
-        raise ShellError(_failure(argv, proc.returncode, stderr), exit_code=proc.returncode,
-                         stderr=stderr)  # fmt: skip
+    code = proc.wait()  # reaped already: only its exit code
+    if check and code != 0:
+        raise ShellError(_failure(argv, code, stderr), exit_code=code, stderr=stderr)
     return _output(out.decode(errors="replace"), output)
 
 
@@ -167,7 +197,9 @@ def _memfds() -> tuple[int, int]:
 
 def _read(fd: int) -> bytes:
     """All a command wrote to its in-memory file."""
-    size = os.fstat(fd).st_size
+    size = os.lseek(fd, 0, os.SEEK_END)  # its size, without building a stat result
+    if not size:
+        return b""
     chunks, at = [], 0
     while at < size:
         chunk = os.pread(fd, size - at, at)
@@ -178,7 +210,138 @@ def _read(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _exited(proc: subprocess.Popen[bytes], pidfd: int, seconds: float) -> bool:
+def _load_fork_exec() -> Any:
+    """`_posixsubprocess.fork_exec` where its arguments are the ones `_spawn` passes."""
+    if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 13):
+        return None
+    try:
+        from _posixsubprocess import fork_exec
+    except ImportError:
+        return None
+    return fork_exec
+
+
+_fork_exec = _load_fork_exec()
+_devnull_fd = -1
+_devnull_lock = threading.Lock()
+
+
+def _devnull() -> int:
+    """One /dev/null opened for the process, the stdin of every command (not one per start)."""
+    global _devnull_fd
+    if _devnull_fd < 0:
+        with _devnull_lock:
+            if _devnull_fd < 0:
+                _devnull_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull_fd
+
+
+class _Spawned:
+    """A command started by `_spawn`: its pid and, once reaped, its exit code (as `Popen`
+    gives them: a signal is its negative number)."""
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            if timeout is None:
+                _, status = os.waitpid(self.pid, 0)
+            else:  # only without pidfds: poll as `Popen.wait(timeout)` does
+                deadline, delay = time.monotonic() + timeout, 0.0005
+                while True:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise subprocess.TimeoutExpired(str(self.pid), timeout)
+                    time.sleep(min(delay, left))
+                    delay = min(delay * 2, 0.05)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen, code 0
+            code = 0
+        self.returncode = code
+        return code
+
+
+def _spawn(
+    argv: list[str], executable: str, where: str, environ: Mapping[str, str] | None,
+    out: int, err: int,
+) -> _Proc:  # fmt: skip
+    """Start `argv` as `Popen(argv, executable=..., cwd=where, env=environ, stdin=DEVNULL,
+    stdout=out, stderr=err, start_new_session=True)` would, through the same `fork_exec`."""
+    global _fork_exec
+    env_list = None
+    if environ is not None:
+        env_list = []
+        for key, value in environ.items():
+            name = os.fsencode(key)
+            if b"=" in name:
+                raise ValueError("illegal environment variable name")
+            env_list.append(name + b"=" + os.fsencode(value))
+    program = os.fsencode(executable)
+    if os.path.dirname(program):
+        candidates: tuple[bytes, ...] = (program,)
+    else:  # not found on PATH by `_executable`: let the child try each entry, as Popen does
+        candidates = tuple(os.path.join(os.fsencode(d), program) for d in os.get_exec_path(environ))
+    sys.audit("subprocess.Popen", executable, argv, where, environ)
+    errpipe_read, errpipe_write = os.pipe()  # the child's exec error, if it has one
+    try:
+        low = []
+        while errpipe_write < 3:  # never one of the fds the child sets up
+            low.append(errpipe_write)
+            errpipe_write = os.dup(errpipe_write)
+        for fd in low:
+            os.close(fd)
+        try:
+            pid = _fork_exec(
+                argv, candidates, True, (errpipe_write,), where, env_list,
+                _devnull(), -1, -1, out, -1, err, errpipe_read, errpipe_write,
+                True, True, -1, None, None, None, -1, None, getattr(subprocess, "_USE_VFORK", True),
+            )  # fmt: skip
+        except TypeError:  # not the signature this was written for: Popen from now on
+            _fork_exec = None
+            return subprocess.Popen(
+                argv, executable=executable, cwd=where, env=environ, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            os.close(errpipe_write)
+        # vfork returns once the child has exec'd or failed, so this read does not wait
+        failure = os.read(errpipe_read, 50000)
+    finally:
+        os.close(errpipe_read)
+    proc = _Spawned(pid)
+    if failure:
+        proc.wait()
+        raise _start_error(failure, executable, where)
+    return proc
+
+
+def _start_error(data: bytes, executable: str, where: str) -> Exception:
+    """The exception `Popen` raises for what its child reported (`name:hex errno:text`)."""
+    try:
+        name, hex_errno, text = data.split(b":", 2)
+        kind = getattr(builtins, name.decode("ascii"), subprocess.SubprocessError)
+        message = text.decode()
+    except ValueError:
+        return subprocess.SubprocessError(f"Bad exception data from child: {data!r}")
+    if not (isinstance(kind, type) and issubclass(kind, Exception)):
+        kind = subprocess.SubprocessError
+    if issubclass(kind, OSError) and hex_errno:
+        code = int(hex_errno, 16)
+        filename = where if message == "noexec" else executable  # "noexec": chdir failed
+        return kind(code, os.strerror(code) if code else "", filename)
+    return kind(message)
+
+
+def _exited(proc: _Proc, pidfd: int, seconds: float) -> bool:
     """Wait up to `seconds` for the command to exit (and reap it); did it?"""
     poller = select.poll()  # not select(): a pidfd may be numbered past FD_SETSIZE
     poller.register(pidfd, select.POLLIN)
@@ -188,7 +351,7 @@ def _exited(proc: subprocess.Popen[bytes], pidfd: int, seconds: float) -> bool:
     return True
 
 
-def _wait_exit(proc: subprocess.Popen[bytes], cancelled: threading.Event) -> bool:
+def _wait_exit(proc: _Proc, cancelled: threading.Event) -> bool:
     """Wait for the command's exit, looking at `cancelled` every `POLL_S`; was it stopped?"""
     try:
         pidfd = os.pidfd_open(proc.pid)
@@ -207,7 +370,7 @@ def _wait_exit(proc: subprocess.Popen[bytes], cancelled: threading.Event) -> boo
         os.close(pidfd)
 
 
-def _wait_polling(proc: subprocess.Popen[bytes], cancelled: threading.Event) -> bool:
+def _wait_polling(proc: _Proc, cancelled: threading.Event) -> bool:
     while True:
         try:
             proc.wait(POLL_S)
@@ -233,7 +396,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
         return proc.communicate()
 
 
-def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+def _kill_group(proc: _Proc, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # the session leader's pid is the group id
 
