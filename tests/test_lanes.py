@@ -255,3 +255,26 @@ def test_a_feed_hands_out_its_window_once_and_merges_what_came_back() -> None:
     assert res.ran == 5 and res.ok == [0, 1, 2, 3, 4]
     assert json.loads(res.outputs_json) == res.outputs == [200, 202, 204, 206, 214]
     assert feed.swap() == ([], [], feed.claimed_at, 0)
+
+
+def test_lanes_start_each_other_and_run_what_they_could_not_start() -> None:
+    woken: list[int] = []
+    feed = Feed("B", "tests.lane_nodes.slow", list(range(10)), {}, None,
+                lambda: woken.append(1), lambda: False)  # fmt: skip
+    feed.top_up(list(range(10)))
+    started: list[Any] = []
+    feed.start = started.append
+    feed.starting = 3
+    assert feed.spread() == [] and len(started) == 2 and feed.starting == 1
+    assert feed.claimed == [0, 1] and not woken  # two lanes, each with an item of its own
+
+    def no_thread(lane: Any) -> None:
+        raise RuntimeError("can't start new thread")
+
+    feed.start = no_thread
+    mine = feed.spread()  # the last one could not start: this lane runs its item
+    assert [list(c.indices) for c in mine] == [[2]] and feed.starting == 0
+    assert woken == [1]  # the driver counts that lane out
+    _, claimed, _, left = feed.swap()
+    assert claimed == [0, 1, 2] and left == 1
+    assert list(feed.window) == list(range(3, 10))

@@ -18,6 +18,7 @@ store's records, retries and failures (every outcome settles as a chunk's does).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import threading
 import time
@@ -50,13 +51,14 @@ class Feed:
         "batch",
         "claimed",
         "claimed_at",
-        "gap_ms",
         "kwargs",
         "lanes",
+        "leaving",
         "left",
         "lock",
-        "looked",
         "reports",
+        "start",
+        "starting",
         "stopped",
         "take",
         "timeout",
@@ -88,8 +90,11 @@ class Feed:
         self.claimed_at = 0.0  # when the first of them was
         self.left = 0  # lanes that left since the driver looked
         self.lanes = 0
-        self.looked = time.monotonic()  # when the driver last collected
-        self.gap_ms = 0.0  # moving average of the time between two collects
+        self.leaving = 0  # lanes asked to leave at their next claim (others want their slots)
+        #: lanes the driver counted in (their slots held) that no lane has started yet: the
+        #: lanes start them, two each, so the driver starts one however many there are
+        self.starting = 0
+        self.start: Callable[[Callable[[Run], None]], None] | None = None
 
     def chunk(self, idx: list[int]) -> Items:
         values = self.values
@@ -113,7 +118,10 @@ class Feed:
         with self.lock:
             wake = not self.reports and not self.left
             self.reports.append((chunk, res))
-            if window and res.ran == len(chunk.values) and not self.stopped():
+            if self.leaving:
+                self.leaving -= 1
+                self.left += 1
+            elif window and res.ran == len(chunk.values) and not self.stopped():
                 n = min(self.take, len(window))
                 idx = [window.popleft() for _ in range(n)]
                 if not self.claimed:
@@ -124,6 +132,52 @@ class Feed:
         if wake:
             self.wake()
         return self.chunk(idx) if idx else None
+
+    def spread(self) -> list[Items]:
+        """On a lane that just started: start two of the lanes still to start (each of them
+        starts two more...), each with a chunk it claims; one that finds nothing to claim
+        leaves at once. The chunks of lanes that could not be started (no thread to be had)
+        are this lane's to run."""
+        if not self.starting:
+            return []
+        window, chunks = self.window, []
+        with self.lock:
+            wake = not self.reports and not self.left
+            k = min(2, self.starting)
+            self.starting -= k
+            for _ in range(k):
+                if not window or self.stopped() or self.start is None:
+                    self.left += 1
+                    continue
+                idx = [window.popleft() for _ in range(min(self.take, len(window)))]
+                if not self.claimed:
+                    self.claimed_at = time.time()
+                self.claimed += idx
+                chunks.append(self.chunk(idx))
+            wake = wake and len(chunks) < k
+        if wake:
+            self.wake()
+        mine: list[Items] = []
+        for chunk in chunks:
+            assert self.start is not None
+            try:
+                self.start(functools.partial(lane, self, chunk=chunk))
+            except Exception:  # e.g. RuntimeError: can't start new thread
+                mine.append(chunk)
+                with self.lock:
+                    wake = not self.reports and not self.left
+                    self.left += 1  # that lane left before it started
+                if wake:
+                    self.wake()
+        return mine
+
+    def done(self, chunk: Items, res: ItemsOutcome) -> None:
+        """On a lane: `chunk` (one another lane was to run) came to `res`."""
+        with self.lock:
+            wake = not self.reports and not self.left
+            self.reports.append((chunk, res))
+        if wake:
+            self.wake()
 
     def leave(self) -> None:
         """On the lane: it leaves without a report (it failed outside any node)."""
@@ -156,17 +210,23 @@ class Feed:
 
 
 def lane(feed: Feed, run: Run, chunk: Items | None) -> None:
-    """A worker's loop: run a chunk, report it, run the next one it claimed."""
+    """A worker's loop: start the lanes it is to start, run a chunk, report it, run the next
+    one it claimed."""
     try:
+        for other in feed.spread():
+            feed.done(other, _run(run, other))
         while chunk is not None:
-            try:
-                res = run(chunk)
-            except BaseException as exc:  # the backend itself failed: the chunk's items fail
-                res = crashed_items(chunk, exc)
-            chunk = feed.report(chunk, res)
+            chunk = feed.report(chunk, _run(run, chunk))
     except BaseException:
         feed.leave()  # never strand the driver waiting for this lane
         raise
+
+
+def _run(run: Run, chunk: Items) -> ItemsOutcome:
+    try:
+        return run(chunk)
+    except BaseException as exc:  # the backend itself failed: the chunk's items fail
+        return crashed_items(chunk, exc)
 
 
 def merged(reports: list[tuple[Items, ItemsOutcome]]) -> tuple[Items, ItemsOutcome]:
@@ -219,9 +279,12 @@ def _texts(res: ItemsOutcome) -> list[str]:
 #: items slower than this (ms, the batch's moving average) go to lanes; faster ones come back
 #: in chunks of many items, a trip each being cheap next to the items it carries
 LANE_MIN_MS = 0.5
-#: chunks the window holds per lane, so the lanes keep busy until the driver looks again
+#: the work the window holds per lane (ms): under a thousand threads contending for the GIL,
+#: the driver thread may take a good part of a second to look again (starting the lanes alone
+#: can take that long), and no lane should run out of items meanwhile...
+WINDOW_MS = 1000.0
+#: ...in this many chunks per lane at least, and at most
 WINDOW_PER_LANE = 3
-#: ...and at most this many, however long the driver takes to look
 MAX_PER_LANE = 64
 
 
@@ -264,31 +327,33 @@ class Lanes:
             post = rt.post
             collect = self.collect
             feed.wake = lambda: post(lambda: collect(feed))
+            feed.start = self.start
             self.feeds[batch] = feed
         feed.take = take = kind._chunk_size(batch)
         inflight = kind.inflight
         new = max(0, min(rt.free(), cap - inflight.get(batch, 0)))
-        # Others waiting for a slot come first: the lanes then run out of items and leave.
-        if new or not rt.queued:
-            # Enough for every lane to keep busy until the driver looks again (and then some):
-            # with many threads contending for the GIL, that can be tens of milliseconds.
-            chunk_ms = max(kind.item_ms.get(batch, 1.0), 1e-3) * take
-            per_lane = min(
-                MAX_PER_LANE, max(WINDOW_PER_LANE, math.ceil(2 * feed.gap_ms / chunk_ms))
-            )
-            want = (feed.lanes + new) * per_lane * take - feed.waiting()
-            if want > 0:
-                feed.top_up(rt.sched.take_items(batch, want))
-        emit = rt.emit
-        while new > 0:
-            chunk = feed.first()
-            if chunk is None:
-                break
-            new -= 1
-            emit(ev.ItemsStarted(time.time(), batch, chunk.indices))
-            inflight[batch] = inflight.get(batch, 0) + 1
-            feed.lanes += 1
-            rt.hold(1)
+        # Others waiting for a slot come first: as many lanes leave at their next claim.
+        waiting = 0 if new or not rt.queued else self._waiting()
+        if feed.leaving != min(waiting, feed.lanes):
+            with feed.lock:
+                feed.leaving = min(waiting, feed.lanes)
+        chunk_ms = max(kind.item_ms.get(batch, 1.0), 1e-3) * take
+        per_lane = min(MAX_PER_LANE, max(WINDOW_PER_LANE, math.ceil(WINDOW_MS / chunk_ms)))
+        want = (feed.lanes + new) * per_lane * take - feed.waiting()
+        if want > 0:
+            feed.top_up(rt.sched.take_items(batch, want))
+        # Start one lane, which starts the others: every start wakes a thread, and under a
+        # thousand threads contending for the GIL, the driver thread waits its turn after each.
+        new = min(new, -(-feed.waiting() // take))
+        chunk = feed.first() if new else None
+        if chunk is not None:
+            rt.emit(ev.ItemsStarted(time.time(), batch, chunk.indices))
+            inflight[batch] = inflight.get(batch, 0) + new
+            feed.lanes += new
+            rt.hold(new)
+            if new > 1:
+                with feed.lock:
+                    feed.starting += new - 1
             self.start(functools.partial(lane, feed, chunk=chunk))  # type: ignore[misc]
         if not feed.lanes and not feed.waiting():
             del self.feeds[batch]
@@ -297,9 +362,6 @@ class Lanes:
         """On the driver's thread: settle what the lanes left (one event for the items they
         claimed, one chunk for those they ran), count out the lanes that left."""
         rt, kind, batch = self.rt, self.kind, feed.batch
-        now = time.monotonic()
-        feed.gap_ms = 0.7 * feed.gap_ms + 0.3 * (now - feed.looked) * 1000
-        feed.looked = now
         reports, claimed, at, left = feed.swap()
         if claimed and reports:
             # In the order it happened, four events at most: the chunks claimed before the
@@ -326,6 +388,11 @@ class Lanes:
         if not feed.lanes and not feed.waiting() and self.feeds.get(batch) is feed:
             del self.feeds[batch]
 
+    def _waiting(self) -> int:
+        """Calls queued for a slot (not for their pool's room), up to a hundred."""
+        pool_of = self.rt.pools.pool_of
+        return sum(1 for w in itertools.islice(self.rt.queued, 100) if pool_of(w.node) is None)
+
     def _settle(self, reports: list[tuple[Items, ItemsOutcome]]) -> None:
         chunk, res = merged(reports)
         self.kind.inflight[chunk.batch] += 1  # settled as one chunk: it takes one off
@@ -340,5 +407,12 @@ class Lanes:
             self.rt.sched.give_back(feed.batch, feed.withdraw())
 
     def sweep(self) -> None:
-        for feed in list(self.feeds.values()):
+        """Before the batch kind fills its open batches: take back the windows of batches
+        that stopped; start lanes on the windows of those that have handed out their last
+        items (the batch kind fills only batches with items to take)."""
+        sched = self.rt.sched
+        for batch, feed in list(self.feeds.items()):
             self.stop_if_over(feed)
+            if feed.waiting() and sched.batches[batch].exhausted:
+                cap = self.rt.graph.nodes[batch].batch_spec.concurrency or self.rt.concurrency
+                self.fill(batch, cap)
