@@ -10,9 +10,16 @@ what it claimed in the feed, and wakes the driver only when the feed had nothing
 the driver settles everything that came back since it last looked in one go, however many
 items that is: one `ItemsStarted` for the items claimed, one chunk outcome for the items done.
 
+The driver starts one lane, and the lanes start the others (two each): every start wakes a
+thread, and under that contention the driver thread would wait its turn after each one. The
+window holds about a second of work per lane, so a driver starved of the GIL leaves no lane
+idle; when other calls wait for a slot, that many lanes leave at their next claim.
+
 What stays the driver's: the window (it tops it up from the scheduler, and takes back what no
-lane claimed once the batch or the run stops), the slots and lanes (one each), the events, the
-store's records, retries and failures (every outcome settles as a chunk's does).
+lane claimed once the batch goes over its failure budget or the run stops), the slots (one
+per lane), the events, the store's records, retries and failures (every outcome settles as a
+chunk's does). Items claimed since the driver last looked are announced when it looks, so the
+display's running count is exact as of each look.
 """
 
 from __future__ import annotations
