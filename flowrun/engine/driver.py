@@ -35,8 +35,12 @@ from flowrun.report import ReportBuilder, RunReport
 
 CANCEL_GRACE_S = 3.0
 # a chunk of calls (its future, its slots) or a batch's chunk of items
-# (each with the slots it holds)
-Done = tuple[list[Work], Future[list[Outcome]], int] | tuple[Items, Future[ItemsOutcome], int]
+# (each with the slots it holds), or something to call on the driver's thread (`post`)
+Done = (
+    tuple[list[Work], Future[list[Outcome]], int]
+    | tuple[Items, Future[ItemsOutcome], int]
+    | Callable[[], None]
+)
 
 __all__ = ["CANCEL_GRACE_S", "Driver", "Options", "Stored"]
 
@@ -127,7 +131,9 @@ class Driver(Verbs):
                 break
             item = self._next(deadline)
             while item is not None:
-                if isinstance(item[0], Items):
+                if not isinstance(item, tuple):
+                    item()
+                elif isinstance(item[0], Items):
                     self._complete_items(*item)
                 else:
                     self._complete(*item)
@@ -272,6 +278,15 @@ class Driver(Verbs):
 
     def _items_back(self, chunk: Items, slots: int, fut: Future[ItemsOutcome]) -> None:
         self.done_q.put((chunk, fut, slots))
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Call `fn` on the driver's thread soon (safe from any thread)."""
+        self.done_q.put(fn)
+
+    def hold(self, slots: int) -> None:
+        """Take `slots` more (fewer, when negative) for work the driver did not submit itself:
+        a batch's lanes (`engine.lanes`)."""
+        self.inflight += slots
 
     def retry_later(self, work: Work, delay: float) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), work))

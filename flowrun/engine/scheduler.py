@@ -232,6 +232,13 @@ class Scheduler:
                     results[i] = value
         self._maybe_close(batch)
 
+    def give_back(self, batch: str, n: int) -> None:
+        """`n` items of `batch` that were taken but will never start (the batch or the run
+        stopped first): no longer handed out."""
+        if n:
+            self.batches[batch].handed -= n
+            self._maybe_close(batch)
+
     def break_batch(self, batch: str) -> None:
         """`batch` fails as a whole (not through its items): hand out no more of its items; it
         settles as failed once those in flight have."""

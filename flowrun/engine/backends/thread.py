@@ -7,7 +7,7 @@ Chunks of `async def` calls do not take a thread: they run on the backend's one 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -107,6 +107,10 @@ class ThreadBackend:
             args = (chunk, self._targets, self._run_id, self._context, self._scope)
             return loop.submit(run_items_async, *args)
         return self._pool.submit(self._run_items, chunk)
+
+    def start_lane(self, lane: Callable[[Callable[[Items], ItemsOutcome]], None]) -> None:
+        """Run `lane` on a pool thread, with what runs a chunk there (`engine.lanes`)."""
+        self._pool.submit(lane, self._run_items)
 
     def _run_items(self, chunk: Items) -> ItemsOutcome:
         t = self._targets[chunk.uses]

@@ -41,6 +41,7 @@ from flowrun.engine.kinds.subflow import (
     retry_child,
     timed_out,
 )
+from flowrun.engine.lanes import Lanes
 from flowrun.engine.outputfile import MAX_AHEAD, OrderedWriter
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
@@ -164,6 +165,8 @@ class Batch(NodeKind):
         self.together: set[str] = set()  # batches whose chunks run together (inflight: items)
         #: batch -> item index -> the attempt after the first one its child run is, if any
         self.again: dict[str, dict[int, int]] = {}
+        #: batches of slow items: their workers take the next items themselves
+        self.lanes = Lanes(rt, self)
 
     def start(self, node: GraphNode) -> None:
         if node.kind is Kind.SCATTER:
@@ -310,6 +313,8 @@ class Batch(NodeKind):
 
     def fill(self) -> None:
         rt = self.rt
+        if self.lanes.feeds:
+            self.lanes.sweep()
         for batch in rt.sched.open_batches():
             node = rt.graph.nodes[batch]
             spec = node.batch_spec
@@ -318,6 +323,9 @@ class Batch(NodeKind):
                 continue  # opened below, with the children already running
             if batch in self.together or rt.together(spec.uses):
                 self._fill_together(node, cap)
+                continue
+            if self.lanes.fits(batch):
+                self.lanes.fill(batch, cap)
                 continue
             uses, params, timeout = spec.uses, spec.params, node.spec.config.timeout
             source, writer = self.sources.get(batch), self.writers.get(batch)

@@ -1,0 +1,425 @@
+"""Lanes: workers that take a batch's next items themselves.
+
+A batch of slow items (a millisecond or more each: a sleep, a request, a subprocess) handed out
+one chunk per worker trip costs the driver a round trip per item: with a thousand threads
+contending for the GIL, the driver thread gets it rarely, and workers sit idle waiting for their
+next item. A lane is a worker that holds one concurrency slot and, each time it finishes a
+chunk, claims the next one itself from the batch's `Feed`: a window of items the driver took
+from the scheduler, shared under a lock. It leaves what it did (the chunk and its outcome) and
+what it claimed in the feed, and wakes the driver only when the feed had nothing waiting, so
+the driver settles everything that came back since it last looked in one go, however many
+items that is: one `ItemsStarted` for the items claimed, one chunk outcome for the items done.
+
+The driver starts one lane, and the lanes start the others (two each): every start wakes a
+thread, and under that contention the driver thread would wait its turn after each one. The
+window holds about a second of work per lane, so a driver starved of the GIL leaves no lane
+idle; when other calls wait for a slot, that many lanes leave at their next claim.
+
+What stays the driver's: the window (it tops it up from the scheduler, and takes back what no
+lane claimed once the batch goes over its failure budget or the run stops), the slots (one
+per lane), the events, the store's records, retries and failures (every outcome settles as a
+chunk's does). Items claimed since the driver last looked are announced when it looks, so the
+display's running count is exact as of each look.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from flowrun import events as ev
+from flowrun.engine.invoke import Items, ItemsOutcome, crashed_items
+
+#: a chunk run, as the backend runs one (`ThreadBackend.run_items`)
+Run = Callable[[Items], ItemsOutcome]
+
+
+def indices_of(idx: list[int]) -> Sequence[int]:
+    """`idx` (ascending) as a `range` when consecutive (the common case: records and events
+    keep it so)."""
+    if idx and idx[-1] - idx[0] == len(idx) - 1:
+        return range(idx[0], idx[-1] + 1)
+    return idx
+
+
+class Feed:
+    """One batch's items waiting for a lane, and what its lanes left since the driver looked.
+
+    Everything but `lock` is shared with the lanes and read or changed under it, except
+    `lanes`, the driver's own count of the lanes it started and has not seen leave."""
+
+    __slots__ = (
+        "batch",
+        "claimed",
+        "claimed_at",
+        "kwargs",
+        "lanes",
+        "leaving",
+        "left",
+        "lock",
+        "reports",
+        "start",
+        "starting",
+        "stopped",
+        "take",
+        "timeout",
+        "uses",
+        "values",
+        "wake",
+        "window",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        batch: str,
+        uses: str,
+        values: Sequence[Any],
+        kwargs: Any,
+        timeout: float | None,
+        wake: Callable[[], None],
+        stopped: Callable[[], bool],
+    ) -> None:
+        self.batch, self.uses, self.values = batch, uses, values
+        self.kwargs, self.timeout = kwargs, timeout
+        self.wake = wake  # thread-safe: makes the driver call `collect` soon
+        self.stopped = stopped  # the run was cancelled: claim nothing more
+        self.lock = threading.Lock()
+        self.window: deque[int] = deque()  # taken from the scheduler, claimed by no lane yet
+        self.take = 1  # items a lane claims at a time (the batch's chunk size)
+        self.reports: list[tuple[Items, ItemsOutcome]] = []
+        self.claimed: list[int] = []  # claimed since the driver looked
+        self.claimed_at = 0.0  # when the first of them was
+        self.left = 0  # lanes that left since the driver looked
+        self.lanes = 0
+        self.leaving = 0  # lanes asked to leave at their next claim (others want their slots)
+        #: lanes the driver counted in (their slots held) that no lane has started yet: the
+        #: lanes start them, two each, so the driver starts one however many there are
+        self.starting = 0
+        self.start: Callable[[Callable[[Run], None]], None] | None = None
+
+    def chunk(self, idx: list[int]) -> Items:
+        values = self.values
+        seq = indices_of(idx)
+        vals = values[seq.start : seq.stop] if type(seq) is range else [values[i] for i in idx]
+        return Items(self.batch, self.uses, vals, seq, self.kwargs, self.timeout)
+
+    def first(self) -> Items | None:
+        """The chunk a new lane starts with (the driver announces it), from the window."""
+        window = self.window
+        with self.lock:
+            n = min(self.take, len(window))
+            idx = [window.popleft() for _ in range(n)]
+        return self.chunk(idx) if idx else None
+
+    def report(self, chunk: Items, res: ItemsOutcome) -> Items | None:
+        """On the lane: `chunk` came to `res`; the next chunk to run, or None (the lane
+        leaves: nothing waits, or the run was cancelled)."""
+        idx: list[int] = []
+        window = self.window
+        with self.lock:
+            wake = not self.reports and not self.left
+            self.reports.append((chunk, res))
+            if self.leaving:
+                self.leaving -= 1
+                self.left += 1
+            elif window and res.ran == len(chunk.values) and not self.stopped():
+                n = min(self.take, len(window))
+                idx = [window.popleft() for _ in range(n)]
+                if not self.claimed:
+                    self.claimed_at = time.time()
+                self.claimed += idx
+            else:
+                self.left += 1
+        if wake:
+            self.wake()
+        return self.chunk(idx) if idx else None
+
+    def spread(self) -> list[Items]:
+        """On a lane that just started: start two of the lanes still to start (each of them
+        starts two more...), each with a chunk it claims; one that finds nothing to claim
+        leaves at once. The chunks of lanes that could not be started (no thread to be had)
+        are this lane's to run."""
+        if not self.starting:
+            return []
+        window, chunks = self.window, []
+        with self.lock:
+            wake = not self.reports and not self.left
+            k = min(2, self.starting)
+            self.starting -= k
+            for _ in range(k):
+                if not window or self.stopped() or self.start is None:
+                    self.left += 1
+                    continue
+                idx = [window.popleft() for _ in range(min(self.take, len(window)))]
+                if not self.claimed:
+                    self.claimed_at = time.time()
+                self.claimed += idx
+                chunks.append(self.chunk(idx))
+            wake = wake and len(chunks) < k
+        if wake:
+            self.wake()
+        mine: list[Items] = []
+        for chunk in chunks:
+            assert self.start is not None
+            try:
+                self.start(functools.partial(lane, self, chunk=chunk))
+            except Exception:  # e.g. RuntimeError: can't start new thread
+                mine.append(chunk)
+                with self.lock:
+                    wake = not self.reports and not self.left
+                    self.left += 1  # that lane left before it started
+                if wake:
+                    self.wake()
+        return mine
+
+    def done(self, chunk: Items, res: ItemsOutcome) -> None:
+        """On a lane: `chunk` (one another lane was to run) came to `res`."""
+        with self.lock:
+            wake = not self.reports and not self.left
+            self.reports.append((chunk, res))
+        if wake:
+            self.wake()
+
+    def leave(self) -> None:
+        """On the lane: it leaves without a report (it failed outside any node)."""
+        with self.lock:
+            wake = not self.reports and not self.left
+            self.left += 1
+        if wake:
+            self.wake()
+
+    def swap(self) -> tuple[list[tuple[Items, ItemsOutcome]], list[int], float, int]:
+        """On the driver: what the lanes left since it last looked (and forget it)."""
+        with self.lock:
+            out = (self.reports, self.claimed, self.claimed_at, self.left)
+            self.reports, self.claimed, self.left = [], [], 0
+        return out
+
+    def top_up(self, idx: list[int]) -> None:
+        with self.lock:
+            self.window.extend(idx)
+
+    def withdraw(self) -> int:
+        """Take back the items no lane claimed; how many."""
+        with self.lock:
+            n = len(self.window)
+            self.window.clear()
+        return n
+
+    def waiting(self) -> int:
+        return len(self.window)
+
+
+def lane(feed: Feed, run: Run, chunk: Items | None) -> None:
+    """A worker's loop: start the lanes it is to start, run a chunk, report it, run the next
+    one it claimed."""
+    try:
+        for other in feed.spread():
+            feed.done(other, _run(run, other))
+        while chunk is not None:
+            chunk = feed.report(chunk, _run(run, chunk))
+    except BaseException:
+        feed.leave()  # never strand the driver waiting for this lane
+        raise
+
+
+def _run(run: Run, chunk: Items) -> ItemsOutcome:
+    try:
+        return run(chunk)
+    except BaseException as exc:  # the backend itself failed: the chunk's items fail
+        return crashed_items(chunk, exc)
+
+
+def merged(reports: list[tuple[Items, ItemsOutcome]]) -> tuple[Items, ItemsOutcome]:
+    """The chunks that came back as one (in the order they came, each in item order), only
+    their items that ran: the batch settles them as it settles one chunk."""
+    if len(reports) == 1:
+        chunk, res = reports[0]
+        if res.ran == len(chunk.values):
+            return chunk, res
+    first = reports[0][0]
+    values: list[Any] = []
+    indices: list[int] = []
+    ok: list[int] = []
+    outputs: list[Any] = []
+    durations: list[float] = []
+    others: list[tuple[int, Any]] = []
+    parts: list[str] = []
+    texts: list[str] | None = None
+    if any(r.others or r.ran < len(c.values) for c, r in reports):
+        texts = []  # the successes are settled in parts: each one's text is needed
+    ascending = True
+    for chunk, res in reports:
+        at, ran = len(indices), res.ran
+        if indices and ran and chunk.indices[0] <= indices[-1]:
+            ascending = False
+        values += chunk.values[:ran]
+        indices += chunk.indices[:ran]
+        if res.ok:
+            ok += [at + p for p in res.ok]
+            outputs += res.outputs
+            durations += res.durations_ms
+            parts.append(res.outputs_json[1:-1])
+            if texts is not None:
+                texts += res.texts if res.texts is not None else _texts(res)
+        others += [(at + p, o) for p, o in res.others]
+    seq = indices_of(indices) if ascending else indices
+    chunk = Items(first.batch, first.uses, values, seq, first.kwargs,
+                  first.timeout)  # fmt: skip
+    started = min(r.started for _, r in reports)
+    text = "[" + ",".join(parts) + "]"
+    return chunk, ItemsOutcome(started, len(indices), ok, outputs, text, durations, others, texts)
+
+
+def _texts(res: ItemsOutcome) -> list[str]:
+    from flowrun.engine.invoke import _each_json
+
+    return _each_json(res.outputs)
+
+
+#: items slower than this (ms, the batch's moving average) go to lanes; faster ones come back
+#: in chunks of many items, a trip each being cheap next to the items it carries
+LANE_MIN_MS = 0.5
+#: the work the window holds per lane (ms): under a thousand threads contending for the GIL,
+#: the driver thread may take a good part of a second to look again (starting the lanes alone
+#: can take that long), and no lane should run out of items meanwhile...
+WINDOW_MS = 1000.0
+#: ...in this many chunks per lane at least, and at most
+WINDOW_PER_LANE = 3
+MAX_PER_LANE = 64
+
+
+class Lanes:
+    """The driver's side: the batch kind's feeds, topped up and settled on the driver's
+    thread. Only on a runtime and backend that offer lanes (`post`, `hold`, `start_lane`)."""
+
+    def __init__(self, rt: Any, kind: Any) -> None:
+        self.rt, self.kind = rt, kind
+        self.feeds: dict[str, Feed] = {}
+        self.start: Callable[[Callable[[Run], None]], None] | None = getattr(
+            getattr(rt, "backend", None), "start_lane", None
+        )
+        if getattr(rt, "post", None) is None or getattr(rt, "hold", None) is None:
+            self.start = None
+
+    def fits(self, batch: str) -> bool:
+        """Do `batch`'s items go to lanes (now that one of them was timed)? Not a streamed
+        batch's, nor one in a pool (each item takes its pool's room and tokens as it starts)."""
+        if batch in self.feeds:
+            return True
+        kind = self.kind
+        if self.start is None or batch not in kind.items or batch in kind.sources:
+            return False
+        if batch in kind.writers or self.rt.pools.pool_of(batch) is not None:
+            return False
+        ms = kind.item_ms.get(batch)
+        return ms is not None and ms >= LANE_MIN_MS
+
+    def fill(self, batch: str, cap: int) -> None:
+        """Top up `batch`'s window and start lanes while there is room (`cap`: the batch's
+        concurrency)."""
+        rt, kind = self.rt, self.kind
+        feed = self.feeds.get(batch)
+        if feed is None:
+            node = rt.graph.nodes[batch]
+            spec = node.batch_spec
+            feed = Feed(batch, spec.uses, kind.items[batch], spec.params,
+                        node.spec.config.timeout, lambda: None, rt.cancelled.is_set)  # fmt: skip
+            post = rt.post
+            collect = self.collect
+            feed.wake = lambda: post(lambda: collect(feed))
+            feed.start = self.start
+            self.feeds[batch] = feed
+        feed.take = take = kind._chunk_size(batch)
+        inflight = kind.inflight
+        new = max(0, min(rt.free(), cap - inflight.get(batch, 0)))
+        # Others waiting for a slot come first: as many lanes leave at their next claim.
+        waiting = 0 if new or not rt.queued else self._waiting()
+        if feed.leaving != min(waiting, feed.lanes):
+            with feed.lock:
+                feed.leaving = min(waiting, feed.lanes)
+        chunk_ms = max(kind.item_ms.get(batch, 1.0), 1e-3) * take
+        per_lane = min(MAX_PER_LANE, max(WINDOW_PER_LANE, math.ceil(WINDOW_MS / chunk_ms)))
+        want = (feed.lanes + new) * per_lane * take - feed.waiting()
+        if want > 0:
+            feed.top_up(rt.sched.take_items(batch, want))
+        # Start one lane, which starts the others: every start wakes a thread, and under a
+        # thousand threads contending for the GIL, the driver thread waits its turn after each.
+        new = min(new, -(-feed.waiting() // take))
+        chunk = feed.first() if new else None
+        if chunk is not None:
+            rt.emit(ev.ItemsStarted(time.time(), batch, chunk.indices))
+            inflight[batch] = inflight.get(batch, 0) + new
+            feed.lanes += new
+            rt.hold(new)
+            if new > 1:
+                with feed.lock:
+                    feed.starting += new - 1
+            self.start(functools.partial(lane, feed, chunk=chunk))  # type: ignore[misc]
+        if not feed.lanes and not feed.waiting():
+            del self.feeds[batch]
+
+    def collect(self, feed: Feed) -> None:
+        """On the driver's thread: settle what the lanes left (one event for the items they
+        claimed, one chunk for those they ran), count out the lanes that left."""
+        rt, kind, batch = self.rt, self.kind, feed.batch
+        reports, claimed, at, left = feed.swap()
+        if claimed and reports:
+            # In the order it happened, four events at most: the chunks claimed before the
+            # driver last looked ended; some claimed since started, and ended; others started.
+            since = set(claimed)
+            before = [r for r in reports if r[0].indices[0] not in since]
+            after = [r for r in reports if r[0].indices[0] in since]
+            if before:
+                self._settle(before)
+            if after:
+                ended = {i for c, _ in after for i in c.indices}
+                rt.emit(ev.ItemsStarted(at, batch, indices_of([i for i in claimed if i in ended])))
+                self._settle(after)
+                claimed = [i for i in claimed if i not in ended]
+        elif reports:
+            self._settle(reports)
+        if claimed:
+            rt.emit(ev.ItemsStarted(at, batch, indices_of(claimed)))
+        if left:
+            feed.lanes -= left
+            kind.inflight[batch] -= left
+            rt.hold(-left)
+        self.stop_if_over(feed)
+        if not feed.lanes and not feed.waiting() and self.feeds.get(batch) is feed:
+            del self.feeds[batch]
+
+    def _waiting(self) -> int:
+        """Calls queued for a slot (not for their pool's room), up to a hundred."""
+        pool_of = self.rt.pools.pool_of
+        return sum(1 for w in itertools.islice(self.rt.queued, 100) if pool_of(w.node) is None)
+
+    def _settle(self, reports: list[tuple[Items, ItemsOutcome]]) -> None:
+        chunk, res = merged(reports)
+        self.kind.inflight[chunk.batch] += 1  # settled as one chunk: it takes one off
+        self.kind.items_returned(chunk, res)
+
+    def stop_if_over(self, feed: Feed) -> None:
+        """The batch failed past its budget, or the run is stopping: no lane starts what is
+        left in the window (those items go back, never started)."""
+        if not feed.waiting():
+            return
+        if self.rt.stopping or self.rt.sched.batches[feed.batch].over_budget:
+            self.rt.sched.give_back(feed.batch, feed.withdraw())
+
+    def sweep(self) -> None:
+        """Before the batch kind fills its open batches: take back the windows of batches
+        that stopped; start lanes on the windows of those that have handed out their last
+        items (the batch kind fills only batches with items to take)."""
+        sched = self.rt.sched
+        for batch, feed in list(self.feeds.items()):
+            self.stop_if_over(feed)
+            if feed.waiting() and sched.batches[batch].exhausted:
+                cap = self.rt.graph.nodes[batch].batch_spec.concurrency or self.rt.concurrency
+                self.fill(batch, cap)
