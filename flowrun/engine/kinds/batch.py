@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome
+from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome, json_text
 from flowrun.engine.itemsources import ItemSource, Malformed, input_problem, open_source
 from flowrun.engine.itemsources import output_problem as output_file_problem
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
@@ -447,23 +447,30 @@ class Batch(NodeKind):
             rt.fail_inline(batch, "InputError", f"batch '{batch}': {exc}", batch)
             return
         items, source = self.items.get(batch), self.sources.get(batch)
+        declared, timeout = graph.blueprint.context, node.spec.config.timeout
         while len(kids) < cap:
-            idx = rt.sched.take_items(batch, 1)
+            idx = rt.sched.take_items(batch, cap - len(kids))
             if not idx:
                 break
-            i = idx[0]
             if items is not None:
-                item = items[i]
+                values_at = [items[i] for i in idx]
             else:  # streamed (`itemsFrom`): an unreadable item fails at once
                 assert source is not None
-                item = self._read(batch, source, idx)[0]
+                values_at = self._read(batch, source, idx)
+            opened: list[int] = []
+            for i, item in zip(idx, values_at, strict=True):
                 if item is _SETTLED:
                     continue
-            context = {**graph.blueprint.context, "input": item, **values}
-            kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
-            if node.spec.config.timeout is not None:
-                kid.limit(node.spec.config.timeout)
-            rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), 1, batch, i))
+                context = {**declared, "input": item, **values}
+                kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+                if timeout is not None:
+                    kid.limit(timeout)
+                opened.append(i)
+            if opened:  # one event for the children opened together, as for a chunk of items
+                seq: list[int] | range = opened
+                if opened[-1] - opened[0] == len(opened) - 1:
+                    seq = range(opened[0], opened[-1] + 1)
+                rt.emit(ev.ItemsStarted(time.time(), batch, seq))
 
     def _fill_children(self) -> int:
         """Open child runs where there is room, pump every open one; how many ended."""
@@ -527,7 +534,7 @@ class Batch(NodeKind):
             self._child_failed(batch, i, kid, lambda w, _n, k: child_failed(w, k, sub))
             return
         attempt = self.again[batch].pop(i, 1) if batch in self.again else 1
-        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+        text = json_text(output)
         rt.emit(ev.NodeSucceeded(time.time(), name, attempt, ms, batch, i, None, output, text))
         self._settle_item(batch, i, True, text, output)  # (and into `outputTo`, if any)
 

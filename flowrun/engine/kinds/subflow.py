@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from flowrun import events as ev
-from flowrun.engine.invoke import AttemptTimeout, Call, Outcome, retryable
+from flowrun.engine.invoke import AttemptTimeout, Call, Outcome, json_text, retryable
 from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Verbs, Work, group
 from flowrun.engine.kinds.task import Task, reused
 from flowrun.engine.routing import InputError, Router, resolve_source
@@ -120,7 +120,7 @@ class Subflow(NodeKind):
         taken = rt.taken_or_fail(node.id, output, None, attempt)
         if taken is None:
             return
-        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+        text = json_text(output)
         rt.emit(ev.NodeSucceeded(time.time(), node.id, attempt, ms, None, None, None, output, text))
         rt.sched.finish(node.id, Status.SUCCEEDED, taken)
 
@@ -425,6 +425,12 @@ def _renamed(event: ev.Event, prefix: str) -> ev.Event:
         names = tuple(f.name for f in dataclasses.fields(event) if f.init)
         shape = _RENAMES[cls] = (names, tuple(i for i, n in enumerate(names) if n in _IDS))
     names, ids = shape
+    for i in ids:  # most events a child run forwards name their node in full already
+        value = getattr(event, names[i])
+        if isinstance(value, str) and not value.startswith(prefix):
+            break
+    else:
+        return event
     values = [getattr(event, n) for n in names]
     for i in ids:
         value = values[i]
