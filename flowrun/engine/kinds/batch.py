@@ -164,6 +164,9 @@ class Batch(NodeKind):
         self.together: set[str] = set()  # batches whose chunks run together (inflight: items)
         #: batch -> item index -> the attempt after the first one its child run is, if any
         self.again: dict[str, dict[int, int]] = {}
+        #: child runs that succeeded at their first attempt, not yet announced (`_flush_ok`):
+        #: (batch, index, ms, output, its JSON text)
+        self._ok: list[tuple[str, int, float, Any, str]] = []
 
     def start(self, node: GraphNode) -> None:
         if node.kind is Kind.SCATTER:
@@ -463,6 +466,7 @@ class Batch(NodeKind):
                     continue
                 context = {**declared, "input": item, **values}
                 kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+                kid.before_emit = self._flush_ok
                 if timeout is not None:
                     kid.limit(timeout)
                 opened.append(i)
@@ -492,11 +496,13 @@ class Batch(NodeKind):
                 if kid.deadline is not None and kid.expired():
                     del kids[i]
                     ended += 1
+                    self._flush_ok()
                     self._child_failed(batch, i, kid, timed_out)
                 elif looked and kid.done():
                     del kids[i]
                     ended += 1
                     self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)
+            self._flush_ok()
         return ended
 
     def _child_failed(
@@ -519,6 +525,7 @@ class Batch(NodeKind):
         values = {k: rt.router.read(v) for k, v in sub.inputs.items()}  # read once already
         context = child_context(graph, item, values)
         kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+        kid.before_emit = self._flush_ok
         if node.spec.config.timeout is not None:
             kid.limit(node.spec.config.timeout)
         self.kids.setdefault(batch, {})[i] = kid
@@ -526,17 +533,48 @@ class Batch(NodeKind):
         rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), attempt, batch, i))
 
     def _child_done(self, batch: str, i: int, kid: ChildRun, output: Any) -> None:
-        rt, name = self.rt, item_id(batch, i)
+        rt = self.rt
         ms = (time.monotonic() - kid.t0) * 1000
         if kid.failed:
             sub = rt.graph.nodes[batch].batch_spec.subflow
             assert sub is not None
+            self._flush_ok()
             self._child_failed(batch, i, kid, lambda w, _n, k: child_failed(w, k, sub))
             return
         attempt = self.again[batch].pop(i, 1) if batch in self.again else 1
         text = json_text(output)
+        if attempt == 1:  # announced and settled with the others that ended with it
+            self._ok.append((batch, i, ms, output, text))
+            return
+        self._flush_ok()
+        name = item_id(batch, i)
         rt.emit(ev.NodeSucceeded(time.time(), name, attempt, ms, batch, i, None, output, text))
         self._settle_item(batch, i, True, text, output)  # (and into `outputTo`, if any)
+
+    def _flush_ok(self) -> None:
+        """Announce the child runs that succeeded at their first attempt since the last
+        flush, one `ItemsSucceeded` per run of them of one batch (as a chunk of items is), and
+        settle them. Called before any other event is emitted (`ChildRun.before_emit`), so
+        events keep their order."""
+        ok = self._ok
+        if not ok:
+            return
+        self._ok = []
+        start = 0
+        while start < len(ok):
+            batch = ok[start][0]
+            end = start + 1
+            while end < len(ok) and ok[end][0] == batch:
+                end += 1
+            run = ok[start:end]
+            indices = [i for _, i, _, _, _ in run]
+            outputs = [out for _, _, _, out, _ in run]
+            text = "[" + ",".join([t for _, _, _, _, t in run]) + "]"
+            durations = [ms for _, _, ms, _, _ in run]
+            self.rt.emit(ev.ItemsSucceeded(time.time(), batch, indices, durations, outputs, text))
+            for _, i, _, output, t in run:
+                self._settle_item(batch, i, True, t, output)  # (and into `outputTo`, if any)
+            start = end
 
     def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
         """The items at `idx`; an unreadable one fails at once (`_settle_malformed`)."""

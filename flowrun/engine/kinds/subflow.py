@@ -148,6 +148,9 @@ class ChildRun(Verbs):
     #: (`time.monotonic()`), else None
     deadline: float | None = None
     _held: list[Work] | None = None  # calls waiting for room, while a deadline is set
+    #: called before the child run forwards an event (a batch announces the children that
+    #: ended before it first: events keep their order)
+    before_emit: Callable[[], None] | None = None
 
     def __init__(
         self,
@@ -206,6 +209,8 @@ class ChildRun(Verbs):
         """Forward `event` to the parent with the child's ids as `parent/child`."""
         if self.deadline is not None and self.expired():
             return  # timed out: what its cancelled calls report is not recorded
+        if self.before_emit is not None:
+            self.before_emit()
         self.touched = True
         p = self.prefix
         if isinstance(event, ev.NodeFailed) and event.final and not self.first_error:
