@@ -148,6 +148,8 @@ class Router:
         edges of the action returned, and only when none of those was taken, the default edges
         (those without `action`). Raises `ExprEvalError` when a condition or transform fails."""
         succs = self.graph.succs[source]
+        if not succs:
+            return {}  # a final node (every node of a one-node child run)
         taken = self._take([e for e in succs if e.action is not None and e.action == action],
                            source, output, action)  # fmt: skip
         if not taken:

@@ -164,6 +164,9 @@ class Batch(NodeKind):
         self.together: set[str] = set()  # batches whose chunks run together (inflight: items)
         #: batch -> item index -> the attempt after the first one its child run is, if any
         self.again: dict[str, dict[int, int]] = {}
+        #: batch -> its open child runs that something happened in since they were last
+        #: pumped (`ChildRun.woken`), when only those need pumping (`_pumps_all`)
+        self.woken: dict[str, dict[int, ChildRun]] = {}
         #: child runs that succeeded at their first attempt, not yet announced (`_flush_ok`):
         #: (batch, index, ms, output, its JSON text)
         self._ok: list[tuple[str, int, float, Any, str]] = []
@@ -466,7 +469,7 @@ class Batch(NodeKind):
                     continue
                 context = {**declared, "input": item, **values}
                 kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
-                kid.before_emit = self._flush_ok
+                self._watch(batch, i, kid)
                 if timeout is not None:
                     kid.limit(timeout)
                 opened.append(i)
@@ -486,12 +489,33 @@ class Batch(NodeKind):
                 self._open_children(rt.graph.nodes[batch], cap)
         return self._pump_children() if self.kids else 0
 
+    def _watch(self, batch: str, i: int, kid: ChildRun) -> None:
+        """Hook a new child run of item `i` up to the batch: the children that ended before it
+        are announced before its first event, and it is pumped when something happens in it
+        (and now, to start it)."""
+        kid.before_emit = self._flush_ok
+        if not self._pumps_all(batch, kid):
+            kid.woken, kid.key = self.woken.setdefault(batch, {}), i
+            kid.woken[i] = kid
+
+    def _pumps_all(self, batch: str, kid: ChildRun) -> bool:
+        """Must every open child run of `batch` be pumped each time? Yes when something in
+        them hands out work of its own (a nested batch, subflow or loop) or they have a time
+        limit (each pump checks it): else only those that something happened in."""
+        return bool(kid._filling) or self.rt.graph.nodes[batch].spec.config.timeout is not None
+
     def _pump_children(self) -> int:
         ended = 0
         for batch, kids in list(self.kids.items()):
             sub = self.rt.graph.nodes[batch].batch_spec.subflow
             assert sub is not None
-            for i, kid in list(kids.items()):
+            woken = self.woken.get(batch)
+            if woken is None:
+                todo = list(kids.items())
+            else:
+                todo = [(i, kids[i]) for i in sorted(woken) if i in kids]
+                woken.clear()
+            for i, kid in todo:
                 looked = kid.pump()  # False: nothing changed in it, so it has not ended
                 if kid.deadline is not None and kid.expired():
                     del kids[i]
@@ -525,7 +549,7 @@ class Batch(NodeKind):
         values = {k: rt.router.read(v) for k, v in sub.inputs.items()}  # read once already
         context = child_context(graph, item, values)
         kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
-        kid.before_emit = self._flush_ok
+        self._watch(batch, i, kid)
         if node.spec.config.timeout is not None:
             kid.limit(node.spec.config.timeout)
         self.kids.setdefault(batch, {})[i] = kid

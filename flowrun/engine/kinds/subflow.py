@@ -151,6 +151,10 @@ class ChildRun(Verbs):
     #: called before the child run forwards an event (a batch announces the children that
     #: ended before it first: events keep their order)
     before_emit: Callable[[], None] | None = None
+    #: where the child run puts itself (under `key`) when something happens in it (an
+    #: event): a batch then pumps only those of its children (`Batch._pump_children`)
+    woken: dict[int, ChildRun] | None = None
+    key: int = 0
 
     def __init__(
         self,
@@ -174,7 +178,7 @@ class ChildRun(Verbs):
         shape = _SHAPES.get(id(graph))
         if shape is None or shape[0] is not graph:
             shape = _SHAPES[id(graph)] = _shape(graph)
-        self.entries, self._filling = shape[1], shape[2]
+        self.entries, self._filling, self.finals = shape[1], shape[2], shape[4]
         self.failed, self.first_error, self.fails_run = False, "", fails_run
         self.start_context: dict[str, Any] = context
         self.t0 = time.monotonic()
@@ -212,6 +216,8 @@ class ChildRun(Verbs):
         if self.before_emit is not None:
             self.before_emit()
         self.touched = True
+        if self.woken is not None:
+            self.woken[self.key] = self
         p = self.prefix
         if isinstance(event, ev.NodeFailed) and event.final and not self.first_error:
             name = event.node if event.node.startswith(p) else p + event.node
@@ -403,7 +409,10 @@ def retry_child(
 #: id(child graph) -> (the graph, its entries, the kinds in it that fill, the kinds it uses):
 #: computed once per child blueprint, not once per child run (a batch over a subflow starts
 #: thousands)
-_Shape = tuple[Graph, dict[str, str], tuple[str, ...], tuple[tuple[str, type[NodeKind]], ...]]
+#: and its final nodes (what a child run outputs when its `outputs` says nothing)
+_Shape = tuple[
+    Graph, dict[str, str], tuple[str, ...], tuple[tuple[str, type[NodeKind]], ...], list[str]
+]
 _SHAPES: dict[int, _Shape] = {}
 
 
@@ -413,7 +422,8 @@ def _shape(graph: Graph) -> _Shape:
     kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}
     filling = tuple(k for k in kinds if BY_NAME[k].fills)
     used = {n.node_kind for n in graph.nodes.values()}  # fallbacks included
-    return graph, entries_of(graph), filling, tuple((k, BY_NAME[k]) for k in used)
+    finals = [s.id for s in graph.blueprint.nodes if graph.is_final(s.id)]
+    return graph, entries_of(graph), filling, tuple((k, BY_NAME[k]) for k in used), finals
 
 
 _IDS = ("node", "batch", "fallback", "fallback_for")  # the fields of an event that name nodes
@@ -465,7 +475,7 @@ def _output(sub: SubflowSpec, child: ChildRun) -> Any:
     if isinstance(sub.outputs, str):
         return _read(child, sub.outputs)
     graph = child.graph
-    finals = [s.id for s in graph.blueprint.nodes if graph.is_final(s.id)]
+    finals = child.finals
     if len(finals) == 1:
         return _read(child, graph.output_keys[finals[0]])
     return {f: _read(child, graph.output_keys[f]) for f in finals}
