@@ -147,6 +147,13 @@ def chunk_record(batch: str, group: list[NodeSucceeded | ItemsSucceeded]) -> tup
         n = len(first.indices)
         return (_CHUNK, batch, n, _ints(first.indices), None, durations, None,
                 first.outputs_json, first.ts)  # fmt: skip
+    if len(group) == 1:  # one item (a loop's iteration, handed over before the run waits)
+        assert isinstance(first, NodeSucceeded)
+        attempt = None if first.attempt == 1 else f"[{first.attempt}]"
+        action = None if first.action is None else json.dumps([first.action])
+        micros = f"[{round(first.duration_ms * 1000)}]"
+        return (_CHUNK, batch, 1, f"[{first.index}]", attempt, micros, action,
+                f"[{first.output_json}]", first.ts)  # fmt: skip
     indices: list[int] = []
     attempts: list[int] = []
     times: list[float] = []

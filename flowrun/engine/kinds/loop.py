@@ -17,13 +17,12 @@ unfinished iteration; `config` (retries, timeout as a whole) applies to each chi
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.invoke import Call, Outcome, json_text
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
 from flowrun.engine.kinds.subflow import (
     ChildRun,
@@ -176,7 +175,7 @@ class Loop(NodeKind):
                 else:
                     output = child.output(sub)
                     ms = (time.monotonic() - child.t0) * 1000
-                    text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+                    text = json_text(output)
                     out = Outcome(work.call.node, True, time.time(), ms, output, text)
             else:
                 continue
