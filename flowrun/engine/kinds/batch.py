@@ -454,6 +454,7 @@ class Batch(NodeKind):
             return
         items, source = self.items.get(batch), self.sources.get(batch)
         declared, timeout = graph.blueprint.context, node.spec.config.timeout
+        flush, woken = self._flush_ok, None
         while len(kids) < cap:
             idx = rt.sched.take_items(batch, cap - len(kids))
             if not idx:
@@ -469,7 +470,12 @@ class Batch(NodeKind):
                     continue
                 context = {**declared, "input": item, **values}
                 kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
-                self._watch(batch, i, kid)
+                kid.before_emit = flush  # (what `_watch` does, for each child opened here)
+                if woken is None and not self._pumps_all(batch, kid):
+                    woken = self.woken.setdefault(batch, {})
+                if woken is not None:
+                    kid.woken, kid.key = woken, i
+                    woken[i] = kid
                 if timeout is not None:
                     kid.limit(timeout)
                 opened.append(i)
@@ -526,6 +532,7 @@ class Batch(NodeKind):
                     del kids[i]
                     ended += 1
                     self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)
+                    kid.close()
             self._flush_ok()
         return ended
 

@@ -165,7 +165,8 @@ class Loop(NodeKind):
         for loop, (child, work) in list(self.children.items()):
             child.pump()
             node = self.rt.graph.nodes[loop]
-            if child.deadline is not None and child.expired():
+            expired = child.deadline is not None and child.expired()
+            if expired:
                 out = timed_out(work, node, child)
             elif child.done():
                 sub = self._spec(node).subflow
@@ -185,6 +186,8 @@ class Loop(NodeKind):
                 self.succeeded(work, out)
             else:
                 retry_child(self, work, out, functools.partial(self._open, work))
+            if not expired:  # (a timed-out run's calls may still come back to its kinds)
+                child.close()
         return ended
 
     def _next(self, node: GraphNode, k: int, output: Any, action: str | None) -> None:

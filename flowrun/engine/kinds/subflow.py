@@ -101,6 +101,7 @@ class Subflow(NodeKind):
             elif child.done():
                 del self.children[name]
                 self._settle(self.rt.graph.nodes[name], child)
+                child.close()
 
     def _again(self, context: dict[str, Any], node: GraphNode, attempt: int) -> None:
         self._launch(node, context, attempt)
@@ -308,6 +309,12 @@ class ChildRun(Verbs):
     def done(self) -> bool:
         return not self.sched.is_active() and not self.parent.stopping
 
+    def close(self) -> None:
+        """The child run has ended (`done()`: nothing of it is in flight) and was settled: drop
+        its kinds, whose `rt` is this run, so that refcounting frees it at once instead of the
+        garbage collector's passes (a batch over a subflow ends thousands)."""
+        self._kinds = {}
+
     def output(self, sub: SubflowSpec) -> Any:
         return _output(sub, self)
 
@@ -469,10 +476,11 @@ def _strip(stored: Stored, prefix: str) -> Stored:
 
 def _output(sub: SubflowSpec, child: ChildRun) -> Any:
     """SPEC §6: a mapping of `outputs`, the one source `outputs` names, or the final node(s)."""
-    if isinstance(sub.outputs, Mapping):
-        return {name: _read(child, src) for name, src in sub.outputs.items()}
-    if isinstance(sub.outputs, str):
-        return _read(child, sub.outputs)
+    outputs = sub.outputs
+    if isinstance(outputs, str):
+        return _read(child, outputs)
+    if outputs is not None and isinstance(outputs, Mapping):  # (None: no ABC check per child)
+        return {name: _read(child, src) for name, src in outputs.items()}
     graph = child.graph
     finals = child.finals
     if len(finals) == 1:
