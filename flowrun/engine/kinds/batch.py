@@ -316,6 +316,8 @@ class Batch(NodeKind):
 
     def fill(self) -> None:
         rt = self.rt
+        if not rt.sched.batches:
+            return  # no batch has started: nothing to hand out or pump
         for batch in rt.sched.open_batches():
             node = rt.graph.nodes[batch]
             spec = node.batch_spec

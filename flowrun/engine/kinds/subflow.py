@@ -91,6 +91,8 @@ class Subflow(NodeKind):
         self.children[node.id] = child
 
     def fill(self) -> None:
+        if not self.children:
+            return
         for name, child in list(self.children.items()):
             child.pump()
             if child.deadline is not None and child.expired():
