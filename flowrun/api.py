@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -494,7 +495,8 @@ class Run:
             idle=bus.idle,
         )
         try:
-            report: RunReport = self._driver.run()
+            with _heap_frozen():
+                report: RunReport = self._driver.run()
         except BaseException:
             backend.close(cancel=self.cancelled.is_set())
             store.close()
@@ -506,6 +508,19 @@ class Run:
             reports = {s.id: report.nodes.get(s.id) for s in self.full_graph.blueprint.nodes}
             report.nodes = {k: v or NodeReport("skipped") for k, v in reports.items()}
         return _unrecorded(report, store.failure, self.path, self.run_id)
+
+
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """While the run goes, the garbage collector's full passes skip what existed when it
+    started (the modules, the graph: none of it is the run's garbage). A run that makes many
+    short-lived objects (a batch over a subflow makes a child run per item) triggers such
+    passes, and each one walked the whole heap."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _unrecorded(report: RunReport, failure: StateError | None, path: str, run_id: str) -> RunReport:

@@ -84,6 +84,7 @@ class Driver(Verbs):
         self.router = Router(graph, context.data, self.sched)
         self.pools = Pools(graph, clock, self.emit)
         self._kinds: dict[str, NodeKind] = {name: k(self) for name, k in BY_NAME.items()}
+        self._filling = [k for k in self._kinds.values() if k.fills]  # `fill` does something
         self.entries = entries_of(graph)
         self.done_q: queue.SimpleQueue[Done | None] = queue.SimpleQueue()
         self.inflight = 0  # slots taken: one per chunk, one per call of a chunk run together
@@ -178,7 +179,7 @@ class Driver(Verbs):
             self.start_ready()
             self._submit_queued()
             queued = len(self.queued)
-            for kind in self._kinds.values():
+            for kind in self._filling:
                 kind.fill()
             # A kind may have settled nodes while filling (a subflow that ended, an unreadable
             # item that closed a batch), or queued new work (a child run's calls)

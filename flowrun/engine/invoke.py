@@ -366,6 +366,17 @@ def _scalar_json(value: int | str | bool | None) -> str:
     return _encode_str(value)
 
 
+def json_text(value: Any) -> str:
+    """`json.dumps(value, allow_nan=False, separators=(",", ":"))`, without building an encoder
+    per call (a batch over a subflow encodes each child run's output)."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is str or value is None or kind is bool:
+        return _scalar_json(value)
+    return _ENCODER.encode(value)
+
+
 def succeeded_attempt(
     call: Call,
     started: float,

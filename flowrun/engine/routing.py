@@ -75,6 +75,23 @@ class Scope(Mapping[str, Any]):
         return len(set(self._context) | set(self._aliases) | set(self._local))
 
 
+#: id(graph) -> (the graph, its aliases (node id -> output key where they differ), the names
+#: its sources may start with whatever the run context holds, and the sources resolved among
+#: those alone): worked out once per graph, not once per router (a batch over a subflow makes
+#: a router per child run)
+_Shape = tuple[Graph, dict[str, str], frozenset[str], dict[str, Source]]
+_SHAPES: dict[int, _Shape] = {}
+
+
+def _shape(graph: Graph) -> _Shape:
+    aliases = {k: v for k, v in graph.output_keys.items() if k != v}
+    # Declared context keys are in every run context of the graph from its start on.
+    known = frozenset(
+        {n.id for n in graph.blueprint.nodes} | set(aliases.values()) | set(graph.blueprint.context)
+    )
+    return graph, aliases, known, {}
+
+
 class Router:
     """Reads inputs out of the run context `ctx` (the driver's live dict) and evaluates edges."""
 
@@ -82,17 +99,21 @@ class Router:
         self.graph = graph
         self.ctx = ctx
         self.sched = sched
-        nodes = graph.blueprint.nodes
-        self._aliases = {k: v for k, v in graph.output_keys.items() if k != v}
-        self._known = set(ctx) | {n.id for n in nodes} | set(self._aliases.values())
+        shape = _SHAPES.get(id(graph))
+        if shape is None or shape[0] is not graph:
+            shape = _SHAPES[id(graph)] = _shape(graph)
+        _, self._aliases, self._known, self._shared = shape
         self._sources: dict[str, Source | None] = {}
 
     def read(self, text: str) -> Any:
         """The value at `text` (a key, or a dotted path into one); `InputError` if none."""
-        src = self._sources.get(text)
+        src = self._sources.get(text) or self._shared.get(text)
         if src is None:
-            src = resolve_source(text, self._known | set(self.ctx))
+            known = self._known
+            src = resolve_source(text, known | set(self.ctx))
             self._sources[text] = src
+            if src is not None and text in known:  # found whatever the context holds
+                self._shared[text] = src
         if src is None:
             raise InputError(f"'{text}' names nothing in the run context")
         try:
@@ -127,6 +148,8 @@ class Router:
         edges of the action returned, and only when none of those was taken, the default edges
         (those without `action`). Raises `ExprEvalError` when a condition or transform fails."""
         succs = self.graph.succs[source]
+        if not succs:
+            return {}  # a final node (every node of a one-node child run)
         taken = self._take([e for e in succs if e.action is not None and e.action == action],
                            source, output, action)  # fmt: skip
         if not taken:

@@ -13,7 +13,7 @@ item has settled the batch's gather becomes ready. Skips and upstream failures p
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -59,9 +59,10 @@ class BatchState:
         return self.broken or self.failed > self.max_failures
 
 
-#: id(graph) -> (the graph, its scheduler's state before anything ran)
-_STARTS: dict[int, tuple[Graph, tuple[dict[str, Status], dict[str, int], list[str], list[str]]]]
-_STARTS = {}
+#: id(graph) -> (the graph, its scheduler's state before anything ran: the statuses with the
+#: ready nodes marked, predecessors to wait for, what is ready, what runs at the end)
+_Start = tuple[dict[str, Status], dict[str, int], tuple[str, ...], tuple[str, ...]]
+_STARTS: dict[int, tuple[Graph, _Start]] = {}
 
 
 class Scheduler:
@@ -82,18 +83,17 @@ class Scheduler:
             if reuse_start:
                 _STARTS[id(graph)] = start
         status, waiting, ready, at_end = start[1]
-        self.status = dict(status)
-        self._waiting = dict(waiting)
-        self._taken: dict[str, dict[str, Any]] = {name: {} for name in waiting}
-        for name in ready:
-            self.status[name] = Status.READY
+        self.status = status.copy()
+        self._waiting = waiting.copy()
+        #: node -> {predecessor: value sent over its taken edge}, filled as edges settle
+        self._taken: defaultdict[str, dict[str, Any]] = defaultdict(dict)
         self._ready: deque[str] = deque(ready)
         #: `runIf: failure|always` nodes with no predecessors: they run when all else settled
         self._at_end: list[str] = list(at_end)
 
-    def _fresh(self) -> tuple[dict[str, Status], dict[str, int], list[str], list[str]]:
-        """The state before anything ran: statuses, predecessors to wait for, what is ready,
-        what runs at the end."""
+    def _fresh(self) -> _Start:
+        """The state before anything ran: statuses (the ready nodes marked), predecessors to
+        wait for, what is ready, what runs at the end."""
         graph = self.graph
         status: dict[str, Status] = {}
         waiting: dict[str, int] = {}
@@ -109,7 +109,9 @@ class Scheduler:
                 at_end.append(name)
             elif not sources:
                 ready.append(name)
-        return status, waiting, ready, at_end
+        for name in ready:
+            status[name] = Status.READY
+        return status, waiting, tuple(ready), tuple(at_end)
 
     # -- hand out ---------------------------------------------------------------------------
     def ready(self) -> list[str]:

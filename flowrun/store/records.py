@@ -47,7 +47,7 @@ class RunMeta:
 # The statements number their parameters from ?2, so a record's tuple is the row as it is
 # (sqlite binds ?1, the kind, and never reads it).
 _NODE, _RECOVERED, _BATCH_STARTED, _BATCH_FINISHED, _RUN_STARTED, _RUN_FINISHED, _CHUNK = range(7)
-LOGS, SPAN, SAMPLES = range(7, 10)
+LOGS, SPAN, SAMPLES, _NODE_OK = range(7, 11)
 FLUSH, STOP = "flush", "stop"
 _SIZE = 2  # where a chunk record holds its number of items
 SQL = {
@@ -55,6 +55,11 @@ SQL = {
     _NODE: "INSERT OR REPLACE INTO nodes (node, batch, idx, status, attempt, duration_ms, action,"
     " output, error_type, message, traceback, updates, ts)"
     " VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    # A plain success (a task node, a child run's node): the NULLs are in the statement, since
+    # binding a None costs sqlite3 a failed adapter lookup per parameter.
+    _NODE_OK: "INSERT OR REPLACE INTO nodes (node, batch, idx, status, attempt, duration_ms,"
+    " action, output, error_type, message, traceback, updates, ts)"
+    " VALUES (?2, NULL, NULL, 'succeeded', ?3, ?4, NULL, ?5, NULL, NULL, NULL, NULL, ?6)",
     # Keeps the failure's attempts and error next to the fallback's output.
     _RECOVERED: "INSERT INTO nodes (node, status, output, fallback, ts)"
     " VALUES (?2, 'recovered', ?3, ?4, ?5) ON CONFLICT (node) DO UPDATE SET"
@@ -72,8 +77,9 @@ SQL = {
     _CHUNK: "INSERT INTO item_chunks (batch, size, indices, attempts, durations_us, actions,"
     " outputs, ts) VALUES (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     LOGS: "INSERT OR REPLACE INTO logs (node, attempt, text, ts) VALUES (?2, ?3, ?4, ?5)",
+    # Spans are of task nodes and batches as a whole: `batch` is NULL (see `_NODE_OK`).
     SPAN: "INSERT OR REPLACE INTO spans (node, batch, started, finished, status)"
-    " VALUES (?2, ?3, ?4, ?5, ?6)",
+    " VALUES (?2, NULL, ?3, ?4, ?5)",
     SAMPLES: "INSERT OR REPLACE INTO samples (batch, start, step, peaks) VALUES (?2, ?3, ?4, ?5)",
 }
 
@@ -88,6 +94,8 @@ def _json(value: Any, node: str, what: str) -> str:
 def _succeeded(e: NodeSucceeded) -> tuple[Any, ...] | None:
     if e.reused:  # replayed from this very store on --resume: already durable
         return None
+    if e.batch is None and e.index is None and e.action is None and not e.context_updates:
+        return (_NODE_OK, e.node, e.attempt, e.duration_ms, e.output_json, e.ts)
     updates = _json(dict(e.context_updates), e.node, "ctx.set()") if e.context_updates else None
     return (_NODE, e.node, e.batch, e.index, "succeeded", e.attempt, e.duration_ms, e.action,
             e.output_json, None, None, None, updates, e.ts)  # fmt: skip
@@ -139,6 +147,13 @@ def chunk_record(batch: str, group: list[NodeSucceeded | ItemsSucceeded]) -> tup
         n = len(first.indices)
         return (_CHUNK, batch, n, _ints(first.indices), None, durations, None,
                 first.outputs_json, first.ts)  # fmt: skip
+    if len(group) == 1:  # one item (a loop's iteration, handed over before the run waits)
+        assert isinstance(first, NodeSucceeded)
+        attempt = None if first.attempt == 1 else f"[{first.attempt}]"
+        action = None if first.action is None else json.dumps([first.action])
+        micros = f"[{round(first.duration_ms * 1000)}]"
+        return (_CHUNK, batch, 1, f"[{first.index}]", attempt, micros, action,
+                f"[{first.output_json}]", first.ts)  # fmt: skip
     indices: list[int] = []
     attempts: list[int] = []
     times: list[float] = []

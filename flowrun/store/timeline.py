@@ -105,7 +105,7 @@ class Timeline:
             return []
         if cls is BatchFinished:
             assert isinstance(event, BatchFinished)
-            out = [self._span(event.node, None, event.ts, event.status)]
+            out = [self._span(event.node, event.ts, event.status)]
             conc = self.batches.pop(event.node, None)
             if conc is not None:
                 conc.change(event.ts, 0)
@@ -122,18 +122,16 @@ class Timeline:
             if isinstance(event, NodeSucceeded) and event.reused:
                 return []
             status = "succeeded" if isinstance(event, NodeSucceeded) else "failed"
-            return [self._span(event.node, None, event.ts, status, event.duration_ms)]
+            return [self._span(event.node, event.ts, status, event.duration_ms)]
         return []
 
-    def _span(
-        self, node: str, batch: str | None, ts: float, status: str, ms: float = 0.0
-    ) -> tuple[Any, ...]:
+    def _span(self, node: str, ts: float, status: str, ms: float = 0.0) -> tuple[Any, ...]:
         start = self.starts.pop(node, ts - ms / 1000)
-        return (SPAN, node, batch, start, ts, status)
+        return (SPAN, node, start, ts, status)
 
     def unfinished(self, now: float) -> list[tuple[Any, ...]]:
         """Spans and samples of what had not settled when the store closed."""
-        out = [(SPAN, node, None, start, None, "pending") for node, start in self.starts.items()]
+        out = [(SPAN, node, start, None, "pending") for node, start in self.starts.items()]
         out += [conc.record(batch) for batch, conc in self.batches.items()]
         self.starts.clear()
         self.batches.clear()

@@ -71,6 +71,7 @@ from flowrun.store.db import (
 from flowrun.store.records import (
     ENCODERS,
     FLUSH,
+    SPAN,
     SQL,
     STOP,
     RunMeta,
@@ -192,7 +193,12 @@ class _Writer:
     def _commit(self, records: list[tuple[Any, ...]]) -> None:
         try:
             self._conn.execute("BEGIN")
-            # Runs of consecutive same-kind records keep the recorded order inside one transaction.
+            # Runs of consecutive same-kind records keep the recorded order inside one
+            # transaction. Spans, whose table is theirs alone, go last: a task node's record
+            # and its span would otherwise alternate, one `executemany` each.
+            spans = [r for r in records if r[0] == SPAN]
+            if spans:
+                records = [r for r in records if r[0] != SPAN] + spans
             for kind, group in groupby(records, itemgetter(0)):
                 if kind in SQL:
                     self._conn.executemany(SQL[kind], group)
@@ -261,6 +267,7 @@ class RunStore:
             _RECORDED, self.__call__
         )
         self.handlers[ItemsStarted] = self._items_started
+        self.handlers[NodeStarted] = self._started
         self.handlers[ItemsSucceeded] = self._items_succeeded
         self._timeline = Timeline()
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, lock_fd, self._groups)
@@ -376,6 +383,9 @@ class RunStore:
                 self.idle()
             for rec in records:
                 self._hand(rec, 1)
+
+    def _started(self, event: NodeStarted) -> None:
+        self._timeline.started(event.node, event.batch, event.ts)
 
     def _items_started(self, event: ItemsStarted) -> None:
         self._timeline.started_items(event.batch, event.ts, len(event.indices))

@@ -311,16 +311,18 @@ class Verbs:
 
     def start_ready(self) -> None:
         """Start every graph node the scheduler has ready, and announce what it skipped."""
+        sched = self.sched
         while True:
-            ready = self.sched.ready()
+            ready = sched.ready()
             for name in ready:
                 node = self.graph.nodes[name]
                 self.kinds[node.node_kind].start(node)
-            for name in self.sched.drain_skipped():
-                owner = self.graph.nodes[name].owner
-                if self.entries[owner] == name:  # one event per blueprint node, at its entry
-                    self.emit(ev.NodeSkipped(time.time(), owner))
-            if not ready:
+            if sched.skipped:
+                for name in sched.drain_skipped():
+                    owner = self.graph.nodes[name].owner
+                    if self.entries[owner] == name:  # one event per blueprint node, at its entry
+                        self.emit(ev.NodeSkipped(time.time(), owner))
+            if not ready or not sched.has_ready():  # (what `ready()` would hand out next)
                 return
 
     def taken_or_fail(

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar, cast
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome
+from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome, json_text
 from flowrun.engine.itemsources import ItemSource, Malformed, input_problem, open_source
 from flowrun.engine.itemsources import output_problem as output_file_problem
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
@@ -167,6 +167,12 @@ class Batch(NodeKind):
         self.again: dict[str, dict[int, int]] = {}
         #: batches of slow items: their workers take the next items themselves
         self.lanes = Lanes(rt, self)
+        #: batch -> its open child runs that something happened in since they were last
+        #: pumped (`ChildRun.woken`), when only those need pumping (`_pumps_all`)
+        self.woken: dict[str, dict[int, ChildRun]] = {}
+        #: child runs that succeeded at their first attempt, not yet announced (`_flush_ok`):
+        #: (batch, index, ms, output, its JSON text)
+        self._ok: list[tuple[str, int, float, Any, str]] = []
 
     def start(self, node: GraphNode) -> None:
         if node.kind is Kind.SCATTER:
@@ -315,6 +321,8 @@ class Batch(NodeKind):
         rt = self.rt
         if self.lanes.feeds:
             self.lanes.sweep()
+        if not rt.sched.batches:
+            return  # no batch has started: nothing to hand out or pump
         for batch in rt.sched.open_batches():
             node = rt.graph.nodes[batch]
             spec = node.batch_spec
@@ -455,23 +463,37 @@ class Batch(NodeKind):
             rt.fail_inline(batch, "InputError", f"batch '{batch}': {exc}", batch)
             return
         items, source = self.items.get(batch), self.sources.get(batch)
+        declared, timeout = graph.blueprint.context, node.spec.config.timeout
+        flush, woken = self._flush_ok, None
         while len(kids) < cap:
-            idx = rt.sched.take_items(batch, 1)
+            idx = rt.sched.take_items(batch, cap - len(kids))
             if not idx:
                 break
-            i = idx[0]
             if items is not None:
-                item = items[i]
+                values_at = [items[i] for i in idx]
             else:  # streamed (`itemsFrom`): an unreadable item fails at once
                 assert source is not None
-                item = self._read(batch, source, idx)[0]
+                values_at = self._read(batch, source, idx)
+            opened: list[int] = []
+            for i, item in zip(idx, values_at, strict=True):
                 if item is _SETTLED:
                     continue
-            context = {**graph.blueprint.context, "input": item, **values}
-            kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
-            if node.spec.config.timeout is not None:
-                kid.limit(node.spec.config.timeout)
-            rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), 1, batch, i))
+                context = {**declared, "input": item, **values}
+                kids[i] = kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+                kid.before_emit = flush  # (what `_watch` does, for each child opened here)
+                if woken is None and not self._pumps_all(batch, kid):
+                    woken = self.woken.setdefault(batch, {})
+                if woken is not None:
+                    kid.woken, kid.key = woken, i
+                    woken[i] = kid
+                if timeout is not None:
+                    kid.limit(timeout)
+                opened.append(i)
+            if opened:  # one event for the children opened together, as for a chunk of items
+                seq: list[int] | range = opened
+                if opened[-1] - opened[0] == len(opened) - 1:
+                    seq = range(opened[0], opened[-1] + 1)
+                rt.emit(ev.ItemsStarted(time.time(), batch, seq))
 
     def _fill_children(self) -> int:
         """Open child runs where there is room, pump every open one; how many ended."""
@@ -483,21 +505,45 @@ class Batch(NodeKind):
                 self._open_children(rt.graph.nodes[batch], cap)
         return self._pump_children() if self.kids else 0
 
+    def _watch(self, batch: str, i: int, kid: ChildRun) -> None:
+        """Hook a new child run of item `i` up to the batch: the children that ended before it
+        are announced before its first event, and it is pumped when something happens in it
+        (and now, to start it)."""
+        kid.before_emit = self._flush_ok
+        if not self._pumps_all(batch, kid):
+            kid.woken, kid.key = self.woken.setdefault(batch, {}), i
+            kid.woken[i] = kid
+
+    def _pumps_all(self, batch: str, kid: ChildRun) -> bool:
+        """Must every open child run of `batch` be pumped each time? Yes when something in
+        them hands out work of its own (a nested batch, subflow or loop) or they have a time
+        limit (each pump checks it): else only those that something happened in."""
+        return bool(kid._filling) or self.rt.graph.nodes[batch].spec.config.timeout is not None
+
     def _pump_children(self) -> int:
         ended = 0
         for batch, kids in list(self.kids.items()):
             sub = self.rt.graph.nodes[batch].batch_spec.subflow
             assert sub is not None
-            for i, kid in list(kids.items()):
+            woken = self.woken.get(batch)
+            if woken is None:
+                todo = list(kids.items())
+            else:
+                todo = [(i, kids[i]) for i in sorted(woken) if i in kids]
+                woken.clear()
+            for i, kid in todo:
                 looked = kid.pump()  # False: nothing changed in it, so it has not ended
                 if kid.deadline is not None and kid.expired():
                     del kids[i]
                     ended += 1
+                    self._flush_ok()
                     self._child_failed(batch, i, kid, timed_out)
                 elif looked and kid.done():
                     del kids[i]
                     ended += 1
                     self._child_done(batch, i, kid, kid.output(sub) if not kid.failed else None)
+                    kid.close()
+            self._flush_ok()
         return ended
 
     def _child_failed(
@@ -520,6 +566,7 @@ class Batch(NodeKind):
         values = {k: rt.router.read(v) for k, v in sub.inputs.items()}  # read once already
         context = child_context(graph, item, values)
         kid = ChildRun(rt, item_id(batch, i), graph, context, fails_run=False)
+        self._watch(batch, i, kid)
         if node.spec.config.timeout is not None:
             kid.limit(node.spec.config.timeout)
         self.kids.setdefault(batch, {})[i] = kid
@@ -527,17 +574,48 @@ class Batch(NodeKind):
         rt.emit(ev.NodeStarted(time.time(), item_id(batch, i), attempt, batch, i))
 
     def _child_done(self, batch: str, i: int, kid: ChildRun, output: Any) -> None:
-        rt, name = self.rt, item_id(batch, i)
+        rt = self.rt
         ms = (time.monotonic() - kid.t0) * 1000
         if kid.failed:
             sub = rt.graph.nodes[batch].batch_spec.subflow
             assert sub is not None
+            self._flush_ok()
             self._child_failed(batch, i, kid, lambda w, _n, k: child_failed(w, k, sub))
             return
         attempt = self.again[batch].pop(i, 1) if batch in self.again else 1
-        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+        text = json_text(output)
+        if attempt == 1:  # announced and settled with the others that ended with it
+            self._ok.append((batch, i, ms, output, text))
+            return
+        self._flush_ok()
+        name = item_id(batch, i)
         rt.emit(ev.NodeSucceeded(time.time(), name, attempt, ms, batch, i, None, output, text))
         self._settle_item(batch, i, True, text, output)  # (and into `outputTo`, if any)
+
+    def _flush_ok(self) -> None:
+        """Announce the child runs that succeeded at their first attempt since the last
+        flush, one `ItemsSucceeded` per run of them of one batch (as a chunk of items is), and
+        settle them. Called before any other event is emitted (`ChildRun.before_emit`), so
+        events keep their order."""
+        ok = self._ok
+        if not ok:
+            return
+        self._ok = []
+        start = 0
+        while start < len(ok):
+            batch = ok[start][0]
+            end = start + 1
+            while end < len(ok) and ok[end][0] == batch:
+                end += 1
+            run = ok[start:end]
+            indices = [i for _, i, _, _, _ in run]
+            outputs = [out for _, _, _, out, _ in run]
+            text = "[" + ",".join([t for _, _, _, _, t in run]) + "]"
+            durations = [ms for _, _, ms, _, _ in run]
+            self.rt.emit(ev.ItemsSucceeded(time.time(), batch, indices, durations, outputs, text))
+            for _, i, _, output, t in run:
+                self._settle_item(batch, i, True, t, output)  # (and into `outputTo`, if any)
+            start = end
 
     def _read(self, batch: str, source: ItemSource, idx: list[int]) -> list[Any]:
         """The items at `idx`; an unreadable one fails at once (`_settle_malformed`)."""

@@ -17,13 +17,12 @@ unfinished iteration; `config` (retries, timeout as a whole) applies to each chi
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.invoke import Call, Outcome, json_text
 from flowrun.engine.kinds.base import NodeKind, Runtime, Work
 from flowrun.engine.kinds.subflow import (
     ChildRun,
@@ -166,7 +165,8 @@ class Loop(NodeKind):
         for loop, (child, work) in list(self.children.items()):
             child.pump()
             node = self.rt.graph.nodes[loop]
-            if child.deadline is not None and child.expired():
+            expired = child.deadline is not None and child.expired()
+            if expired:
                 out = timed_out(work, node, child)
             elif child.done():
                 sub = self._spec(node).subflow
@@ -176,7 +176,7 @@ class Loop(NodeKind):
                 else:
                     output = child.output(sub)
                     ms = (time.monotonic() - child.t0) * 1000
-                    text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+                    text = json_text(output)
                     out = Outcome(work.call.node, True, time.time(), ms, output, text)
             else:
                 continue
@@ -186,6 +186,8 @@ class Loop(NodeKind):
                 self.succeeded(work, out)
             else:
                 retry_child(self, work, out, functools.partial(self._open, work))
+            if not expired:  # (a timed-out run's calls may still come back to its kinds)
+                child.close()
         return ended
 
     def _next(self, node: GraphNode, k: int, output: Any, action: str | None) -> None:

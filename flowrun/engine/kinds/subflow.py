@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from flowrun import events as ev
-from flowrun.engine.invoke import AttemptTimeout, Call, Outcome, retryable
+from flowrun.engine.invoke import AttemptTimeout, Call, Outcome, json_text, retryable
 from flowrun.engine.kinds.base import NodeKind, Runtime, Stored, Verbs, Work, group
 from flowrun.engine.kinds.task import Task, reused
 from flowrun.engine.routing import InputError, Router, resolve_source
@@ -92,6 +91,8 @@ class Subflow(NodeKind):
         self.children[node.id] = child
 
     def fill(self) -> None:
+        if not self.children:
+            return
         for name, child in list(self.children.items()):
             child.pump()
             if child.deadline is not None and child.expired():
@@ -102,6 +103,7 @@ class Subflow(NodeKind):
             elif child.done():
                 del self.children[name]
                 self._settle(self.rt.graph.nodes[name], child)
+                child.close()
 
     def _again(self, context: dict[str, Any], node: GraphNode, attempt: int) -> None:
         self._launch(node, context, attempt)
@@ -120,7 +122,7 @@ class Subflow(NodeKind):
         taken = rt.taken_or_fail(node.id, output, None, attempt)
         if taken is None:
             return
-        text = json.dumps(output, allow_nan=False, separators=(",", ":"))
+        text = json_text(output)
         rt.emit(ev.NodeSucceeded(time.time(), node.id, attempt, ms, None, None, None, output, text))
         rt.sched.finish(node.id, Status.SUCCEEDED, taken)
 
@@ -148,6 +150,13 @@ class ChildRun(Verbs):
     #: (`time.monotonic()`), else None
     deadline: float | None = None
     _held: list[Work] | None = None  # calls waiting for room, while a deadline is set
+    #: called before the child run forwards an event (a batch announces the children that
+    #: ended before it first: events keep their order)
+    before_emit: Callable[[], None] | None = None
+    #: where the child run puts itself (under `key`) when something happens in it (an
+    #: event): a batch then pumps only those of its children (`Batch._pump_children`)
+    woken: dict[int, ChildRun] | None = None
+    key: int = 0
 
     def __init__(
         self,
@@ -171,7 +180,7 @@ class ChildRun(Verbs):
         shape = _SHAPES.get(id(graph))
         if shape is None or shape[0] is not graph:
             shape = _SHAPES[id(graph)] = _shape(graph)
-        self.entries, self._filling = shape[1], shape[2]
+        self.entries, self._filling, self.finals = shape[1], shape[2], shape[4]
         self.failed, self.first_error, self.fails_run = False, "", fails_run
         self.start_context: dict[str, Any] = context
         self.t0 = time.monotonic()
@@ -206,7 +215,11 @@ class ChildRun(Verbs):
         """Forward `event` to the parent with the child's ids as `parent/child`."""
         if self.deadline is not None and self.expired():
             return  # timed out: what its cancelled calls report is not recorded
+        if self.before_emit is not None:
+            self.before_emit()
         self.touched = True
+        if self.woken is not None:
+            self.woken[self.key] = self
         p = self.prefix
         if isinstance(event, ev.NodeFailed) and event.final and not self.first_error:
             name = event.node if event.node.startswith(p) else p + event.node
@@ -297,6 +310,12 @@ class ChildRun(Verbs):
 
     def done(self) -> bool:
         return not self.sched.is_active() and not self.parent.stopping
+
+    def close(self) -> None:
+        """The child run has ended (`done()`: nothing of it is in flight) and was settled: drop
+        its kinds, whose `rt` is this run, so that refcounting frees it at once instead of the
+        garbage collector's passes (a batch over a subflow ends thousands)."""
+        self._kinds = {}
 
     def output(self, sub: SubflowSpec) -> Any:
         return _output(sub, self)
@@ -398,7 +417,10 @@ def retry_child(
 #: id(child graph) -> (the graph, its entries, the kinds in it that fill, the kinds it uses):
 #: computed once per child blueprint, not once per child run (a batch over a subflow starts
 #: thousands)
-_Shape = tuple[Graph, dict[str, str], tuple[str, ...], tuple[tuple[str, type[NodeKind]], ...]]
+#: and its final nodes (what a child run outputs when its `outputs` says nothing)
+_Shape = tuple[
+    Graph, dict[str, str], tuple[str, ...], tuple[tuple[str, type[NodeKind]], ...], list[str]
+]
 _SHAPES: dict[int, _Shape] = {}
 
 
@@ -408,7 +430,8 @@ def _shape(graph: Graph) -> _Shape:
     kinds = {graph.nodes[s.id].node_kind for s in graph.blueprint.nodes}
     filling = tuple(k for k in kinds if BY_NAME[k].fills)
     used = {n.node_kind for n in graph.nodes.values()}  # fallbacks included
-    return graph, entries_of(graph), filling, tuple((k, BY_NAME[k]) for k in used)
+    finals = [s.id for s in graph.blueprint.nodes if graph.is_final(s.id)]
+    return graph, entries_of(graph), filling, tuple((k, BY_NAME[k]) for k in used), finals
 
 
 _IDS = ("node", "batch", "fallback", "fallback_for")  # the fields of an event that name nodes
@@ -425,6 +448,12 @@ def _renamed(event: ev.Event, prefix: str) -> ev.Event:
         names = tuple(f.name for f in dataclasses.fields(event) if f.init)
         shape = _RENAMES[cls] = (names, tuple(i for i, n in enumerate(names) if n in _IDS))
     names, ids = shape
+    for i in ids:  # most events a child run forwards name their node in full already
+        value = getattr(event, names[i])
+        if isinstance(value, str) and not value.startswith(prefix):
+            break
+    else:
+        return event
     values = [getattr(event, n) for n in names]
     for i in ids:
         value = values[i]
@@ -449,12 +478,13 @@ def _strip(stored: Stored, prefix: str) -> Stored:
 
 def _output(sub: SubflowSpec, child: ChildRun) -> Any:
     """SPEC §6: a mapping of `outputs`, the one source `outputs` names, or the final node(s)."""
-    if isinstance(sub.outputs, Mapping):
-        return {name: _read(child, src) for name, src in sub.outputs.items()}
-    if isinstance(sub.outputs, str):
-        return _read(child, sub.outputs)
+    outputs = sub.outputs
+    if isinstance(outputs, str):
+        return _read(child, outputs)
+    if outputs is not None and isinstance(outputs, Mapping):  # (None: no ABC check per child)
+        return {name: _read(child, src) for name, src in outputs.items()}
     graph = child.graph
-    finals = [s.id for s in graph.blueprint.nodes if graph.is_final(s.id)]
+    finals = child.finals
     if len(finals) == 1:
         return _read(child, graph.output_keys[finals[0]])
     return {f: _read(child, graph.output_keys[f]) for f in finals}
