@@ -1,0 +1,139 @@
+"""`flowrun.frozen.Frozen` behaves as the methods `@dataclass(frozen=True)` writes itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from flowrun import events, model
+from flowrun.frozen import Frozen
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    a: Any
+    b: Any = 1
+    hidden: Any = field(default=0, repr=False)
+    loose: Any = field(default=0, compare=False)
+    unhashed: Any = field(default=0, hash=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Written(Frozen):
+    a: Any
+    b: Any = 1
+    hidden: Any = field(default=0, repr=False)
+    loose: Any = field(default=0, compare=False)
+    unhashed: Any = field(default=0, hash=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Empty(Frozen):
+    pass
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class One(Frozen):
+    x: Any
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class WrittenChild(Written):
+    pass
+
+
+NAN = math.nan
+CASES: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((1,), {}),
+    ((1, 2), {}),
+    ((1, 2), {"hidden": 5}),
+    ((1, 2), {"loose": 5}),
+    ((1, 2), {"unhashed": 5}),
+    (([1],), {}),
+    ((NAN,), {}),
+    (("x", None), {"hidden": "h", "loose": [], "unhashed": ()}),
+]
+
+
+def _same_renamed(text: str) -> str:
+    return text.replace("Generated(", "Written(")
+
+
+@pytest.mark.parametrize("left", CASES)
+@pytest.mark.parametrize("right", CASES)
+def test_equality_and_hash_as_generated(left: Any, right: Any) -> None:
+    gl, gr = Generated(*left[0], **left[1]), Generated(*right[0], **right[1])
+    wl, wr = Written(*left[0], **left[1]), Written(*right[0], **right[1])
+    assert (wl == wr) is (gl == gr)
+    assert (wl != wr) is (gl != gr)
+    try:
+        expected: object = hash(gl)
+    except TypeError as exc:
+        expected = type(exc)
+    try:
+        got: object = hash(wl)
+    except TypeError as exc:
+        got = type(exc)
+    assert got == expected
+    assert repr(wl) == _same_renamed(repr(gl))
+
+
+def test_the_very_same_class_only() -> None:
+    assert Written(1) != WrittenChild(1)
+    assert Written(1).__eq__(WrittenChild(1)) is NotImplemented
+    assert Written(1).__eq__((1, 1, 0)) is NotImplemented
+    assert Written(1) != Generated(1)
+    assert WrittenChild(1) == WrittenChild(1)
+    assert repr(WrittenChild(2)) == "WrittenChild(a=2, b=1, loose=0, unhashed=0)"
+
+
+def test_no_fields_and_one_field() -> None:
+    assert Empty() == Empty()
+    assert hash(Empty()) == hash(())
+    assert repr(Empty()) == "Empty()"
+    assert One(NAN) == One(NAN)  # the same object: tuples compare by identity first
+    assert One(float("nan")) != One(float("nan"))
+    assert hash(One(3)) == hash((3,))
+    assert {One(1), One(1), One(2)} == {One(1), One(2)}
+
+
+def test_a_value_that_holds_itself() -> None:
+    loop: list[Any] = []
+    w, g = Written(loop), Generated(loop)
+    loop.append(w)
+    assert repr(w) == "Written(a=[...], b=1, loose=0, unhashed=0)"
+    loop[0] = g
+    assert repr(g) == "Generated(a=[...], b=1, loose=0, unhashed=0)"
+
+
+def test_still_frozen_and_slotted() -> None:
+    w = Written(1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        w.a = 2  # type: ignore[misc]
+    assert not hasattr(w, "__dict__")
+    assert dataclasses.replace(w, a=3) == Written(3)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        c
+        for mod in (events, model)
+        for _, c in inspect.getmembers(mod, inspect.isclass)
+        if c.__module__ == mod.__name__ and dataclasses.is_dataclass(c)
+    ],
+)
+def test_events_and_model_use_it(cls: type) -> None:
+    """Every frozen dataclass of the events and the model takes the three methods from
+    `Frozen` (none of them generated), and stays frozen and slotted."""
+    assert issubclass(cls, Frozen)
+    for name in ("__eq__", "__hash__", "__repr__"):
+        assert getattr(cls, name) is getattr(Frozen, name), name
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    assert params.frozen
+    assert "__slots__" in cls.__dict__
