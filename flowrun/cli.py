@@ -7,6 +7,7 @@ twice, on every start-up; the names only `TYPE_CHECKING` imports are quoted inst
 
 import contextlib
 import functools
+import gc
 import json
 import os
 import signal
@@ -194,6 +195,7 @@ def validate(
     from flowrun.display.streams import reserve_stdout
 
     # Importing node modules may print: stdout carries the report alone.
+    _work_starts()
     with reserve_stdout(True):
         allow = allow_module or ()
         per_file = [(f, api.validate_file(f, imports=not no_import, allow=allow)) for f in files]
@@ -442,6 +444,7 @@ def _run(
             if options.dry_run:
                 raise _Planned(r.plan())
             with _signals(r, reporter), reporter:
+                _work_starts()
                 return r, r.start()
     except FlowrunError as exc:
         _fail(exc, debug)
@@ -555,6 +558,14 @@ def _signals(r: "Run", reporter: "Reporter") -> Iterator[None]:
 #: set by `main()`: the console script may end without the interpreter's teardown; tests
 #: that call `app` in-process never do
 _fast_exit = False
+
+
+def _work_starts() -> None:
+    """The console script starts with the cyclic garbage collector off (`entry.main`): the
+    start-up, imports, the blueprint, the store, makes many objects and hardly any cycles, and
+    the collector walked them over and over as they were made. The work runs with it on."""
+    if _fast_exit:  # the console script; in-process callers keep their collector as it is
+        gc.enable()
 
 
 def _exit(code: int, *, teardown: bool = False) -> NoReturn:
