@@ -26,6 +26,7 @@ from flowrun.engine import capture
 from flowrun.engine.expand import expand
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
+from flowrun.frozen import Frozen
 from flowrun.model import Blueprint, Graph, is_item_id
 from flowrun.node import SharedContext
 from flowrun.report import NodeReport, RunReport
@@ -162,8 +163,8 @@ def validate(
     return [p for path in paths for p in validate_file(path, imports=imports, allow=allow)]
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Prepared(Frozen):
     graph: Graph
     targets: Mapping[str, Target]
     dirs: tuple[str, ...]

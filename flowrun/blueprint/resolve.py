@@ -23,11 +23,12 @@ from typing import Any
 
 from flowrun.errors import BlueprintError, Problem, closest
 from flowrun.errors import did_you_mean as suggest
+from flowrun.frozen import Frozen
 from flowrun.model import Blueprint
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Target(Frozen):
     """A resolved `uses`: the callable and how to call it."""
 
     uses: str
