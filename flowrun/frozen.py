@@ -1,4 +1,5 @@
-"""`Frozen`: `__eq__`, `__hash__` and `__repr__` for frozen dataclasses, written once. Stdlib only.
+"""`Frozen`: `__eq__`, `__hash__` and `__repr__` for frozen dataclasses, written once; `Mutable`:
+`__eq__` and `__repr__` for the others. Stdlib only.
 
 `@dataclass(frozen=True, slots=True)` writes six methods per class as source text and compiles
 each (`exec`): about half a millisecond a class on Python 3.11, and the events and the model
@@ -7,7 +8,9 @@ are 26 classes that every command imports. A class declared
 that need no per-class code from here instead, and they behave as the generated ones do:
 equal when of the very same class with equal field tuples (`NotImplemented` otherwise), the
 hash of that tuple, and `Name(field=value!r, ...)` with `...` for a value that contains itself;
-each honours `field(compare=..., hash=..., repr=...)`.
+each honours `field(compare=..., hash=..., repr=...)`. A mutable dataclass declared with
+``eq=False, repr=False`` on top of `Mutable` gets the same `__eq__` and `__repr__`, and no hash,
+as `@dataclass` leaves a mutable class with `eq=True`.
 """
 
 from __future__ import annotations
@@ -61,3 +64,10 @@ class Frozen:
     def __repr__(self) -> str:
         shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in _of(self.__class__)[2])
         return f"{self.__class__.__qualname__}({shown})"
+
+
+class Mutable(Frozen):
+    """The base of a mutable dataclass declared with ``eq=False, repr=False``: unhashable."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]

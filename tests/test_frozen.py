@@ -1,4 +1,4 @@
-"""`flowrun.frozen.Frozen` behaves as the methods `@dataclass(frozen=True)` writes itself."""
+"""`flowrun.frozen.Frozen` and `Mutable` behave as the methods `@dataclass` writes itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, Mutable
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +160,75 @@ def test_the_frozen_classes_use_it(cls: type) -> None:
         if name == "__repr__" and "__repr__" in cls.__dict__:
             continue  # a repr of the class's own
         assert getattr(cls, name) is getattr(Frozen, name), name
+
+
+@dataclass(slots=True)
+class GeneratedMutable:
+    a: Any
+    b: Any = 1
+    loose: Any = field(default=0, compare=False)
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class WrittenMutable(Mutable):
+    a: Any
+    b: Any = 1
+    loose: Any = field(default=0, compare=False)
+
+
+@dataclass(eq=False, repr=False)
+class WrittenMutableDict(Mutable):
+    a: Any
+
+
+def test_mutable_as_generated() -> None:
+    for left, right in [((1,), (1,)), ((1, 2), (1, 3)), ((1, 2, 3), (1, 2, 4)), (([],), ([],))]:
+        g = GeneratedMutable(*left) == GeneratedMutable(*right)
+        assert (WrittenMutable(*left) == WrittenMutable(*right)) is g
+        assert repr(WrittenMutable(*left)) == repr(GeneratedMutable(*left)).replace(
+            "GeneratedMutable(", "WrittenMutable("
+        )
+    assert GeneratedMutable.__hash__ is None and WrittenMutable.__hash__ is None
+    with pytest.raises(TypeError):
+        hash(WrittenMutable(1))
+    w = WrittenMutable(1)
+    w.a = 2
+    assert w == WrittenMutable(2)
+    assert not hasattr(w, "__dict__")
+    assert WrittenMutableDict(1) == WrittenMutableDict(1)
+    assert WrittenMutableDict(1).__dict__ == {"a": 1}
+    assert WrittenMutable(1) != WrittenMutableDict(1)
+
+
+#: modules whose mutable dataclasses all take `__eq__` and `__repr__` from `Mutable`
+MUTABLE_MODULES = (
+    "flowrun.api",
+    "flowrun.display.plain",
+    "flowrun.display.record",
+    "flowrun.engine.pools",
+    "flowrun.report",
+)
+
+
+def _mutable_classes() -> list[type]:
+    found = []
+    for name in MUTABLE_MODULES:
+        mod = importlib.import_module(name)
+        for _, c in inspect.getmembers(mod, inspect.isclass):
+            dc = c.__module__ == name and dataclasses.is_dataclass(c)
+            if dc and not c.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+                found.append(c)
+    return found
+
+
+def test_the_mutable_classes_are_found() -> None:
+    names = {c.__name__ for c in _mutable_classes()}
+    assert {"RunOptions", "RunReport", "NodeRecord", "Bucket"} <= names
+
+
+@pytest.mark.parametrize("cls", _mutable_classes())
+def test_the_mutable_classes_use_it(cls: type) -> None:
+    assert issubclass(cls, Mutable)
+    for name in ("__eq__", "__repr__"):
+        assert getattr(cls, name) is getattr(Frozen, name), name
+    assert cls.__hash__ is None  # type: ignore[comparison-overlap]
