@@ -563,8 +563,11 @@ _fast_exit = False
 def _work_starts() -> None:
     """The console script starts with the cyclic garbage collector off (`entry.main`): the
     start-up, imports, the blueprint, the store, makes many objects and hardly any cycles, and
-    the collector walked them over and over as they were made. The work runs with it on."""
+    the collector walked them over and over as they were made. The work runs with it on, and
+    with what the start-up made (modules, classes, the graph: alive to the end) frozen out of
+    its walks."""
     if _fast_exit:  # the console script; in-process callers keep their collector as it is
+        gc.freeze()
         gc.enable()
 
 
