@@ -205,7 +205,9 @@ MUTABLE_MODULES = (
     "flowrun.api",
     "flowrun.display.plain",
     "flowrun.display.record",
+    "flowrun.engine.kinds.base",
     "flowrun.engine.pools",
+    "flowrun.engine.scheduler",
     "flowrun.report",
 )
 
@@ -223,7 +225,7 @@ def _mutable_classes() -> list[type]:
 
 def test_the_mutable_classes_are_found() -> None:
     names = {c.__name__ for c in _mutable_classes()}
-    assert {"RunOptions", "RunReport", "NodeRecord", "Bucket"} <= names
+    assert {"RunOptions", "RunReport", "NodeRecord", "Bucket", "Work", "BatchState"} <= names
 
 
 @pytest.mark.parametrize("cls", _mutable_classes())
