@@ -27,6 +27,7 @@ from flowrun.engine import capture
 from flowrun.engine.expand import expand
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
+from flowrun.frozen import Frozen, Mutable
 from flowrun.model import Blueprint, Graph, is_item_id
 from flowrun.node import SharedContext
 from flowrun.report import NodeReport, RunReport
@@ -51,8 +52,8 @@ def validate_file(
     return _check(path, imports=imports, allow=allow).problems
 
 
-@dataclass(slots=True)
-class _Checked:
+@dataclass(slots=True, eq=False, repr=False)
+class _Checked(Mutable):
     problems: list[Problem]
     doc: loader.Document | None = None
     graph: Graph | None = None
@@ -163,8 +164,8 @@ def validate(
     return [p for path in paths for p in validate_file(path, imports=imports, allow=allow)]
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Prepared(Frozen):
     graph: Graph
     targets: Mapping[str, Target]
     dirs: tuple[str, ...]
@@ -235,8 +236,8 @@ def initial_context(
     return ctx
 
 
-@dataclass
-class RunOptions:
+@dataclass(eq=False, repr=False)
+class RunOptions(Mutable):
     concurrency: int = 8
     sets: Sequence[str] = ()
     context_file: str | None = None

@@ -1,10 +1,13 @@
 """The `flowrun` command: parse, call `api`, print, map `FlowrunError` to an exit code in one
-place. Heavy modules are imported inside the commands so `flowrun --version` stays fast."""
+place. Heavy modules are imported inside the commands so `flowrun --version` stays fast.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Typer reads each command's parameters from its
+annotations, and string annotations cost it an `eval` (a parse and a compile) per parameter,
+twice, on every start-up; the names only `TYPE_CHECKING` imports are quoted instead."""
 
 import contextlib
 import functools
+import gc
 import json
 import os
 import signal
@@ -192,6 +195,7 @@ def validate(
     from flowrun.display.streams import reserve_stdout
 
     # Importing node modules may print: stdout carries the report alone.
+    _work_starts()
     with reserve_stdout(True):
         allow = allow_module or ()
         per_file = [(f, api.validate_file(f, imports=not no_import, allow=allow)) for f in files]
@@ -377,7 +381,7 @@ def run(
     _exit(report.exit_code, teardown=executor is not ExecutorKind.thread)
 
 
-def _display(*, quiet: bool, no_progress: bool) -> tuple[Mode, Reporter]:
+def _display(*, quiet: bool, no_progress: bool) -> "tuple[Mode, Reporter]":
     """The progress mode and its sink. rich is imported only when it may draw a live display
     (stderr is a terminal, or the environment makes rich call it one)."""
     from flowrun.display import plain
@@ -421,12 +425,12 @@ class _Planned(Exception):
 
 def _run(
     file: Path,
-    reporter: Reporter,
+    reporter: "Reporter",
     events: Path | None,
     debug: bool,
-    failures: Sink | None,
-    options: RunOptions,
-) -> tuple[Run, RunReport]:
+    failures: "Sink | None",
+    options: "RunOptions",
+) -> "tuple[Run, RunReport]":
     """Prepare and drive the run with the display, the CI record and the --events file
     attached; a dry run prints its plan and exits 0."""
     from flowrun import api
@@ -440,6 +444,7 @@ def _run(
             if options.dry_run:
                 raise _Planned(r.plan())
             with _signals(r, reporter), reporter:
+                _work_starts()
                 return r, r.start()
     except FlowrunError as exc:
         _fail(exc, debug)
@@ -487,7 +492,7 @@ def _ci_outputs(r: object, report: object, failures: object, junit: Path | None)
             print(f"flowrun: cannot write --junit {junit}: {exc.strerror}", file=sys.stderr)
 
 
-def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
+def _print_unannounced(errors: list[dict[str, str]], record: "RunRecord") -> None:
     """A failed run always says why on stderr: errors that no failure event announced to the
     display (so it printed nothing for them) get one line each."""
     seen = {rec.node for rec in record.failures} | set(record.failed_items)
@@ -498,7 +503,7 @@ def _print_unannounced(errors: list[dict[str, str]], record: RunRecord) -> None:
             print(f"flowrun: {e['node']} failed: {e['type']}: {e['message']}", file=sys.stderr)
 
 
-def _print_results(r: Run, report: RunReport) -> None:
+def _print_results(r: "Run", report: "RunReport") -> None:
     """Without --json: the outputs of the final nodes (those no edge leaves), one per line."""
     graph, context = r.prepared.graph, report.context
     for spec in graph.blueprint.nodes:
@@ -522,7 +527,7 @@ def _printable(text: str) -> str:
 
 
 @contextlib.contextmanager
-def _signals(r: Run, reporter: Reporter) -> Iterator[None]:
+def _signals(r: "Run", reporter: "Reporter") -> Iterator[None]:
     """First Ctrl-C (or SIGTERM): stop starting work, let running nodes finish, save, exit 130.
     Second: exit 130 at once (the terminal is restored first)."""
 
@@ -553,6 +558,17 @@ def _signals(r: Run, reporter: Reporter) -> Iterator[None]:
 #: set by `main()`: the console script may end without the interpreter's teardown; tests
 #: that call `app` in-process never do
 _fast_exit = False
+
+
+def _work_starts() -> None:
+    """The console script starts with the cyclic garbage collector off (`entry.main`): the
+    start-up, imports, the blueprint, the store, makes many objects and hardly any cycles, and
+    the collector walked them over and over as they were made. The work runs with it on, and
+    with what the start-up made (modules, classes, the graph: alive to the end) frozen out of
+    its walks."""
+    if _fast_exit:  # the console script; in-process callers keep their collector as it is
+        gc.freeze()
+        gc.enable()
 
 
 def _exit(code: int, *, teardown: bool = False) -> NoReturn:

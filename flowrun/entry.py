@@ -30,6 +30,11 @@ def main() -> None:
         sys.stdout.write(f"flowrun {__version__}\n")
         sys.stdout.flush()
         return
+    import gc
+
+    # Until the command's work starts (`cli._work_starts`): the start-up makes many objects
+    # and hardly any cyclic garbage, so collections there only walk what was just made.
+    gc.disable()
     from flowrun.cli import main as cli_main
 
     try:

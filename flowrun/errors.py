@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from flowrun.frozen import Frozen
+
 PathT = tuple[str | int, ...]
 
 
@@ -51,8 +53,8 @@ def json_path(path: Sequence[str | int]) -> str:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Problem(Frozen):
     """One thing wrong with a blueprint, located in its file."""
 
     file: str

@@ -14,9 +14,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from flowrun.frozen import Frozen
 
-@dataclass(frozen=True, slots=True)
-class Event:
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Event(Frozen):
     event: ClassVar[str] = "event"
     #: fields left out of the `--events` file (large or not JSON-safe)
     private: ClassVar[frozenset[str]] = frozenset()
@@ -38,7 +40,7 @@ class Event:
 _PUBLIC: dict[type[Event], tuple[str, ...]] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RunStarted(Event):
     event: ClassVar[str] = "run_started"
     private: ClassVar[frozenset[str]] = frozenset({"graph"})
@@ -50,7 +52,7 @@ class RunStarted(Event):
     graph: Any = None  # the `flowrun.model.Graph` being run, for sinks that need its shape
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NodeStarted(Event):
     event: ClassVar[str] = "node_started"
     node: str = ""
@@ -59,7 +61,7 @@ class NodeStarted(Event):
     index: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NodeSucceeded(Event):
     event: ClassVar[str] = "node_succeeded"
     private: ClassVar[frozenset[str]] = frozenset(
@@ -79,7 +81,7 @@ class NodeSucceeded(Event):
     logs: str = ""  # what the attempt printed (captured stdout/stderr, the tail)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ItemsStarted(Event):
     """Items of batch `batch` handed to a worker together (one chunk): one event for what
     would be a `NodeStarted` per item. A sink that wants those gets them from `expand()`;
@@ -94,7 +96,7 @@ class ItemsStarted(Event):
         return (NodeStarted(ts, f"{b}[{i}]", 1, b, i) for i in self.indices)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class ItemsSucceeded(Event):
     """Items of batch `batch` that succeeded at their first attempt, together (one chunk, in
     item order), with nothing more to say (no action, nothing printed, no `ctx.set`): one
@@ -124,7 +126,7 @@ CHUNKED: Mapping[type[Event], type[Event]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NodeRetry(Event):
     """An attempt failed and another will follow after `delay_s` seconds."""
 
@@ -142,7 +144,7 @@ class NodeRetry(Event):
     attempts: int = 0  # attempts allowed in all (1 + maxRetries); 0 when unknown
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NodeFailed(Event):
     """A node (or batch item) failed: its last attempt failed, or it failed without running.
 
@@ -164,7 +166,7 @@ class NodeFailed(Event):
     logs: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NodeRecovered(Event):
     """A failed node's fallback succeeded; its output stands in for the node's."""
 
@@ -175,13 +177,13 @@ class NodeRecovered(Event):
     output: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NodeSkipped(Event):
     event: ClassVar[str] = "node_skipped"
     node: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class BatchStarted(Event):
     event: ClassVar[str] = "batch_started"
     node: str = ""
@@ -189,7 +191,7 @@ class BatchStarted(Event):
     done: int = 0  # items already finished before this run (resume)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class BatchFinished(Event):
     event: ClassVar[str] = "batch_finished"
     private: ClassVar[frozenset[str]] = frozenset({"output"})
@@ -202,7 +204,7 @@ class BatchFinished(Event):
     output: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RunCancelling(Event):
     """The run is stopping (Ctrl-C): no new work; running nodes get `grace_s` to finish."""
 
@@ -211,7 +213,7 @@ class RunCancelling(Event):
     running: int = 0  # calls in flight
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class PoolWaiting(Event):
     """Node (a batch, for its items) waits for its pool's rate; said once per node and run."""
 
@@ -221,7 +223,7 @@ class PoolWaiting(Event):
     rate: str = ""  # as written: "10/s"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RunFinished(Event):
     event: ClassVar[str] = "run_finished"
     private: ClassVar[frozenset[str]] = frozenset({"context", "groups"})

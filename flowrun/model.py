@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flowrun.errors import PathT, Problem
+from flowrun.frozen import Frozen
 
 MAX_DELAY = 10_000_000.0  # seconds: the longest duration a blueprint may give (its schema)
 
@@ -51,8 +52,8 @@ class Expression(Protocol):
     def evaluate(self, scope: Mapping[str, Any]) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Config:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Config(Frozen):
     """A node's `config` stanza, durations already in seconds."""
 
     max_retries: int = 0
@@ -76,8 +77,8 @@ class Config:
         return min(delay, MAX_DELAY)
 
 
-@dataclass(frozen=True, slots=True)
-class SubflowSpec:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class SubflowSpec(Frozen):
     """A `subflow` stanza: run another blueprint as this node."""
 
     blueprint: str  # path relative to this blueprint's file
@@ -85,8 +86,8 @@ class SubflowSpec:
     outputs: Mapping[str, str] | str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchSpec:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class BatchSpec(Frozen):
     uses: str
     input_key: str | None  # None when the items come from a file (`items_from`)
     output_key: str
@@ -102,8 +103,8 @@ class BatchSpec:
     paths: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class LoopSpec:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class LoopSpec(Frozen):
     """A `loop` stanza: call `uses` (or run `subflow`) again while `while_` (an expression's
     text) is true."""
 
@@ -115,8 +116,8 @@ class LoopSpec:
     subflow: SubflowSpec | None = None  # instead of `uses`: one child run per iteration
 
 
-@dataclass(frozen=True, slots=True)
-class PoolSpec:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class PoolSpec(Frozen):
     """A `pools:` entry: a shared concurrency cap and a token-bucket rate (starts per second)."""
 
     name: str
@@ -136,8 +137,8 @@ class PoolSpec:
         return f"{self.name}: {', '.join(parts) or 'no limit'}"
 
 
-@dataclass(frozen=True, slots=True)
-class NodeSpec:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class NodeSpec(Frozen):
     """One entry of `nodes`. `path` locates it in the document, e.g. ``("nodes", 2)``."""
 
     id: str
@@ -167,8 +168,8 @@ class NodeSpec:
         return self.config.pool
 
 
-@dataclass(frozen=True, slots=True)
-class EdgeSpec:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class EdgeSpec(Frozen):
     source: str
     target: str
     action: str | None = None
@@ -177,8 +178,8 @@ class EdgeSpec:
     path: PathT = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Blueprint:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Blueprint(Frozen):
     id: str
     nodes: tuple[NodeSpec, ...]
     edges: tuple[EdgeSpec, ...]
@@ -226,8 +227,8 @@ class Kind(enum.StrEnum):
     SUBFLOW = "subflow"
 
 
-@dataclass(frozen=True, slots=True)
-class GraphNode:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class GraphNode(Frozen):
     """A node of the expanded graph; a batch `B` gives `B_scatter`, `B` (worker), `B_gather`.
 
     `node_kind` names the node kind (`flowrun.engine.kinds`) that expanded it and runs it."""
@@ -272,8 +273,8 @@ class GraphNode:
         return self.spec.uses
 
 
-@dataclass(frozen=True, slots=True)
-class GraphEdge:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class GraphEdge(Frozen):
     source: str
     target: str
     action: str | None = None
@@ -282,8 +283,8 @@ class GraphEdge:
     spec: EdgeSpec | None = None  # None for the scatter->worker->gather edges expansion adds
 
 
-@dataclass(frozen=True, slots=True)
-class Graph:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Graph(Frozen):
     """The expanded DAG. `order` is a topological order; `preds`/`succs` index `edges`."""
 
     blueprint: Blueprint

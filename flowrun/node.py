@@ -9,14 +9,16 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from flowrun.frozen import Frozen
+
 
 class FatalError(Exception):
     """Raise it from a node for a failure that retrying cannot fix (bad credentials, invalid
     input): the node fails at once, whatever `maxRetries` says; a fallback still stands in."""
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Result(Frozen):
     """Return `Result(output, action="name")` from a node to take the edges labelled `name`."""
 
     output: Any = None

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowrun import events as ev
+from flowrun.frozen import Mutable
 
 RUN_STATUSES = ("completed", "failed", "cancelled")
 
 
-@dataclass(slots=True)
-class NodeReport:
+@dataclass(slots=True, eq=False, repr=False)
+class NodeReport(Mutable):
     status: str = "pending"
     attempts: int = 0
     duration_ms: float = 0.0
@@ -31,8 +32,8 @@ class NodeReport:
         return out
 
 
-@dataclass(slots=True)
-class RunReport:
+@dataclass(slots=True, eq=False, repr=False)
+class RunReport(Mutable):
     blueprint: str
     run_id: str
     status: str

@@ -11,7 +11,7 @@ PKG = Path(flowrun.__file__).parent
 
 # Each top-level module's or package's layer; one may import only from its own layer or lower.
 LAYERS: dict[str, int] = {
-    "errors": 0, "model": 0, "events": 0, "node": 0,
+    "errors": 0, "model": 0, "events": 0, "node": 0, "frozen": 0,
     "blueprint": 1, "expr": 1, "diagram": 1, "std": 1,
     "engine": 3, "store": 3, "report": 3, "display": 3, "eventlog": 3, "ci": 3,
     "api": 4, "runs": 4,
@@ -20,7 +20,8 @@ LAYERS: dict[str, int] = {
 # Packages that never import each other, whatever their layers say: the engine emits events,
 # and the store and the display are sinks of them.
 APART: dict[str, set[str]] = {"engine": {"store", "display"}, "store": {"display", "engine"}}
-STDLIB_ONLY = {"errors", "model", "events", "node", "engine", "report", "store", "std", "ci"}
+STDLIB_ONLY = {"errors", "frozen", "model", "events", "node", "engine", "report", "store", "std",
+               "ci"}  # fmt: skip
 # ...but the optional extra's backend, which is imported only for `--executor dask`.
 THIRD_PARTY_OK = {"engine/backends/dask.py"}
 

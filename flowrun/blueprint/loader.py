@@ -38,6 +38,7 @@ from flowrun.blueprint.yamlwalk import (
     unpack,
 )
 from flowrun.errors import BlueprintError, Problem
+from flowrun.frozen import Frozen
 
 EXTENSIONS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 Format = Literal["yaml", "json"]
@@ -59,8 +60,8 @@ class _Marks:
         return self._root
 
 
-@dataclass(frozen=True)
-class Document:
+@dataclass(frozen=True, eq=False, repr=False)
+class Document(Frozen):
     """A parsed file: plain JSON-like `data` plus the source positions of every value."""
 
     name: str

@@ -12,7 +12,6 @@ import contextlib
 import importlib
 import inspect
 import os
-import pkgutil
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -23,11 +22,12 @@ from typing import Any
 
 from flowrun.errors import BlueprintError, Problem, closest
 from flowrun.errors import did_you_mean as suggest
+from flowrun.frozen import Frozen
 from flowrun.model import Blueprint
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Target(Frozen):
     """A resolved `uses`: the callable and how to call it."""
 
     uses: str
@@ -82,6 +82,8 @@ def _a(obj: object) -> str:
 
 def _nearby_modules(dirs: Sequence[str]) -> list[str]:
     """Top-level modules and packages in `dirs`: what a mistyped module name is compared with."""
+    import pkgutil  # only a `uses` that cannot be imported gets here
+
     try:
         return sorted({m.name for m in pkgutil.iter_modules(list(dirs))})
     except OSError:

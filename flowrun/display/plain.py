@@ -48,6 +48,7 @@ from flowrun.events import (
     RunCancelling,
     RunStarted,
 )
+from flowrun.frozen import Mutable
 
 __all__ = [
     "MAX_ITEM_TRACEBACKS",
@@ -219,8 +220,8 @@ class Reporter:
             self.console.out(text, highlight=False)
 
 
-@dataclass(slots=True)
-class _Throttle:
+@dataclass(slots=True, eq=False, repr=False)
+class _Throttle(Mutable):
     step: int  # items per progress line (10%)
     next_mark: int
     last: float  # clock time of the last progress line

@@ -40,6 +40,7 @@ from flowrun.events import (
     RunFinished,
     RunStarted,
 )
+from flowrun.frozen import Mutable
 
 #: item failures per batch whose traceback is kept for the summary; a batch of a million
 #: failing items must not keep (or print) a million tracebacks
@@ -49,8 +50,8 @@ Handler = Callable[[Any], None]
 Clock = Callable[[], float]
 
 
-@dataclass(slots=True)
-class NodeRecord:
+@dataclass(slots=True, eq=False, repr=False)
+class NodeRecord(Mutable):
     """What the summary knows about one task node, or one failed batch item."""
 
     node: str
@@ -64,8 +65,8 @@ class NodeRecord:
     logs: str = ""  # what the failed attempt printed
 
 
-@dataclass(slots=True)
-class BatchRecord:
+@dataclass(slots=True, eq=False, repr=False)
+class BatchRecord(Mutable):
     """Counters of one batch; the driver thread writes them, the render thread reads them."""
 
     node: str

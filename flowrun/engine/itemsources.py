@@ -24,12 +24,14 @@ from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
+from flowrun.frozen import Frozen
+
 SUFFIXES = (".jsonl", ".csv", ".txt")
 _COUNT_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Malformed:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Malformed(Frozen):
     """An item whose line could not be read: the item fails with `message`."""
 
     message: str

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flowrun import events as ev
+from flowrun.frozen import Mutable
 from flowrun.model import Graph, PoolSpec
 
 UNLIMITED = 1 << 30
@@ -24,8 +25,8 @@ _EPS = 1e-9  # float slack: a token due now is not due "in 1e-16 s"
 LATE_TOKENS = 0.5  # how late (in token intervals) a waiting start may come and keep the schedule
 
 
-@dataclass(slots=True)
-class Bucket:
+@dataclass(slots=True, eq=False, repr=False)
+class Bucket(Mutable):
     """One pool's state: calls running, and (for a rate) when its next start is due.
 
     The rate is kept as the time the next start is due (`due`, the generic cell rate

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowrun.engine.scheduler import Scheduler
+from flowrun.frozen import Frozen
 from flowrun.model import Expression, Graph, GraphEdge, GraphNode
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Source(Frozen):
     """Where a node's `inputs`/`inputKey` reads: a run-context key, then a path inside it."""
 
     key: str

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+from flowrun.frozen import Mutable
 from flowrun.model import Graph, Kind, gather_id, scatter_id
 
 
@@ -37,8 +38,8 @@ DONE_OK = frozenset({Status.SUCCEEDED, Status.RECOVERED})
 SETTLED = frozenset({*DONE_OK, Status.FAILED, Status.SKIPPED, Status.BLOCKED})
 
 
-@dataclass(slots=True)
-class BatchState:
+@dataclass(slots=True, eq=False, repr=False)
+class BatchState(Mutable):
     """A bound batch: its items, results in item order, and counts."""
 
     total: int

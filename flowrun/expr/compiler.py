@@ -38,6 +38,7 @@ from flowrun.expr.limits import (
     index_reader,
     name_reader,
 )
+from flowrun.frozen import Frozen
 
 MAX_DEPTH = 100  # AST nesting; the closures recurse once per level
 MAX_LENGTH = 10_000  # characters of one expression: parsing and compiling cost grow with it
@@ -62,8 +63,8 @@ class ExprEvalError(Exception):
     """Evaluating an expression failed; the message names the expression."""
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledExpr:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class CompiledExpr(Frozen):
     """A compiled expression; `evaluate` may be called any number of times, from any thread."""
 
     source: str

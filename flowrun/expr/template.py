@@ -30,6 +30,7 @@ from flowrun.expr.compiler import (
     reset_budget,
 )
 from flowrun.expr.limits import Fail, charge
+from flowrun.frozen import Frozen
 
 TEMPLATE_NAMES = ("input", "context", "env")
 _MARK = re.compile(r"\$\$\{\{|\$\{\{")
@@ -44,8 +45,8 @@ class TemplateError(Exception):
         self.message, self.column, self.path = message, column, path
 
 
-@dataclass(frozen=True, slots=True)
-class Template:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Template(Frozen):
     """A string with `${{ }}`: literal text and compiled expressions, in order."""
 
     source: str

@@ -157,19 +157,16 @@ def prepared(db: Path, lock_fd: int, create: str | None) -> sqlite3.Connection:
     try:
         with translated(db):
             conn = connect(db, mode="rwc" if create is not None else "rw")
+            if create is not None:
+                _make(conn, db, create)
+                return conn
             # Checked before any pragma: never convert a foreign file.
-            version = SCHEMA_VERSION if create is not None else check_schema(conn, db)
+            version = check_schema(conn, db)
             # WAL + synchronous=NORMAL: a commit is durable once in the WAL file, which a killed
             # process cannot undo; only an OS crash or power loss can drop the last commits.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            if create is not None:
-                conn.executescript(f"BEGIN; {_SCHEMA} {_CHUNKS_SCHEMA} {_V3_SCHEMA} COMMIT;")
-                conn.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [("schema_version", str(SCHEMA_VERSION)), ("run", create)],
-                )
-            elif version < SCHEMA_VERSION:
+            if version < SCHEMA_VERSION:
                 # A run recorded by an older flowrun: its rows read as they always did, and it
                 # is resumed with the new tables (which that older flowrun would not read).
                 added = (_CHUNKS_SCHEMA if version < 2 else "") + _V3_SCHEMA
@@ -183,6 +180,34 @@ def prepared(db: Path, lock_fd: int, create: str | None) -> sqlite3.Connection:
             conn.close()
         os.close(lock_fd)
         raise
+
+
+def _make(conn: sqlite3.Connection, db: Path, meta_row: str) -> None:
+    """The schema and the meta rows of a new run as one transaction, then WAL mode, then the
+    file flushed to disk once.
+
+    The run is invisible until its directory is renamed: no statement here needs to be on
+    disk before the next one, only the finished file before the rename. Synced statement by
+    statement, the same work flushed to disk eight times (turning on WAL in a new file is a
+    rollback-journal transaction of its own, then the schema went through the WAL and its
+    checkpoint); a flush is milliseconds, the most of what a one-shot run's store cost."""
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.executescript(f"BEGIN; {_SCHEMA} {_CHUNKS_SCHEMA} {_V3_SCHEMA}")
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)",
+        [("schema_version", str(SCHEMA_VERSION)), ("run", meta_row)],
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA journal_mode=WAL")  # empty WAL: the file holds everything
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        fd = os.open(db, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StateError(f"cannot write run state {db}: {exc}") from exc
 
 
 def check_schema(conn: sqlite3.Connection, db: Path) -> int:

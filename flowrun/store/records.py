@@ -29,10 +29,11 @@ from flowrun.events import (
     RunFinished,
     RunStarted,
 )
+from flowrun.frozen import Frozen
 
 
-@dataclass(frozen=True, slots=True)
-class RunMeta:
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class RunMeta(Frozen):
     """What a run was started with; stored once, read back on ``--resume``."""
 
     run_id: str

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import secrets
 import sqlite3
 import threading
 import time
@@ -117,7 +116,8 @@ GROUP_MAX = 256
 def new_run_id(now: float | None = None) -> str:
     """A run id sortable by start time and unique enough: ``20261128-055533-3f9a`` (UTC)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
-    return f"{stamp}-{secrets.token_hex(2)}"
+    # What secrets.token_hex(2) returns, without importing secrets (and random, hmac with it).
+    return f"{stamp}-{os.urandom(2).hex()}"
 
 
 class _Writer:

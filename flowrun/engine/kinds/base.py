@@ -29,6 +29,7 @@ from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.errors import PathT, Problem
 from flowrun.expr.compiler import ExprEvalError
 from flowrun.expr.template import with_kwargs
+from flowrun.frozen import Mutable
 from flowrun.model import Blueprint, Graph, GraphEdge, GraphNode, NodeSpec
 from flowrun.node import SharedContext
 
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from flowrun.engine.routing import Router
 
 
-@dataclass(slots=True)
-class Work:
+@dataclass(slots=True, eq=False, repr=False)
+class Work(Mutable):
     """A call in flight, and whom its outcome is for."""
 
     call: Call
@@ -50,8 +51,8 @@ class Work:
     input_kwargs: Mapping[str, Any] | None = None  # from an `inputs` mapping (not params)
 
 
-@dataclass(slots=True)
-class Stored:
+@dataclass(slots=True, eq=False, repr=False)
+class Stored(Mutable):
     """What an earlier run left (for `--resume`): outputs of settled-ok nodes and items."""
 
     nodes: dict[str, tuple[str, Any, str | None, int]]  # id -> (status, output, action, attempts)

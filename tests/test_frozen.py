@@ -1,0 +1,236 @@
+"""`flowrun.frozen.Frozen` and `Mutable` behave as the methods `@dataclass` writes itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from flowrun.frozen import Frozen, Mutable
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    a: Any
+    b: Any = 1
+    hidden: Any = field(default=0, repr=False)
+    loose: Any = field(default=0, compare=False)
+    unhashed: Any = field(default=0, hash=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Written(Frozen):
+    a: Any
+    b: Any = 1
+    hidden: Any = field(default=0, repr=False)
+    loose: Any = field(default=0, compare=False)
+    unhashed: Any = field(default=0, hash=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class Empty(Frozen):
+    pass
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class One(Frozen):
+    x: Any
+
+
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class WrittenChild(Written):
+    pass
+
+
+NAN = math.nan
+CASES: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+    ((1,), {}),
+    ((1, 2), {}),
+    ((1, 2), {"hidden": 5}),
+    ((1, 2), {"loose": 5}),
+    ((1, 2), {"unhashed": 5}),
+    (([1],), {}),
+    ((NAN,), {}),
+    (("x", None), {"hidden": "h", "loose": [], "unhashed": ()}),
+]
+
+
+def _same_renamed(text: str) -> str:
+    return text.replace("Generated(", "Written(")
+
+
+@pytest.mark.parametrize("left", CASES)
+@pytest.mark.parametrize("right", CASES)
+def test_equality_and_hash_as_generated(left: Any, right: Any) -> None:
+    gl, gr = Generated(*left[0], **left[1]), Generated(*right[0], **right[1])
+    wl, wr = Written(*left[0], **left[1]), Written(*right[0], **right[1])
+    assert (wl == wr) is (gl == gr)
+    assert (wl != wr) is (gl != gr)
+    try:
+        expected: object = hash(gl)
+    except TypeError as exc:
+        expected = type(exc)
+    try:
+        got: object = hash(wl)
+    except TypeError as exc:
+        got = type(exc)
+    assert got == expected
+    assert repr(wl) == _same_renamed(repr(gl))
+
+
+def test_the_very_same_class_only() -> None:
+    assert Written(1) != WrittenChild(1)
+    assert Written(1).__eq__(WrittenChild(1)) is NotImplemented
+    assert Written(1).__eq__((1, 1, 0)) is NotImplemented
+    assert Written(1) != Generated(1)
+    assert WrittenChild(1) == WrittenChild(1)
+    assert repr(WrittenChild(2)) == "WrittenChild(a=2, b=1, loose=0, unhashed=0)"
+
+
+def test_no_fields_and_one_field() -> None:
+    assert Empty() == Empty()
+    assert hash(Empty()) == hash(())
+    assert repr(Empty()) == "Empty()"
+    assert One(NAN) == One(NAN)  # the same object: tuples compare by identity first
+    assert One(float("nan")) != One(float("nan"))
+    assert hash(One(3)) == hash((3,))
+    assert {One(1), One(1), One(2)} == {One(1), One(2)}
+
+
+def test_a_value_that_holds_itself() -> None:
+    loop: list[Any] = []
+    w, g = Written(loop), Generated(loop)
+    loop.append(w)
+    assert repr(w) == "Written(a=[...], b=1, loose=0, unhashed=0)"
+    loop[0] = g
+    assert repr(g) == "Generated(a=[...], b=1, loose=0, unhashed=0)"
+
+
+def test_still_frozen_and_slotted() -> None:
+    w = Written(1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        w.a = 2  # type: ignore[misc]
+    assert not hasattr(w, "__dict__")
+    assert dataclasses.replace(w, a=3) == Written(3)
+
+
+#: the modules every command imports, whose frozen dataclasses all take the three from `Frozen`
+MODULES = (
+    "flowrun.api",
+    "flowrun.blueprint.loader",
+    "flowrun.blueprint.resolve",
+    "flowrun.engine.itemsources",
+    "flowrun.engine.routing",
+    "flowrun.errors",
+    "flowrun.events",
+    "flowrun.expr.compiler",
+    "flowrun.expr.template",
+    "flowrun.model",
+    "flowrun.node",
+    "flowrun.store.records",
+)
+
+
+def _frozen_classes() -> list[type]:
+    found = []
+    for name in MODULES:
+        mod = importlib.import_module(name)
+        for _, c in inspect.getmembers(mod, inspect.isclass):
+            dc = c.__module__ == name and dataclasses.is_dataclass(c)
+            if dc and c.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+                found.append(c)
+    return found
+
+
+def test_the_classes_are_found() -> None:
+    names = {c.__name__ for c in _frozen_classes()}
+    assert {"NodeSucceeded", "Graph", "Problem", "Result", "RunMeta"} <= names
+
+
+@pytest.mark.parametrize("cls", _frozen_classes())
+def test_the_frozen_classes_use_it(cls: type) -> None:
+    """None of the three is generated for them; they stay frozen and slotted as declared."""
+    assert issubclass(cls, Frozen)
+    for name in ("__eq__", "__hash__", "__repr__"):
+        if name == "__repr__" and "__repr__" in cls.__dict__:
+            continue  # a repr of the class's own
+        assert getattr(cls, name) is getattr(Frozen, name), name
+
+
+@dataclass(slots=True)
+class GeneratedMutable:
+    a: Any
+    b: Any = 1
+    loose: Any = field(default=0, compare=False)
+
+
+@dataclass(slots=True, eq=False, repr=False)
+class WrittenMutable(Mutable):
+    a: Any
+    b: Any = 1
+    loose: Any = field(default=0, compare=False)
+
+
+@dataclass(eq=False, repr=False)
+class WrittenMutableDict(Mutable):
+    a: Any
+
+
+def test_mutable_as_generated() -> None:
+    for left, right in [((1,), (1,)), ((1, 2), (1, 3)), ((1, 2, 3), (1, 2, 4)), (([],), ([],))]:
+        g = GeneratedMutable(*left) == GeneratedMutable(*right)
+        assert (WrittenMutable(*left) == WrittenMutable(*right)) is g
+        assert repr(WrittenMutable(*left)) == repr(GeneratedMutable(*left)).replace(
+            "GeneratedMutable(", "WrittenMutable("
+        )
+    assert GeneratedMutable.__hash__ is None and WrittenMutable.__hash__ is None
+    with pytest.raises(TypeError):
+        hash(WrittenMutable(1))
+    w = WrittenMutable(1)
+    w.a = 2
+    assert w == WrittenMutable(2)
+    assert not hasattr(w, "__dict__")
+    assert WrittenMutableDict(1) == WrittenMutableDict(1)
+    assert WrittenMutableDict(1).__dict__ == {"a": 1}
+    assert WrittenMutable(1) != WrittenMutableDict(1)
+
+
+#: modules whose mutable dataclasses all take `__eq__` and `__repr__` from `Mutable`
+MUTABLE_MODULES = (
+    "flowrun.api",
+    "flowrun.display.plain",
+    "flowrun.display.record",
+    "flowrun.engine.kinds.base",
+    "flowrun.engine.pools",
+    "flowrun.engine.scheduler",
+    "flowrun.report",
+)
+
+
+def _mutable_classes() -> list[type]:
+    found = []
+    for name in MUTABLE_MODULES:
+        mod = importlib.import_module(name)
+        for _, c in inspect.getmembers(mod, inspect.isclass):
+            dc = c.__module__ == name and dataclasses.is_dataclass(c)
+            if dc and not c.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+                found.append(c)
+    return found
+
+
+def test_the_mutable_classes_are_found() -> None:
+    names = {c.__name__ for c in _mutable_classes()}
+    assert {"RunOptions", "RunReport", "NodeRecord", "Bucket", "Work", "BatchState"} <= names
+
+
+@pytest.mark.parametrize("cls", _mutable_classes())
+def test_the_mutable_classes_use_it(cls: type) -> None:
+    assert issubclass(cls, Mutable)
+    for name in ("__eq__", "__repr__"):
+        assert getattr(cls, name) is getattr(Frozen, name), name
+    assert cls.__hash__ is None  # type: ignore[comparison-overlap]
