@@ -50,6 +50,23 @@ def validate_file(
     return _check(path, imports=imports, allow=allow).problems
 
 
+@dataclass(frozen=True, slots=True)
+class FileCheck:
+    """What `validate` shows of one file: its problems and, when the schema check passed,
+    its pools as `pool_lines` describes them."""
+
+    problems: list[Problem]
+    pools: list[str]
+
+
+def check_file(
+    path: str | os.PathLike[str], *, imports: bool = True, allow: Sequence[str] = ()
+) -> FileCheck:
+    """`validate_file` and `pool_lines` from one reading of the file."""
+    checked = _check(path, imports=imports, allow=allow)
+    return FileCheck(checked.problems, checked.pools)
+
+
 @dataclass(slots=True)
 class _Checked:
     problems: list[Problem]
@@ -57,6 +74,7 @@ class _Checked:
     graph: Graph | None = None
     targets: dict[str, Target] | None = None
     dirs: list[str] = field(default_factory=list)
+    pools: list[str] = field(default_factory=list)  # of a blueprint that passed the schema
 
 
 def _check(
@@ -71,9 +89,11 @@ def _check(
         doc = loader.load(path)
     except BlueprintError as exc:
         return _Checked(list(exc.problems))
+    pools: list[str] = []
     try:
         bp = schema.check(doc)
         problems: list[Problem] = []
+        pools = _pool_lines(bp)
     except BlueprintError as exc:
         problems = list(exc.problems)
         salvaged = schema.salvage(doc)
@@ -81,7 +101,7 @@ def _check(
             return _Checked(problems, doc)
         bp = salvaged
     seen = {p.path for p in problems}
-    out = _Checked(problems, doc)
+    out = _Checked(problems, doc, pools=pools)
 
     def keep(found: Sequence[Problem]) -> None:
         out.problems += [p for p in found if not _covered(p.path, seen)]
@@ -147,7 +167,11 @@ def _resolve_children(
 
 def pool_lines(path: str | os.PathLike[str]) -> list[str]:
     """`api: 4 at once, 10/s` for each pool of a valid blueprint (what `validate` shows)."""
-    return [p.describe() for p in schema.check(loader.load(path)).pools.values()]
+    return _pool_lines(schema.check(loader.load(path)))
+
+
+def _pool_lines(bp: Blueprint) -> list[str]:
+    return [p.describe() for p in bp.pools.values()]
 
 
 def _covered(path: str, seen: set[str]) -> bool:
