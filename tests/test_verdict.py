@@ -42,11 +42,10 @@ SUBFLOW = st.dictionaries(
     st.sampled_from(["child.yaml", "", 1, {}, {"a": "b"}, {"a": ""}, "out"]),
     max_size=3,
 )
+BATCH_KEYS = ["uses", "shell", "inputKey", "itemsFrom", "outputKey", "outputTo", "params"]
+BATCH_KEYS += ["concurrency", "maxFailures", "subflow", "pool", "x"]
 BATCH = st.dictionaries(
-    st.sampled_from(
-        "uses shell inputKey itemsFrom outputKey outputTo params concurrency maxFailures "
-        "subflow pool x".split()
-    ),
+    st.sampled_from(BATCH_KEYS),
     st.one_of(DOTTED, TEXT, SUBFLOW, st.sampled_from([1, 0, -1, 2.5, True, {}, "echo"])),
     max_size=5,
 )
