@@ -28,17 +28,20 @@ def compile_all(bp: Blueprint, specs: dict[str, NodeSpec], add: Add) -> dict[str
     base = str(bp.document.path.resolve().parent) if bp.document is not None else None
     out: dict[str, NodeSpec] = {}
     for sid, spec in specs.items():
+        # A spec whose params hold no template is kept as it is (most of them, and
+        # rebuilding a frozen spec costs more than compiling its params).
         if spec.batch is not None:
             where: PathT = (*spec.path, "batch")
             params = _one(bp, where, spec.batch.uses, spec.batch.params, names, base, add)
             paths = _paths(spec.batch, where, names, add)
-            batch = dataclasses.replace(spec.batch, params=params, paths=paths)
-            out[sid] = dataclasses.replace(spec, batch=batch)
+            if params is not spec.batch.params or paths != spec.batch.paths:
+                batch = dataclasses.replace(spec.batch, params=params, paths=paths)
+                spec = dataclasses.replace(spec, batch=batch)
         elif spec.uses is not None:
             params = _one(bp, spec.path, spec.uses, spec.params, names, base, add)
-            out[sid] = dataclasses.replace(spec, params=params)
-        else:
-            out[sid] = spec
+            if params is not spec.params:
+                spec = dataclasses.replace(spec, params=params)
+        out[sid] = spec
     return out
 
 
