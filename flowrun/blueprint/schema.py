@@ -98,12 +98,14 @@ def check(doc: Document) -> Blueprint:
     """Validate `doc.data` against the schema and build the `Blueprint`, or raise every problem.
 
     Data that passed this schema cleanly before (`schemacache`) is not validated again."""
-    digest = schemacache.key(schema_text(), doc.data)
-    if schemacache.passed(digest):
+    # With the cache turned off nothing reads or stores the key: do not hash the data.
+    cached = schemacache.cache_file() is not None
+    digest = schemacache.key(schema_text(), doc.data) if cached else ""
+    if cached and schemacache.passed(digest):
         problems = []
     else:
         problems = _schema_problems(doc)
-        if not problems:
+        if cached and not problems:
             schemacache.remember(digest)
     if not problems:
         builder = _Builder(doc)
@@ -179,6 +181,7 @@ class _Builder:
     def __init__(self, doc: Document) -> None:
         self.doc = doc
         self.problems: list[Problem] = []
+        self._no_config: Config | None = None  # what an absent or empty `config` gives
 
     def blueprint(self) -> Blueprint:
         data = self.doc.data
@@ -266,6 +269,13 @@ class _Builder:
         )
 
     def _config(self, path: PathT, raw: dict[str, Any]) -> Config:
+        if not raw:  # most nodes: one frozen Config serves them all
+            if self._no_config is None:
+                self._no_config = self._read_config(path, raw)
+            return self._no_config
+        return self._read_config(path, raw)
+
+    def _read_config(self, path: PathT, raw: dict[str, Any]) -> Config:
         timeout = raw.get("timeout")
         return Config(
             max_retries=int(raw.get("maxRetries", 0)),

@@ -139,6 +139,9 @@ def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
     fallbacks = set(graph.fallbacks)
     problems = []
     sigs: dict[str, inspect.Signature | None] = {}  # uses -> its signature, read once
+    # Calls that bind: (uses, takes an input, keyword names, a loop's own params). Whether a
+    # call binds depends on nothing else, and a blueprint makes the same few calls many times.
+    fine: set[tuple[object, ...]] = set()
     for spec in bp.nodes:
         if not spec.calls:
             continue  # a subflow: its child's nodes are checked as the child's own
@@ -151,7 +154,15 @@ def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
         sig = sigs[uses]
         if sig is None:
             continue
-        for path, code, message in _problems(spec, target, graph, fallbacks, sig):
+        has_input, names = _shape(spec, graph, fallbacks)
+        loop = None if spec.loop is None else tuple(spec.loop.params)
+        call = (uses, has_input, tuple(names), loop)
+        if call in fine:
+            continue
+        found = _problems(spec, target, graph, fallbacks, sig)
+        if not found:
+            fine.add(call)
+        for path, code, message in found:
             if bp.document is not None:
                 problems.append(bp.document.problem((*spec.path, *path), code, message))
             else:
