@@ -54,18 +54,25 @@ def validate_file(
 @dataclass(frozen=True, slots=True)
 class FileCheck:
     """What `validate` shows of one file: its problems and, when the schema check passed,
-    its pools as `pool_lines` describes them."""
+    its pools as `pool_lines` describes them; with the document and the expanded graph when
+    they could be built."""
 
     problems: list[Problem]
     pools: list[str]
+    document: loader.Document | None = None
+    graph: Graph | None = None
 
 
 def check_file(
     path: str | os.PathLike[str], *, imports: bool = True, allow: Sequence[str] = ()
 ) -> FileCheck:
-    """`validate_file` and `pool_lines` from one reading of the file."""
+    """`validate_file` and `pool_lines` from one reading of the file.
+
+    The result holds on to the document and the graph: a caller that exits right after
+    (the CLI) leaves their memory to the operating system instead of freeing a large
+    blueprint's objects one by one, a tenth of the check of 10,000 nodes."""
     checked = _check(path, imports=imports, allow=allow)
-    return FileCheck(checked.problems, checked.pools)
+    return FileCheck(checked.problems, checked.pools, checked.doc, checked.graph)
 
 
 @dataclass(slots=True)
