@@ -4,7 +4,9 @@ The only module that uses jsonschema. Every violation becomes a `Problem` at the
 of the offending key (unknown keys) or value (wrong values), with a stable `schema.*` code and a
 message saying what was expected, what was found and how to fix it; all are reported at once.
 The messages are written by `blueprint.messages`; this module keeps the schema, the validator, the
-builder of the frozen model and `salvage`.
+builder of the frozen model and `salvage`. Whether there is anything to report at all is asked
+of the same validator through `blueprint.verdict`, once per node shape and distinct value; only
+a document it finds invalid goes through `iter_errors` whole.
 Cross-references, duplicate ids, cycles, expressions and imports are `expand`'s job, not this.
 """
 
