@@ -28,20 +28,18 @@ def compile_all(bp: Blueprint, specs: dict[str, NodeSpec], add: Add) -> dict[str
     base = str(bp.document.path.resolve().parent) if bp.document is not None else None
     out: dict[str, NodeSpec] = {}
     for sid, spec in specs.items():
-        # A spec whose params hold no template is kept as it is (most of them, and
-        # rebuilding a frozen spec costs more than compiling its params).
         if spec.batch is not None:
             where: PathT = (*spec.path, "batch")
             params = _one(bp, where, spec.batch.uses, spec.batch.params, names, base, add)
             paths = _paths(spec.batch, where, names, add)
-            if params is not spec.batch.params or paths != spec.batch.paths:
-                batch = dataclasses.replace(spec.batch, params=params, paths=paths)
-                spec = dataclasses.replace(spec, batch=batch)
+            batch = dataclasses.replace(spec.batch, params=params, paths=paths)
+            out[sid] = dataclasses.replace(spec, batch=batch)
         elif spec.uses is not None:
             params = _one(bp, spec.path, spec.uses, spec.params, names, base, add)
-            if params is not spec.params:
-                spec = dataclasses.replace(spec, params=params)
-        out[sid] = spec
+            # Most nodes' params hold no template: the spec stays as it is (no copy per node).
+            out[sid] = spec if params is spec.params else dataclasses.replace(spec, params=params)
+        else:
+            out[sid] = spec
     return out
 
 
@@ -69,6 +67,8 @@ def _one(
     add: Add,
 ) -> Mapping[str, Any]:
     shell = uses == SHELL_USES
+    if not params and not shell:
+        return params  # nothing to check or compile
     shorthand = shell and _has_shorthand(bp, where)
 
     def path_of(inner: tuple[str | int, ...]) -> PathT:

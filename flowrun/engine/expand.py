@@ -143,20 +143,23 @@ def _producers(specs: Mapping[str, NodeSpec], chk: _Checker) -> dict[str, str]:
     return out
 
 
+def _edge_end(name: str, spec: NodeSpec | None, *, as_source: bool) -> str:
+    if spec is None:
+        return name
+    kind = kind_for(spec)
+    return kind.exit(spec) if as_source else kind.entry(spec)
+
+
 def _edges(
     bp: Blueprint, specs: Mapping[str, NodeSpec], nodes: Mapping[str, GraphNode], chk: _Checker
 ) -> list[GraphEdge]:
     edges: list[GraphEdge] = []
     names = [*SCOPE_NAMES, *(n for n in [*specs, *bp.context] if n.isidentifier())]
-    exits: dict[str, str] = {}
-    entries: dict[str, str] = {}
-    for sid, spec in specs.items():
-        kind = kind_for(spec)
-        edges += kind.internal_edges(spec)
-        exits[sid], entries[sid] = kind.exit(spec), kind.entry(spec)
+    for spec in specs.values():
+        edges += kind_for(spec).internal_edges(spec)
     for espec in bp.edges:
-        src = _endpoint(espec, "source", specs, nodes, exits, chk)
-        dst = _endpoint(espec, "target", specs, nodes, entries, chk)
+        src = _endpoint(espec, "source", specs, nodes, chk)
+        dst = _endpoint(espec, "target", specs, nodes, chk)
         cond = _compile(espec, "condition", names, chk)
         tran = _compile(espec, "transform", names, chk)
         if src is None or dst is None:
@@ -173,14 +176,11 @@ def _endpoint(
     field: str,
     specs: Mapping[str, NodeSpec],
     nodes: Mapping[str, GraphNode],
-    ends: Mapping[str, str],
     chk: _Checker,
 ) -> str | None:
-    """The graph node an edge's `field` names; `ends` maps a blueprint node to its exit (for a
-    source) or its entry (for a target)."""
     name: str = getattr(espec, field)
     as_source = field == "source"
-    resolved = ends.get(name, name)
+    resolved = _edge_end(name, specs.get(name), as_source=as_source)
     node = nodes.get(resolved)
     if node is None:
         chk.add(
@@ -189,8 +189,6 @@ def _endpoint(
             f"edge {field} '{name}' is not a node{suggest(name, nodes)}",
         )
         return None
-    if node.owner == name:  # a blueprint node's own end, the common case
-        return resolved
     owner = specs.get(node.owner)
     if owner is not None and name != owner.id:
         kind = kind_for(owner)
