@@ -52,6 +52,30 @@ def validate_file(
     return _check(path, imports=imports, allow=allow).problems
 
 
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
+class FileCheck(Frozen):
+    """What `validate` shows of one file: its problems and, when the schema check passed,
+    its pools as `pool_lines` describes them; with the document and the expanded graph when
+    they could be built."""
+
+    problems: list[Problem]
+    pools: list[str]
+    document: loader.Document | None = None
+    graph: Graph | None = None
+
+
+def check_file(
+    path: str | os.PathLike[str], *, imports: bool = True, allow: Sequence[str] = ()
+) -> FileCheck:
+    """`validate_file` and `pool_lines` from one reading of the file.
+
+    The result holds on to the document and the graph: a caller that exits right after
+    (the CLI) leaves their memory to the operating system instead of freeing a large
+    blueprint's objects one by one, a tenth of the check of 10,000 nodes."""
+    checked = _check(path, imports=imports, allow=allow)
+    return FileCheck(checked.problems, checked.pools, checked.doc, checked.graph)
+
+
 @dataclass(slots=True, eq=False, repr=False)
 class _Checked(Mutable):
     problems: list[Problem]
@@ -59,6 +83,7 @@ class _Checked(Mutable):
     graph: Graph | None = None
     targets: dict[str, Target] | None = None
     dirs: list[str] = field(default_factory=list)
+    pools: list[str] = field(default_factory=list)  # of a blueprint that passed the schema
 
 
 def _check(
@@ -69,13 +94,28 @@ def _check(
     Schema problems do not stop the check: what can be salvaged of the blueprint still goes
     through expansion and import, and later problems at a location that already has one are
     dropped (they would repeat the same root cause)."""
+    # Each stage builds objects per node (specs, graph nodes, edges) that all stay alive, so
+    # the cyclic collector would only rescan them, the whole document again each time
+    # (a tenth of a 10,000-node check); whatever garbage there is waits for the end.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _check_stages(path, imports=imports, allow=allow)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check_stages(path: str | os.PathLike[str], *, imports: bool, allow: Sequence[str]) -> _Checked:
     try:
         doc = loader.load(path)
     except BlueprintError as exc:
         return _Checked(list(exc.problems))
+    pools: list[str] = []
     try:
         bp = schema.check(doc)
         problems: list[Problem] = []
+        pools = _pool_lines(bp)
     except BlueprintError as exc:
         problems = list(exc.problems)
         salvaged = schema.salvage(doc)
@@ -83,7 +123,7 @@ def _check(
             return _Checked(problems, doc)
         bp = salvaged
     seen = {p.path for p in problems}
-    out = _Checked(problems, doc)
+    out = _Checked(problems, doc, pools=pools)
 
     def keep(found: Sequence[Problem]) -> None:
         out.problems += [p for p in found if not _covered(p.path, seen)]
@@ -149,7 +189,11 @@ def _resolve_children(
 
 def pool_lines(path: str | os.PathLike[str]) -> list[str]:
     """`api: 4 at once, 10/s` for each pool of a valid blueprint (what `validate` shows)."""
-    return [p.describe() for p in schema.check(loader.load(path)).pools.values()]
+    return _pool_lines(schema.check(loader.load(path)))
+
+
+def _pool_lines(bp: Blueprint) -> list[str]:
+    return [p.describe() for p in bp.pools.values()]
 
 
 def _covered(path: str, seen: set[str]) -> bool:

@@ -198,15 +198,16 @@ def validate(
     _work_starts()
     with reserve_stdout(True):
         allow = allow_module or ()
-        per_file = [(f, api.validate_file(f, imports=not no_import, allow=allow)) for f in files]
+        per_file = [(f, api.check_file(f, imports=not no_import, allow=allow)) for f in files]
     problems = []
-    for f, found in per_file:
+    for f, checked in per_file:
+        found = checked.problems
         problems += found
         if fmt is ValidateFormat.text:
             for p in found:
                 print(p)
             if not found:
-                pools = api.pool_lines(f)
+                pools = checked.pools
                 print(f"{f}: ok" + (f" (pools: {'; '.join(pools)})" if pools else ""))
     if fmt is ValidateFormat.json:
         print(json.dumps([p.as_dict() for p in problems], indent=2))

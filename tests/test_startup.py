@@ -17,6 +17,7 @@ import pytest
 from rich.console import Console
 
 from flowrun.blueprint import loader, schema, schemacache
+from flowrun.blueprint.verdict import Verdict
 from flowrun.display import live, plain
 from flowrun.errors import BlueprintError
 
@@ -323,7 +324,7 @@ def full_verdict(data: Any) -> bool:
 
 def split_verdict(data: Any) -> bool:
     validator = schema._validator()
-    return schema._Verdict(validator).valid(validator.schema, data)
+    return Verdict(validator).valid(validator.schema, data)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "blueprints").glob("*.y*ml")))

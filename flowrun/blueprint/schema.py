@@ -4,7 +4,9 @@ The only module that uses jsonschema. Every violation becomes a `Problem` at the
 of the offending key (unknown keys) or value (wrong values), with a stable `schema.*` code and a
 message saying what was expected, what was found and how to fix it; all are reported at once.
 The messages are written by `blueprint.messages`; this module keeps the schema, the validator, the
-builder of the frozen model and `salvage`.
+builder of the frozen model and `salvage`. Whether there is anything to report at all is asked
+of the same validator through `blueprint.verdict`, once per node shape and distinct value; only
+a document it finds invalid goes through `iter_errors` whole.
 Cross-references, duplicate ids, cycles, expressions and imports are `expand`'s job, not this.
 """
 
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from flowrun.blueprint import schemacache
 from flowrun.blueprint.messages import DURATION_HELP, MAX_SECONDS, path_label, translate, value_text
+from flowrun.blueprint.verdict import Verdict
 from flowrun.errors import BlueprintError, PathT, Problem
 from flowrun.model import (
     BatchSpec,
@@ -97,12 +100,14 @@ def check(doc: Document) -> Blueprint:
     """Validate `doc.data` against the schema and build the `Blueprint`, or raise every problem.
 
     Data that passed this schema cleanly before (`schemacache`) is not validated again."""
-    digest = schemacache.key(schema_text(), doc.data)
-    if schemacache.passed(digest):
+    # With the cache turned off nothing reads or stores the key: do not hash the data.
+    cached = schemacache.cache_file() is not None
+    digest = schemacache.key(schema_text(), doc.data) if cached else ""
+    if cached and schemacache.passed(digest):
         problems = []
     else:
         problems = _schema_problems(doc)
-        if not problems:
+        if cached and not problems:
             schemacache.remember(digest)
     if not problems:
         builder = _Builder(doc)
@@ -150,7 +155,7 @@ def _homes() -> dict[str, str]:
 
 def _schema_problems(doc: Document) -> list[Problem]:
     validator = _validator()
-    if _Verdict(validator).valid(validator.schema, doc.data):
+    if Verdict(validator).valid(validator.schema, doc.data):
         return []
     best: dict[str, tuple[int, Problem]] = {}
     for error in _validator().iter_errors(doc.data):
@@ -160,123 +165,6 @@ def _schema_problems(doc: Document) -> list[Problem]:
             if problem.path not in best or rank < best[problem.path][0]:
                 best[problem.path] = (rank, problem)
     return [problem for _, problem in best.values()]
-
-
-# -- the verdict, fast -----------------------------------------------------------------------------
-
-#: keywords whose outcome on an object depends only on which keys it has, given that its
-#: `properties` values are checked separately (`properties` itself, `additionalProperties`
-#: when it is true or false, and `if/then/else` made of `required` and true/false properties)
-_NOTES = ("title", "description", "examples", "default")
-_KEY_ONLY = frozenset(
-    {"type", "required", "additionalProperties", "properties", "if", "then", "else", "$schema"}
-    | {"$id", *_NOTES}
-)
-_ARRAY = frozenset({"type", "items", "minItems", "title", "description", "default", "examples"})
-_BRANCH = frozenset({"required", "properties", "title", "description"})
-
-
-class _Verdict:
-    """Whether data is valid, from jsonschema, checked once per distinct piece.
-
-    A 10,000-node blueprint has a handful of node shapes (which keys a node has) and many
-    repeated values; jsonschema decides each shape (on a skeleton: the same keys, every value
-    `null`, under the schema with its `properties` relaxed to `true`) and each distinct value
-    against its property's subschema, once. This is exact only for schema parts whose
-    keywords cannot see past the keys (`_KEY_ONLY`, `_ARRAY`); any other part is validated
-    whole. Only the yes/no is computed here: invalid data goes through `iter_errors` whole,
-    so every message and position is what jsonschema says of the full document."""
-
-    def __init__(self, validator: Any) -> None:
-        self.validator = validator
-        self.memo: dict[tuple[object, str], bool] = {}
-        self.validators: dict[int, Any] = {}
-        self.relaxed: dict[int, Any] = {}
-        self.kinds: dict[int, str] = {}
-        self.names: dict[int, str] = {}
-
-    def valid(self, schema: Any, value: Any) -> bool:
-        kind = self.kinds.get(id(schema))
-        if kind is None:
-            kind = self.kinds[id(schema)] = _kind(schema)
-        if kind == "object" and isinstance(value, dict):
-            props = schema.get("properties", {})
-            return self._skeleton(schema, dict.fromkeys(value)) and all(
-                self.valid(props[k], v) for k, v in value.items() if k in props
-            )
-        if kind == "array" and isinstance(value, list):
-            items = schema.get("items", True)
-            return self._skeleton(schema, [None] * len(value)) and all(
-                self.valid(items, v) for v in value
-            )
-        return self._leaf(schema, value)
-
-    def _skeleton(self, schema: dict[str, Any], skeleton: dict[str, None] | list[None]) -> bool:
-        shape = repr(list(skeleton) if isinstance(skeleton, dict) else len(skeleton))
-        key: tuple[object, str] = (id(schema), "shape " + shape)
-        if key not in self.memo:
-            relaxed = self.relaxed.get(id(schema))
-            if relaxed is None:
-                relaxed = {k: v for k, v in schema.items() if k != "items"}
-                if "properties" in schema:
-                    relaxed["properties"] = dict.fromkeys(schema["properties"], True)
-                self.relaxed[id(schema)] = relaxed
-            self.memo[key] = self._validator(relaxed).is_valid(skeleton)
-        return self.memo[key]
-
-    def _leaf(self, schema: Any, value: Any) -> bool:
-        # Subschemas that differ only in annotations (edge `source` and `target`) share answers.
-        name = self.names.get(id(schema))
-        if name is None:
-            name = self.names[id(schema)] = json.dumps(_without_notes(schema), sort_keys=True)
-        key = (name, repr(value))
-        if key not in self.memo:
-            self.memo[key] = self._validator(schema).is_valid(value)
-        return self.memo[key]
-
-    def _validator(self, schema: Any) -> Any:
-        found = self.validators.get(id(schema))
-        if found is None:
-            found = self.validators[id(schema)] = self.validator.evolve(schema=schema)
-        return found
-
-
-def _without_notes(schema: Any) -> Any:
-    if isinstance(schema, dict):
-        return {k: _without_notes(v) for k, v in schema.items() if k not in _NOTES}
-    if isinstance(schema, list):
-        return [_without_notes(v) for v in schema]
-    return schema
-
-
-def _kind(schema: Any) -> str:
-    """'object' or 'array' where `_Verdict` may split the check, else 'leaf'."""
-    if isinstance(schema, dict) and _object_like(schema):
-        return "object"
-    if isinstance(schema, dict) and _array_like(schema):
-        return "array"
-    return "leaf"
-
-
-def _object_like(schema: dict[str, Any]) -> bool:
-    return (
-        schema.get("type") == "object"
-        and schema.keys() <= _KEY_ONLY
-        and isinstance(schema.get("additionalProperties", True), bool)
-        and all(_branch_like(schema[k]) for k in ("if", "then", "else") if k in schema)
-    )
-
-
-def _branch_like(schema: Any) -> bool:
-    return (
-        isinstance(schema, dict)
-        and schema.keys() <= _BRANCH
-        and all(isinstance(v, bool) for v in schema.get("properties", {}).values())
-    )
-
-
-def _array_like(schema: dict[str, Any]) -> bool:
-    return schema.get("type") == "array" and schema.keys() <= _ARRAY
 
 
 # -- building the model -------------------------------------------------------------------------
@@ -382,6 +270,11 @@ class _Builder:
         )
 
     def _config(self, path: PathT, raw: dict[str, Any]) -> Config:
+        if not raw:  # no `config:` (most nodes): the defaults, one frozen Config for all
+            return _default_config()
+        return self._built_config(path, raw)
+
+    def _built_config(self, path: PathT, raw: dict[str, Any]) -> Config:
         timeout = raw.get("timeout")
         return Config(
             max_retries=int(raw.get("maxRetries", 0)),
@@ -413,6 +306,16 @@ class _Builder:
             message = f"{label}: expected a finite number, found {value_text(value)}"
             self.problems.append(self.doc.problem(path, "schema.number", message))
         return number
+
+
+@functools.cache
+def _default_config() -> Config:
+    """The `Config` of a node without `config:`, built as any other (it cannot fail)."""
+    builder = _Builder.__new__(_Builder)  # no document: a default value is never a problem
+    builder.problems = []
+    config = builder._built_config((), {})
+    assert not builder.problems
+    return config
 
 
 def _subflow(raw: dict[str, Any]) -> SubflowSpec:

@@ -184,7 +184,10 @@ class Walker:
                 value, sub = self._value(value_node)
                 path.pop()
             data[key] = value
-            children[key] = (pack(key_node.start_mark), pack(value_node.start_mark), sub)
+            # `pack`, written out: this line runs once per key of the document.
+            km, vm = key_node.start_mark, value_node.start_mark
+            children[key] = ((km.line + 1) * _LINE + km.column + 1,
+                             (vm.line + 1) * _LINE + vm.column + 1, sub)  # fmt: skip
         if merges:
             return self._merge(merges, data, children)
         return data, children
