@@ -36,7 +36,8 @@ def compile_all(bp: Blueprint, specs: dict[str, NodeSpec], add: Add) -> dict[str
             out[sid] = dataclasses.replace(spec, batch=batch)
         elif spec.uses is not None:
             params = _one(bp, spec.path, spec.uses, spec.params, names, base, add)
-            out[sid] = dataclasses.replace(spec, params=params)
+            # Most nodes' params hold no template: the spec stays as it is (no copy per node).
+            out[sid] = spec if params is spec.params else dataclasses.replace(spec, params=params)
         else:
             out[sid] = spec
     return out
@@ -66,6 +67,8 @@ def _one(
     add: Add,
 ) -> Mapping[str, Any]:
     shell = uses == SHELL_USES
+    if not params and not shell:
+        return params  # nothing to check or compile
     shorthand = shell and _has_shorthand(bp, where)
 
     def path_of(inner: tuple[str | int, ...]) -> PathT:

@@ -139,6 +139,9 @@ def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
     fallbacks = set(graph.fallbacks)
     problems = []
     sigs: dict[str, inspect.Signature | None] = {}  # uses -> its signature, read once
+    # (uses, takes an input, keyword names) of the plain calls known to bind: many nodes
+    # calling one function the same way are bound once
+    fine: set[tuple[str, bool | None, tuple[str, ...]]] = set()
     for spec in bp.nodes:
         if not spec.calls:
             continue  # a subflow: its child's nodes are checked as the child's own
@@ -151,7 +154,16 @@ def check_calls(graph: Graph, targets: Mapping[str, Target]) -> list[Problem]:
         sig = sigs[uses]
         if sig is None:
             continue
-        for path, code, message in _problems(spec, target, graph, fallbacks, sig):
+        key = None
+        if spec.loop is None:
+            has_input, names = _shape(spec, graph, fallbacks)
+            key = (uses, has_input, tuple(names))
+            if key in fine:
+                continue
+        found = _problems(spec, target, graph, fallbacks, sig)
+        if not found and key is not None:
+            fine.add(key)
+        for path, code, message in found:
             if bp.document is not None:
                 problems.append(bp.document.problem((*spec.path, *path), code, message))
             else:
