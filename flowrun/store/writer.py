@@ -74,6 +74,7 @@ from flowrun.store.records import (
     SQL,
     STOP,
     RunMeta,
+    by_table,
     chunk_record,
     logs_record,
     weight,
@@ -192,8 +193,8 @@ class _Writer:
     def _commit(self, records: list[tuple[Any, ...]]) -> None:
         try:
             self._conn.execute("BEGIN")
-            # Runs of consecutive same-kind records keep the recorded order inside one transaction.
-            for kind, group in groupby(records, itemgetter(0)):
+            # Runs of consecutive same-kind records, each table's in the recorded order.
+            for kind, group in groupby(by_table(records), itemgetter(0)):
                 if kind in SQL:
                     self._conn.executemany(SQL[kind], group)
             self._conn.execute("COMMIT")
