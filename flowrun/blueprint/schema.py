@@ -382,6 +382,11 @@ class _Builder:
         )
 
     def _config(self, path: PathT, raw: dict[str, Any]) -> Config:
+        if not raw:  # no `config:` (most nodes): the defaults, one frozen Config for all
+            return _default_config()
+        return self._built_config(path, raw)
+
+    def _built_config(self, path: PathT, raw: dict[str, Any]) -> Config:
         timeout = raw.get("timeout")
         return Config(
             max_retries=int(raw.get("maxRetries", 0)),
@@ -413,6 +418,16 @@ class _Builder:
             message = f"{label}: expected a finite number, found {value_text(value)}"
             self.problems.append(self.doc.problem(path, "schema.number", message))
         return number
+
+
+@functools.cache
+def _default_config() -> Config:
+    """The `Config` of a node without `config:`, built as any other (it cannot fail)."""
+    builder = _Builder.__new__(_Builder)  # no document: a default value is never a problem
+    builder.problems = []
+    config = builder._built_config((), {})
+    assert not builder.problems
+    return config
 
 
 def _subflow(raw: dict[str, Any]) -> SubflowSpec:

@@ -262,6 +262,7 @@ class RunStore:
             _RECORDED, self.__call__
         )
         self.handlers[ItemsStarted] = self._items_started
+        self.handlers[NodeStarted] = self._started
         self.handlers[ItemsSucceeded] = self._items_succeeded
         self._timeline = Timeline()
         self._finalizer = weakref.finalize(self, _shutdown, self._writer, lock_fd, self._groups)
@@ -377,6 +378,9 @@ class RunStore:
                 self.idle()
             for rec in records:
                 self._hand(rec, 1)
+
+    def _started(self, event: NodeStarted) -> None:
+        self._timeline.started(event.node, event.batch, event.ts)
 
     def _items_started(self, event: ItemsStarted) -> None:
         self._timeline.started_items(event.batch, event.ts, len(event.indices))
