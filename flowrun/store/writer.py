@@ -356,6 +356,9 @@ class RunStore:
             self._timeline.item_ended(event.batch, event.ts)
             self._join(event.batch, event, 1)
             return
+        if type(event) is NodeSucceeded and event.batch is None and not event.reused:
+            self._node_succeeded(event)  # a task node: most of a DAG's records
+            return
         if type(event) is ItemsSucceeded:
             self._items_succeeded(event)
             return
@@ -378,6 +381,20 @@ class RunStore:
                 self.idle()
             for rec in records:
                 self._hand(rec, 1)
+
+    def _node_succeeded(self, event: NodeSucceeded) -> None:
+        """A task node's success: its row, what it printed, and its span, as for any event."""
+        record = ENCODERS[NodeSucceeded](event)
+        assert record is not None  # only a reused node's success records nothing
+        span = self._timeline.node_span(event.node, event.ts, "succeeded", event.duration_ms)
+        if self._closed:
+            raise StateError(f"run store {self.db_path} is closed; cannot record {event.event}")
+        if self._groups:  # commit order is record order: groups first
+            self.idle()
+        self._hand(record, 1)
+        if event.logs:
+            self._hand(logs_record(event), 1)
+        self._hand(span, 1)
 
     def _started(self, event: NodeStarted) -> None:
         self._timeline.started(event.node, event.batch, event.ts)
