@@ -507,12 +507,16 @@ def _print_unannounced(errors: list[dict[str, str]], record: "RunRecord") -> Non
 def _print_results(r: "Run", report: "RunReport") -> None:
     """Without --json: the outputs of the final nodes (those no edge leaves), one per line."""
     graph, context = r.prepared.graph, report.context
+    encode = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps makes one per call
+    lines = []
     for spec in graph.blueprint.nodes:
         key = graph.output_keys[spec.id]
         if not graph.is_final(spec.id) or key not in context:
             continue
-        text = json.dumps(context[key], ensure_ascii=False)
-        print(_printable(f"{key}: {text if len(text) <= 500 else text[:497] + '...'}"))
+        text = encode(context[key])
+        lines.append(f"{key}: {text if len(text) <= 500 else text[:497] + '...'}")
+    if lines:  # one write for a DAG with thousands of final nodes
+        print(_printable("\n".join(lines)))
 
 
 def _printable(text: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,3 +73,40 @@ def test_join_and_skip_rules(dag: tuple[int, list[tuple[int, int]], list[str]], 
                 assert not taken_to[x] or upstream_failed
             else:
                 assert not taken_to[x]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 9).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=16),
+            st.permutations(range(n)),
+        )
+    )
+)
+def test_expansion_orders_nodes_as_graphlib_does(
+    case: tuple[int, list[tuple[int, int]], list[int]],
+) -> None:
+    """The graph's order (which the run starts ready nodes in) is graphlib's static order for
+    the nodes added in blueprint order, duplicate edges, sources listed after their targets,
+    and cycles (None) included."""
+    import graphlib
+    from types import SimpleNamespace
+
+    from flowrun.engine.expand import _static_order
+
+    _, pairs, perm = case
+    names = [f"n{i}" for i in perm]
+    preds: dict[str, tuple[Any, ...]] = {name: () for name in names}
+    for a, b in pairs:
+        if a != b:
+            preds[f"n{b}"] += (SimpleNamespace(source=f"n{a}"),)
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for name in names:
+        sorter.add(name, *(e.source for e in preds[name]))
+    try:
+        expected: list[str] | None = list(sorter.static_order())
+    except graphlib.CycleError:
+        expected = None
+    assert _static_order(dict.fromkeys(names), preds) == expected  # type: ignore[arg-type]

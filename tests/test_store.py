@@ -561,3 +561,19 @@ def test_kill_9_keeps_whole_groups_and_loses_at_most_a_group_and_the_backlog(
     assert 100 <= durable <= acknowledged + 1  # the item being printed when killed may be in
     # Lost: at most the group being filled (< GROUP_MAX) and the writer's backlog.
     assert acknowledged - durable < GROUP_MAX + MAX_BACKLOG
+
+
+def test_a_transaction_writes_table_by_table_keeping_each_tables_order() -> None:
+    """The writer groups a transaction's records by table (one statement for a run of task
+    nodes' rows, one for their spans); each table's rows stay in the order recorded, so a
+    later row for the same key still wins. Every statement's table is known to the grouping."""
+    from flowrun.store import records as rec
+
+    for kind, sql in rec.SQL.items():
+        assert re.search(r"INTO (\w+)", sql).group(1) == rec._TABLE[kind]  # type: ignore[union-attr]
+    node = rec._NODE
+    rows = [(node, "a", 1), (rec.SPAN, "a"), (rec._RECOVERED, "a"), (rec.SPAN, "b"), (node, "b")]
+    grouped = rec.by_table(rows)
+    assert grouped == [(node, "a", 1), (rec._RECOVERED, "a"), (node, "b"), (rec.SPAN, "a"),
+                       (rec.SPAN, "b")]  # fmt: skip
+    assert rec.by_table(rows[:1]) == rows[:1]

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowrun.blueprint import params
-from flowrun.engine.kinds import kind_for
+from flowrun.engine.kinds import NodeKind, kind_for
 from flowrun.engine.routing import resolve_source
 from flowrun.errors import BlueprintError, PathT, Problem
 from flowrun.errors import did_you_mean as suggest
@@ -28,6 +28,8 @@ from flowrun.model import Blueprint, EdgeSpec, Graph, GraphEdge, GraphNode, Node
 # What an edge expression sees besides node ids; `input` and `result` are flowcraft's names
 # (`input` is the output in a transform; `result.output`, `result.action`).
 SCOPE_NAMES = ("output", "action", "context", "input", "result")
+#: blueprint node id -> its node kind
+Kinds = Mapping[str, type[NodeKind]]
 
 
 class _Checker:
@@ -72,18 +74,20 @@ def expand(bp: Blueprint, *, chain: tuple[str, ...] = ()) -> Graph:
     holds the files of the blueprints whose subflows led here (to refuse a cycle)."""
     chk = _Checker(bp)
     specs = params.compile_all(bp, _unique_nodes(bp, chk), chk.add)
-    nodes = _graph_nodes(specs)
-    producers = _producers(specs, chk)
-    edges = _edges(bp, specs, nodes, chk)
-    fallbacks = _check_fallbacks(specs, edges, chk)
-    _check_run_if(specs, chk)
-    expressions = _node_expressions(specs, bp, chk)
-    children = _children(specs, bp, chain, chk)
+    # Each node's kind, asked once: every stage below needs it for every node.
+    kinds = {sid: kind_for(s) for sid, s in specs.items()}
+    nodes = _graph_nodes(specs, kinds)
+    producers = _producers(specs, kinds, chk)
+    edges = _edges(bp, specs, kinds, nodes, chk)
+    fallbacks = _check_fallbacks(specs, kinds, edges, chk)
+    _check_run_if(specs, kinds, chk)
+    expressions = _node_expressions(specs, kinds, bp, chk)
+    children = _children(specs, kinds, bp, chain, chk)
     preds, succs = _index(nodes, edges)
     order = _order(nodes, preds, bp, chk)
     if order:
-        _check_sources(specs, producers, preds, bp, chk)
-    _check_files_and_pools(specs, bp, chk)
+        _check_sources(specs, kinds, producers, preds, bp, chk)
+    _check_files_and_pools(specs, kinds, bp, chk)
     if chk.problems:
         raise BlueprintError(sorted(chk.problems, key=lambda p: (p.line, p.column)))
     return Graph(
@@ -94,10 +98,10 @@ def expand(bp: Blueprint, *, chain: tuple[str, ...] = ()) -> Graph:
         preds=preds,
         succs=succs,
         fallbacks=frozenset(fallbacks),
-        exits={sid: kind_for(s).exit(s) for sid, s in specs.items()},
+        exits={sid: kinds[sid].exit(s) for sid, s in specs.items()},
         expressions=expressions,
         children=children,
-        output_keys={sid: kind_for(s).output_key(s) for sid, s in specs.items()},
+        output_keys={sid: kinds[sid].output_key(s) for sid, s in specs.items()},
     )
 
 
@@ -116,19 +120,19 @@ def _unique_nodes(bp: Blueprint, chk: _Checker) -> dict[str, NodeSpec]:
     return specs
 
 
-def _graph_nodes(specs: Mapping[str, NodeSpec]) -> dict[str, GraphNode]:
+def _graph_nodes(specs: Mapping[str, NodeSpec], kinds: Kinds) -> dict[str, GraphNode]:
     nodes: dict[str, GraphNode] = {}
-    for spec in specs.values():
-        for node in kind_for(spec).graph_nodes(spec):
+    for sid, spec in specs.items():
+        for node in kinds[sid].graph_nodes(spec):
             nodes[node.id] = node
     return nodes
 
 
-def _producers(specs: Mapping[str, NodeSpec], chk: _Checker) -> dict[str, str]:
+def _producers(specs: Mapping[str, NodeSpec], kinds: Kinds, chk: _Checker) -> dict[str, str]:
     """Run-context keys that nodes write -> the graph node that writes them."""
-    out = {sid: kind_for(s).exit(s) for sid, s in specs.items()}
+    out = {sid: kinds[sid].exit(s) for sid, s in specs.items()}
     for sid, spec in specs.items():
-        kind = kind_for(spec)
+        kind = kinds[sid]
         key, writer = kind.output_key(spec), out[sid]
         if key == sid:
             continue
@@ -151,12 +155,16 @@ def _edge_end(name: str, spec: NodeSpec | None, *, as_source: bool) -> str:
 
 
 def _edges(
-    bp: Blueprint, specs: Mapping[str, NodeSpec], nodes: Mapping[str, GraphNode], chk: _Checker
+    bp: Blueprint,
+    specs: Mapping[str, NodeSpec],
+    kinds: Kinds,
+    nodes: Mapping[str, GraphNode],
+    chk: _Checker,
 ) -> list[GraphEdge]:
     edges: list[GraphEdge] = []
     names = [*SCOPE_NAMES, *(n for n in [*specs, *bp.context] if n.isidentifier())]
-    for spec in specs.values():
-        edges += kind_for(spec).internal_edges(spec)
+    for sid, spec in specs.items():
+        edges += kinds[sid].internal_edges(spec)
     for espec in bp.edges:
         src = _endpoint(espec, "source", specs, nodes, chk)
         dst = _endpoint(espec, "target", specs, nodes, chk)
@@ -222,13 +230,13 @@ def _quoted(text: str, width: int = 120) -> str:
 
 
 def _node_expressions(
-    specs: Mapping[str, NodeSpec], bp: Blueprint, chk: _Checker
+    specs: Mapping[str, NodeSpec], kinds: Kinds, bp: Blueprint, chk: _Checker
 ) -> dict[tuple[str, str], Any]:
     """Compile the expressions node stanzas hold (a loop's `while`), keyed (node id, field)."""
     ids = [n for n in [*specs, *bp.context] if n.isidentifier()]
     out: dict[tuple[str, str], Any] = {}
-    for spec in specs.values():
-        for field, path, text, names in kind_for(spec).expressions(spec):
+    for sid, spec in specs.items():
+        for field, path, text, names in kinds[sid].expressions(spec):
             try:
                 out[(spec.id, field)] = compile_expr(text, [*names, *ids], kind=field)
             except ExprError as exc:
@@ -238,12 +246,16 @@ def _node_expressions(
 
 
 def _children(
-    specs: Mapping[str, NodeSpec], bp: Blueprint, chain: tuple[str, ...], chk: _Checker
+    specs: Mapping[str, NodeSpec],
+    kinds: Kinds,
+    bp: Blueprint,
+    chain: tuple[str, ...],
+    chk: _Checker,
 ) -> dict[str, Graph]:
     """Expand the blueprints that nodes run as subflows; a child's problems name its file."""
     out: dict[str, Graph] = {}
-    for spec in specs.values():
-        child, problems = kind_for(spec).child(spec, bp, chain)
+    for sid, spec in specs.items():
+        child, problems = kinds[sid].child(spec, bp, chain)
         chk.problems += problems
         if child is not None:
             out[spec.id] = child
@@ -251,7 +263,7 @@ def _children(
 
 
 def _check_fallbacks(
-    specs: Mapping[str, NodeSpec], edges: list[GraphEdge], chk: _Checker
+    specs: Mapping[str, NodeSpec], kinds: Kinds, edges: list[GraphEdge], chk: _Checker
 ) -> set[str]:
     wired = {e.source for e in edges} | {e.target for e in edges}
     fallbacks: set[str] = set()
@@ -265,8 +277,8 @@ def _check_fallbacks(
             chk.add(where, "unknown-fallback", f"fallback '{fb}' is not a node{suggest(fb, specs)}")
         elif fb == spec.id:
             chk.add(where, "self-fallback", f"node '{fb}' cannot be its own fallback")
-        elif not kind_for(target).can_stand_in:
-            name = kind_for(target).name
+        elif not kinds[fb].can_stand_in:
+            name = kinds[fb].name
             chk.add(where, f"{name}-fallback", f"fallback '{fb}' is a {name}; use a task node")
         elif fb in wired:
             chk.add(
@@ -280,9 +292,9 @@ def _check_fallbacks(
     return fallbacks
 
 
-def _check_run_if(specs: Mapping[str, NodeSpec], chk: _Checker) -> None:
-    for spec in specs.values():
-        kind = kind_for(spec)
+def _check_run_if(specs: Mapping[str, NodeSpec], kinds: Kinds, chk: _Checker) -> None:
+    for sid, spec in specs.items():
+        kind = kinds[sid]
         if spec.config.run_if != "success" and kind.name != "task":
             chk.add(
                 (*spec.path, "config", "runIf"),
@@ -295,12 +307,17 @@ def _check_run_if(specs: Mapping[str, NodeSpec], chk: _Checker) -> None:
 def _index(
     nodes: Mapping[str, GraphNode], edges: list[GraphEdge]
 ) -> tuple[dict[str, tuple[GraphEdge, ...]], dict[str, tuple[GraphEdge, ...]]]:
-    preds: dict[str, list[GraphEdge]] = {n: [] for n in nodes}
-    succs: dict[str, list[GraphEdge]] = {n: [] for n in nodes}
+    into: dict[str, list[GraphEdge]] = {}
+    out: dict[str, list[GraphEdge]] = {}
     for edge in edges:
-        preds[edge.target].append(edge)
-        succs[edge.source].append(edge)
-    return ({k: tuple(v) for k, v in preds.items()}, {k: tuple(v) for k, v in succs.items()})
+        into.setdefault(edge.target, []).append(edge)
+        out.setdefault(edge.source, []).append(edge)
+    # Every node has an entry, in node order; most independent nodes share the empty tuple.
+    preds: dict[str, tuple[GraphEdge, ...]] = dict.fromkeys(nodes, ())
+    succs: dict[str, tuple[GraphEdge, ...]] = dict.fromkeys(nodes, ())
+    preds.update((k, tuple(v)) for k, v in into.items())
+    succs.update((k, tuple(v)) for k, v in out.items())
+    return preds, succs
 
 
 def _order(
@@ -309,11 +326,14 @@ def _order(
     bp: Blueprint,
     chk: _Checker,
 ) -> list[str]:
+    order = _static_order(nodes, preds)
+    if order is not None:
+        return order
     sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
     for name in nodes:
         sorter.add(name, *(e.source for e in preds[name]))
     try:
-        return list(sorter.static_order())
+        return list(sorter.static_order())  # raises: graphlib names the cycle
     except graphlib.CycleError as exc:
         cycle: list[str] = exc.args[1]
         # Name batches as the user wrote them: B, not B_scatter -> B -> B_gather.
@@ -329,6 +349,40 @@ def _order(
         return []
 
 
+def _static_order(
+    nodes: Mapping[str, GraphNode], preds: Mapping[str, tuple[GraphEdge, ...]]
+) -> list[str] | None:
+    """The order `graphlib.TopologicalSorter.static_order()` gives when each node is added
+    with its edges' sources, in the order of `nodes` (so the run starts nodes in the same
+    order), without an object per node; None when the edges form a cycle."""
+    waiting: dict[str, int] = {}  # the sorter's nodes, in the order it first saw each
+    succs: dict[str, list[str]] = {}
+    for name in nodes:
+        sources = preds[name]
+        waiting[name] = waiting.get(name, 0) + len(sources)
+        for edge in sources:
+            source = edge.source
+            if source not in waiting:
+                waiting[source] = 0
+            found = succs.get(source)
+            if found is None:
+                succs[source] = [name]
+            else:
+                found.append(name)
+    order: list[str] = []
+    ready = [name for name, n in waiting.items() if n == 0]
+    while ready:
+        order += ready
+        after: list[str] = []
+        for name in ready:
+            for succ in succs.get(name, ()):
+                left = waiting[succ] = waiting[succ] - 1
+                if left == 0:
+                    after.append(succ)
+        ready = after
+    return order if len(order) == len(waiting) else None
+
+
 def _cycle_location(
     cycle: list[str], nodes: Mapping[str, GraphNode], preds: Mapping[str, tuple[GraphEdge, ...]]
 ) -> PathT:
@@ -342,14 +396,15 @@ def _cycle_location(
 
 def _check_sources(
     specs: Mapping[str, NodeSpec],
+    kinds: Kinds,
     producers: Mapping[str, str],
     preds: Mapping[str, tuple[GraphEdge, ...]],
     bp: Blueprint,
     chk: _Checker,
 ) -> None:
     known = set(producers) | set(bp.context)
-    for spec in specs.values():
-        kind = kind_for(spec)
+    for sid, spec in specs.items():
+        kind = kinds[sid]
         reader = kind.reader(spec)
         for path, text in kind.reads(spec):
             src = resolve_source(text, known)
@@ -394,10 +449,12 @@ def _bad_index(part: str) -> str | None:
     return None
 
 
-def _check_files_and_pools(specs: Mapping[str, NodeSpec], bp: Blueprint, chk: _Checker) -> None:
+def _check_files_and_pools(
+    specs: Mapping[str, NodeSpec], kinds: Kinds, bp: Blueprint, chk: _Checker
+) -> None:
     base = bp.document.path.parent if bp.document is not None else None
-    for spec in specs.values():
-        for path, code, message in kind_for(spec).problems(spec, base):
+    for sid, spec in specs.items():
+        for path, code, message in kinds[sid].problems(spec, base):
             chk.add(path, code, message)
         for where, pool in _pool_refs(spec):
             if pool not in bp.pools:

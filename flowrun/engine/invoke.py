@@ -147,6 +147,8 @@ def _call(fn: Callable[..., Any], is_async: bool, args: Sequence[Any], kwargs: A
     if is_async:
         return _loop().run_until_complete(fn(*args, **kwargs))
     value = fn(*args, **kwargs)
+    if type(value) in _SCALARS:  # most results: no coroutine (the ABC check costs more)
+        return value
     if isinstance(value, Coroutine):  # a sync wrapper that returned a coroutine
         return _loop().run_until_complete(value)
     return value

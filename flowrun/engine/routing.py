@@ -125,14 +125,16 @@ class Router:
 
     def input(self, node: GraphNode) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """(args, kwargs) for a task node: its `inputs`, else its predecessors' values."""
-        spec = node.spec
-        if isinstance(spec.inputs, str):
-            return (self.read(spec.inputs),), {}
-        if isinstance(spec.inputs, Mapping):
-            return (), {k: self.read(v) for k, v in spec.inputs.items()}
-        sources = {e.source for e in self.graph.preds[node.id]}
-        if not sources:
+        inputs = node.spec.inputs
+        if inputs is not None:
+            if isinstance(inputs, str):
+                return (self.read(inputs),), {}
+            if isinstance(inputs, Mapping):
+                return (), {k: self.read(v) for k, v in inputs.items()}
+        preds = self.graph.preds[node.id]
+        if not preds:  # a node no edge enters (most of a wide DAG)
             return (), {}
+        sources = {e.source for e in preds}
         taken = self.sched.inputs(node.id)
         if not taken:  # a `runIf: failure|always` node whose predecessors gave nothing
             return (), {}

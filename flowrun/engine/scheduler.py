@@ -104,7 +104,8 @@ class Scheduler:
             status[name] = Status.PENDING
             if name in graph.fallbacks:
                 continue
-            sources = {e.source for e in graph.preds[name]}
+            preds = graph.preds[name]
+            sources = {e.source for e in preds} if preds else ()
             waiting[name] = len(sources)
             if not sources and self._run_if(name):
                 at_end.append(name)

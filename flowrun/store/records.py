@@ -85,6 +85,32 @@ SQL = {
 }
 
 
+# The table each kind of record writes. Rows of different tables are independent within one
+# transaction (it commits whole or not at all), so `by_table` may put them apart; rows of one
+# table keep the order they were recorded in (a later REPLACE wins).
+_TABLE = {_NODE: "nodes", _RECOVERED: "nodes", _BATCH_STARTED: "batches",
+          _BATCH_FINISHED: "batches", _RUN_STARTED: "runs", _RUN_FINISHED: "runs",
+          _CHUNK: "item_chunks", LOGS: "logs", SPAN: "spans", SAMPLES: "samples",
+          _NODE_OK: "nodes"}  # fmt: skip
+
+
+def by_table(records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """`records` (of one transaction) table by table, each table's in their order, so that
+    consecutive records of one kind are one `executemany`: a task node's row and its span,
+    alternating, would otherwise be two statements per node."""
+    lanes: dict[str, list[tuple[Any, ...]]] = {}
+    for record in records:
+        table = _TABLE.get(record[0], "")
+        lane = lanes.get(table)
+        if lane is None:
+            lanes[table] = [record]
+        else:
+            lane.append(record)
+    if len(lanes) == 1:
+        return records
+    return [record for lane in lanes.values() for record in lane]
+
+
 def _json(value: Any, node: str, what: str) -> str:
     try:
         return json.dumps(value, allow_nan=False)

@@ -125,6 +125,11 @@ class Timeline:
             return [self._span(event.node, event.ts, status, event.duration_ms)]
         return []
 
+    def node_span(self, node: str, ts: float, status: str, ms: float) -> tuple[Any, ...]:
+        """The span record of task node `node`, settled at `ts` (what `records` gives for
+        its success)."""
+        return self._span(node, ts, status, ms)
+
     def _span(self, node: str, ts: float, status: str, ms: float = 0.0) -> tuple[Any, ...]:
         start = self.starts.pop(node, ts - ms / 1000)
         return (SPAN, node, start, ts, status)

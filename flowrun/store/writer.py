@@ -74,6 +74,7 @@ from flowrun.store.records import (
     SQL,
     STOP,
     RunMeta,
+    by_table,
     chunk_record,
     logs_record,
     weight,
@@ -193,13 +194,8 @@ class _Writer:
     def _commit(self, records: list[tuple[Any, ...]]) -> None:
         try:
             self._conn.execute("BEGIN")
-            # Runs of consecutive same-kind records keep the recorded order inside one
-            # transaction. Spans, whose table is theirs alone, go last: a task node's record
-            # and its span would otherwise alternate, one `executemany` each.
-            spans = [r for r in records if r[0] == SPAN]
-            if spans:
-                records = [r for r in records if r[0] != SPAN] + spans
-            for kind, group in groupby(records, itemgetter(0)):
+            # Runs of consecutive same-kind records, each table's in the recorded order.
+            for kind, group in groupby(by_table(records), itemgetter(0)):
                 if kind in SQL:
                     self._conn.executemany(SQL[kind], group)
             self._conn.execute("COMMIT")
@@ -361,6 +357,9 @@ class RunStore:
             self._timeline.item_ended(event.batch, event.ts)
             self._join(event.batch, event, 1)
             return
+        if type(event) is NodeSucceeded and event.batch is None and not event.reused:
+            self._node_succeeded(event)  # a task node: most of a DAG's records
+            return
         if type(event) is ItemsSucceeded:
             self._items_succeeded(event)
             return
@@ -383,6 +382,20 @@ class RunStore:
                 self.idle()
             for rec in records:
                 self._hand(rec, 1)
+
+    def _node_succeeded(self, event: NodeSucceeded) -> None:
+        """A task node's success: its row, what it printed, and its span, as for any event."""
+        record = ENCODERS[NodeSucceeded](event)
+        assert record is not None  # only a reused node's success records nothing
+        span = self._timeline.node_span(event.node, event.ts, "succeeded", event.duration_ms)
+        if self._closed:
+            raise StateError(f"run store {self.db_path} is closed; cannot record {event.event}")
+        if self._groups:  # commit order is record order: groups first
+            self.idle()
+        self._hand(record, 1)
+        if event.logs:
+            self._hand(logs_record(event), 1)
+        self._hand(span, 1)
 
     def _started(self, event: NodeStarted) -> None:
         self._timeline.started(event.node, event.batch, event.ts)
