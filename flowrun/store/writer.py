@@ -70,7 +70,6 @@ from flowrun.store.db import (
 from flowrun.store.records import (
     ENCODERS,
     FLUSH,
-    SPAN,
     SQL,
     STOP,
     RunMeta,
