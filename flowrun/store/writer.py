@@ -139,6 +139,10 @@ class _Writer:
         # Set by the recording thread to end the wait for a group at once: a marker was
         # queued, or the backlog is large enough for a full transaction.
         self.wake = threading.Event()
+        # Set (with `wake`) by a recording thread that waits for the backlog to shrink: the
+        # group ends with what is queued, whatever its number of records (a chunk row holds
+        # many items, so the backlog can be full long before COMMIT_MAX_RECORDS records).
+        self.hurry = False
         self._conn = conn
         self._on_failure = on_failure
         # Daemon, so a store nobody closed cannot hang the interpreter's exit; the store's
@@ -184,7 +188,8 @@ class _Writer:
                 if records[-1][0] in (FLUSH, STOP):
                     return records
             left = deadline - time.monotonic()
-            if len(records) >= COMMIT_MAX_RECORDS or left <= 0:
+            if len(records) >= COMMIT_MAX_RECORDS or left <= 0 or self.hurry:
+                self.hurry = False
                 return records
             # A put does not wake this wait (only `wake` does): a busy run is not slowed by a
             # thread switch per record.
@@ -442,6 +447,7 @@ class RunStore:
         """Let the writer catch up to half the backlog (it commits while we wait)."""
         writer = self._writer
         writer.caught_up.clear()
+        writer.hurry = True
         writer.wake.set()
         while writer.queued - writer.taken > MAX_BACKLOG // 2 and writer.thread.is_alive():
             writer.caught_up.wait(0.1)
