@@ -489,7 +489,7 @@ def store_cost(ctx: Context) -> list[Row]:
     label = f"store: W1 {n:,} items, state store on vs off"
     ctx.keep(label, res)
     row = Row(label, res["on"].wall, res["off"].wall)
-    row.notes.append("baseline: the same run with a store that records nothing; target ≤ 1.15×")
+    row.notes.append("baseline: the same run with a store that records nothing; target ≤ 1.10×")
     row.notes.append(f"peak RSS {_mb(res['on'].rss_kb)} vs {_mb(res['off'].rss_kb)}")
     row.notes.append(_spread(res, "on", "off"))
     return [_done(row)]
@@ -524,7 +524,7 @@ def live_display(ctx: Context) -> list[Row]:
               statistics.median(off))  # fmt: skip
     row.notes.append(f"median of {len(on)} alternating pairs {live.ratio(on, off):.3f}×")
     row.notes.append(f"of which importing rich {live.import_ms(ctx.plan.reps):.0f} ms (fixed)")
-    row.notes.append("target ≤ 1.10×")
+    row.notes.append("target ≤ 1.05×")
     return [_done(row)]
 
 
