@@ -336,6 +336,7 @@ def committed_nodes(w: Workdir) -> set[str]:
     return {node for (node,) in rows}
 
 
+@pytest.mark.timeout(360)  # its own waits allow 240 s to reach the gate on a busy machine
 def test_kill_9_during_a_2000_node_dag_then_resume_reruns_no_committed_node(
     tmp_path: Path,
 ) -> None:
