@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -278,3 +278,36 @@ def test_lanes_start_each_other_and_run_what_they_could_not_start() -> None:
     _, claimed, _, left = feed.swap()
     assert claimed == [0, 1, 2] and left == 1
     assert list(feed.window) == list(range(3, 10))
+
+
+def test_no_lane_claims_after_a_failure_until_the_driver_has_settled_it() -> None:
+    """A failure may put the batch past its budget or stop the run: until the driver has seen
+    it, the lanes claim nothing more (before lanes, the driver started every item itself)."""
+    feed = Feed("B", "tests.lane_nodes.slow", list(range(10)), {}, None, lambda: None,
+                lambda: False)  # fmt: skip
+    feed.top_up(list(range(10)))
+    a, b = feed.first(), feed.first()
+    assert a is not None and b is not None
+
+    def run(chunk: Items, fn: Callable[[Any], Any]) -> Any:
+        return run_items(chunk, fn, wants_ctx=False, is_async=False, run_id="r",
+                         context=SharedContext(), cancel=CancelScope())  # fmt: skip
+
+    def boom(v: Any) -> Any:
+        raise ValueError(v)
+
+    assert feed.report(a, run(a, boom)) is None  # its item failed: it claims nothing
+    assert feed.report(b, run(b, lambda v: v)) is None  # nor does any other lane
+    assert feed.waiting() == 8
+    feed.swap()
+    c = feed.first()
+    assert c is not None
+    assert feed.report(c, run(c, boom)) is None  # a failure after the driver looked...
+    feed.resume()  # ...keeps the lanes halted when the driver settles the earlier ones
+    assert feed.halted
+    feed.swap()
+    feed.resume()
+    d = feed.first()
+    assert d is not None
+    nxt = feed.report(d, run(d, lambda v: v))
+    assert nxt is not None and list(nxt.indices) == [4]  # settled: the lanes claim again

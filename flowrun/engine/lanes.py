@@ -58,12 +58,15 @@ class Feed:
         "batch",
         "claimed",
         "claimed_at",
+        "fails",
+        "halted",
         "kwargs",
         "lanes",
         "leaving",
         "left",
         "lock",
         "reports",
+        "seen",
         "start",
         "starting",
         "stopped",
@@ -96,6 +99,12 @@ class Feed:
         self.claimed: list[int] = []  # claimed since the driver looked
         self.claimed_at = 0.0  # when the first of them was
         self.left = 0  # lanes that left since the driver looked
+        #: an item failed since the driver looked: no lane claims more until it has settled
+        #: the failure (the batch may be past its failure budget, the run may stop), as no
+        #: item started while a failure waited for the driver before lanes
+        self.halted = False
+        self.fails = 0  # reports with a failure, ever
+        self.seen = 0  # `fails` when the driver last looked
         self.lanes = 0
         self.leaving = 0  # lanes asked to leave at their next claim (others want their slots)
         #: lanes the driver counted in (their slots held) that no lane has started yet: the
@@ -122,13 +131,17 @@ class Feed:
         leaves: nothing waits, or the run was cancelled)."""
         idx: list[int] = []
         window = self.window
+        failed = bool(res.others) and any(not o.ok for _, o in res.others)
         with self.lock:
             wake = not self.reports and not self.left
             self.reports.append((chunk, res))
+            if failed:
+                self.halted = True
+                self.fails += 1
             if self.leaving:
                 self.leaving -= 1
                 self.left += 1
-            elif window and res.ran == len(chunk.values) and not self.stopped():
+            elif window and res.ran == len(chunk.values) and not self.halted and not self.stopped():
                 n = min(self.take, len(window))
                 idx = [window.popleft() for _ in range(n)]
                 if not self.claimed:
@@ -153,7 +166,7 @@ class Feed:
             k = min(2, self.starting)
             self.starting -= k
             for _ in range(k):
-                if not window or self.stopped() or self.start is None:
+                if not window or self.halted or self.stopped() or self.start is None:
                     self.left += 1
                     continue
                 idx = [window.popleft() for _ in range(min(self.take, len(window)))]
@@ -194,10 +207,18 @@ class Feed:
         if wake:
             self.wake()
 
+    def resume(self) -> None:
+        """On the driver, once it settled what the lanes left: lanes may claim again, unless
+        another failure came in since it looked."""
+        with self.lock:
+            if self.fails == self.seen:
+                self.halted = False
+
     def swap(self) -> tuple[list[tuple[Items, ItemsOutcome]], list[int], float, int]:
         """On the driver: what the lanes left since it last looked (and forget it)."""
         with self.lock:
             out = (self.reports, self.claimed, self.claimed_at, self.left)
+            self.seen = self.fails
             self.reports, self.claimed, self.left = [], [], 0
         return out
 
@@ -392,6 +413,8 @@ class Lanes:
             kind.inflight[batch] -= left
             rt.hold(-left)
         self.stop_if_over(feed)
+        if feed.halted:
+            feed.resume()
         if not feed.lanes and not feed.waiting() and self.feeds.get(batch) is feed:
             del self.feeds[batch]
 
@@ -412,6 +435,9 @@ class Lanes:
             return
         if self.rt.stopping or self.rt.sched.batches[feed.batch].over_budget:
             self.rt.sched.give_back(feed.batch, feed.withdraw())
+            # With none of its items left in flight, that closed the batch: it settles now
+            # (no later item will come back to settle it).
+            self.kind._after_item(feed.batch)
 
     def sweep(self) -> None:
         """Before the batch kind fills its open batches: take back the windows of batches
