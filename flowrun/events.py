@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
@@ -52,7 +52,7 @@ class RunStarted(Event):
     graph: Any = None  # the `flowrun.model.Graph` being run, for sinks that need its shape
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen  # one per task node
 class NodeStarted(Event):
     event: ClassVar[str] = "node_started"
     node: str = ""
@@ -61,7 +61,7 @@ class NodeStarted(Event):
     index: int | None = None
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen  # one per task node
 class NodeSucceeded(Event):
     event: ClassVar[str] = "node_succeeded"
     private: ClassVar[frozenset[str]] = frozenset(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flowrun.errors import PathT, Problem
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 MAX_DELAY = 10_000_000.0  # seconds: the longest duration a blueprint may give (its schema)
 
@@ -137,7 +137,7 @@ class PoolSpec(Frozen):
         return f"{self.name}: {', '.join(parts) or 'no limit'}"
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen  # one per node
 class NodeSpec(Frozen):
     """One entry of `nodes`. `path` locates it in the document, e.g. ``("nodes", 2)``."""
 
@@ -227,7 +227,7 @@ class Kind(enum.StrEnum):
     SUBFLOW = "subflow"
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen  # one per node
 class GraphNode(Frozen):
     """A node of the expanded graph; a batch `B` gives `B_scatter`, `B` (worker), `B_gather`.
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flowrun.frozen import Frozen, Mutable
+from flowrun.frozen import Frozen, Mutable, fast_frozen, slot_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,3 +234,77 @@ def test_the_mutable_classes_use_it(cls: type) -> None:
     for name in ("__eq__", "__repr__"):
         assert getattr(cls, name) is getattr(Frozen, name), name
     assert cls.__hash__ is None  # type: ignore[comparison-overlap]
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedInit:
+    a: Any
+    b: Any = 1
+    c: list[Any] = field(default_factory=list)
+
+
+@fast_frozen
+class FastInit(Frozen):
+    a: Any
+    b: Any = 1
+    c: list[Any] = field(default_factory=list)
+
+
+@fast_frozen
+class FastInitChild(FastInit):
+    d: Any = None
+
+
+def test_fast_frozen_init_as_generated() -> None:
+    assert inspect.signature(FastInit) == inspect.signature(GeneratedInit)
+    assert FastInit.__init__.__annotations__ == GeneratedInit.__init__.__annotations__
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((0,), {}),
+        ((0, 2), {}),
+        ((0,), {"c": [3]}),
+        ((), {"a": 1, "b": 2}),
+    ]
+    for args, kwargs in calls:
+        fast, generated = FastInit(*args, **kwargs), GeneratedInit(*args, **kwargs)
+        assert dataclasses.astuple(fast) == dataclasses.astuple(generated)
+    assert FastInit(0).c is not FastInit(0).c  # a fresh default per instance
+    assert dataclasses.astuple(FastInitChild(1, 2, [], 4)) == (1, 2, [], 4)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'a'"):
+        FastInit()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'x'"):
+        FastInit(1, x=2)  # type: ignore[call-arg]
+    fast = FastInit(1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.a = 2  # type: ignore[misc]
+    assert not hasattr(fast, "__dict__")
+    assert dataclasses.replace(fast, b=5) == FastInit(1, 5)
+    assert FastInit.__init__.__qualname__ == "FastInit.__init__"
+
+
+def test_slot_init_refuses_what_it_cannot_write() -> None:
+    @dataclass(frozen=True, slots=True, init=False)
+    class KwOnly:
+        a: Any = field(kw_only=True)
+
+    @dataclass(frozen=True, slots=True, init=False)
+    class Posted:
+        a: Any
+
+        def __post_init__(self) -> None:
+            pass
+
+    @dataclass(frozen=True, init=False)
+    class NoSlots:
+        a: Any
+
+    for cls in (KwOnly, Posted, NoSlots, GeneratedInit):
+        with pytest.raises(TypeError):
+            slot_init(cls)
+
+
+@pytest.mark.parametrize("name", ["NodeStarted", "NodeSucceeded", "NodeSpec", "GraphNode"])
+def test_the_hot_classes_take_the_written_init(name: str) -> None:
+    cls = next(c for c in _frozen_classes() if c.__name__ == name)
+    init: Any = cls.__dict__["__init__"]
+    assert "_set_" in " ".join(init.__code__.co_names)
+    assert list(inspect.signature(cls).parameters) == [f.name for f in dataclasses.fields(cls)]

@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -142,6 +143,26 @@ def test_dates_times_and_odd_numbers_stay_as_yaml_1_2_reads_them() -> None:
         "z": None,
         "q": "3",
     }
+
+
+def test_scalar_tags_are_the_ones_pyyaml_s_general_resolver_picks() -> None:
+    from yaml.resolver import BaseResolver
+
+    from flowrun.blueprint.yamlwalk import CoreLoader
+
+    loader = CoreLoader("")
+    general: Any = BaseResolver.resolve  # PyYAML's, as every other loader runs it
+    ours: Any = loader.resolve
+    words = ["", "~", "null", "Null", "NULL", "nULL", "n", "yes", "true", "tRUE", "false"]
+    words += ["1", "-1", "+7", "0o17", "0o8", "0x1F", "0b1", "010", "1.5", ".5", "5.", "1e5"]
+    words += ["-.inf", ".Inf", ".nan", ".NaN", "<<", "<", "=", "12:30", "2024-01-01", "x", "é"]
+    for word in words:
+        for implicit in itertools.product([True, False], repeat=2):
+            want = general(loader, yaml.ScalarNode, word, implicit)
+            assert ours(yaml.ScalarNode, word, implicit) == want, (word, implicit)
+    for kind in (yaml.SequenceNode, yaml.MappingNode):
+        assert ours(kind, None, (False, False)) == general(loader, kind, None, (False, False))
+    loader.dispose()
 
 
 def test_explicit_core_tags_are_honoured_and_others_refused() -> None:

@@ -71,6 +71,33 @@ CoreLoader.add_implicit_resolver(
     list("-+0123456789."),
 )
 
+# `resolve` runs once per node the parser composes (five per task node of a blueprint), and
+# PyYAML's general one builds a list of rules and checks for path resolvers every time. The
+# table is fixed from here on and CoreLoader has no path resolvers, so the rules that can match
+# a scalar are looked up once by its first character (`""` for the empty scalar), the wildcard
+# rules (first character `None`) after them, in PyYAML's order.
+_WILDCARD = tuple(CoreLoader.yaml_implicit_resolvers.get(None, []))
+_RULES = {
+    first: tuple(rules) + _WILDCARD
+    for first, rules in CoreLoader.yaml_implicit_resolvers.items()
+    if first is not None
+}
+
+
+def _resolve(
+    self: CoreLoader, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]
+) -> str:
+    if kind is yaml.ScalarNode:
+        if implicit[0]:
+            for tag, regexp in _RULES.get(value[:1], _WILDCARD):
+                if regexp.match(value):
+                    return str(tag)
+        return _STR
+    return _SEQ if kind is yaml.SequenceNode else _MAP
+
+
+CoreLoader.resolve = _resolve  # type: ignore[assignment,method-assign]
+
 
 # -- the walk ----------------------------------------------------------------------------------
 
