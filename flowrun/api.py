@@ -78,6 +78,8 @@ def check_file(
 
 @dataclass(slots=True, eq=False, repr=False)
 class _Checked(Mutable):
+    """What checking one file found so far: its problems and what was built."""
+
     problems: list[Problem]
     doc: loader.Document | None = None
     graph: Graph | None = None
@@ -210,6 +212,8 @@ def validate(
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Prepared(Frozen):
+    """A checked graph with its resolved functions, ready to run."""
+
     graph: Graph
     targets: Mapping[str, Target]
     dirs: tuple[str, ...]
@@ -282,6 +286,8 @@ def initial_context(
 
 @dataclass(eq=False, repr=False)
 class RunOptions(Mutable):
+    """The options of `flowrun.run`, one for each `flowrun run` flag."""
+
     concurrency: int = 8
     sets: Sequence[str] = ()
     context_file: str | None = None
