@@ -459,7 +459,7 @@ class Run:
             if n.status in ok
             and not is_item_id(k)
             and k not in rerun
-            and not (rerun and "/" in k and _CHILD_OWNER.split(k, 1)[0] in rerun)
+            and not (rerun and "/" in k and re.split(_CHILD_OWNER, k, maxsplit=1)[0] in rerun)
         }
         items: dict[str, Mapping[int, Any]] = {
             b: {i: n.output for i, n in its.items() if n.status in ok}
@@ -587,7 +587,7 @@ def _unrecorded(report: RunReport, failure: StateError | None, path: str, run_id
 
 
 #: where a child node's id (`sub/x`, `b[3]/x`, `poll#2/x`) stops naming its top-level node
-_CHILD_OWNER = re.compile(r"[\[#/]")
+_CHILD_OWNER = r"[\[#/]"  # compiled on first use (by `re`): only --from needs it
 
 
 def run(path: str | os.PathLike[str], **kwargs: Any) -> RunReport:
