@@ -78,6 +78,8 @@ def check_file(
 
 @dataclass(slots=True, eq=False, repr=False)
 class _Checked(Mutable):
+    """What checking one file found so far: its problems and what was built."""
+
     problems: list[Problem]
     doc: loader.Document | None = None
     graph: Graph | None = None
@@ -210,6 +212,8 @@ def validate(
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Prepared(Frozen):
+    """A checked graph with its resolved functions, ready to run."""
+
     graph: Graph
     targets: Mapping[str, Target]
     dirs: tuple[str, ...]
@@ -282,6 +286,8 @@ def initial_context(
 
 @dataclass(eq=False, repr=False)
 class RunOptions(Mutable):
+    """The options of `flowrun.run`, one for each `flowrun run` flag."""
+
     concurrency: int = 8
     sets: Sequence[str] = ()
     context_file: str | None = None
@@ -453,7 +459,7 @@ class Run:
             if n.status in ok
             and not is_item_id(k)
             and k not in rerun
-            and not (rerun and "/" in k and _CHILD_OWNER.split(k, 1)[0] in rerun)
+            and not (rerun and "/" in k and re.split(_CHILD_OWNER, k, maxsplit=1)[0] in rerun)
         }
         items: dict[str, Mapping[int, Any]] = {
             b: {i: n.output for i, n in its.items() if n.status in ok}
@@ -581,7 +587,7 @@ def _unrecorded(report: RunReport, failure: StateError | None, path: str, run_id
 
 
 #: where a child node's id (`sub/x`, `b[3]/x`, `poll#2/x`) stops naming its top-level node
-_CHILD_OWNER = re.compile(r"[\[#/]")
+_CHILD_OWNER = r"[\[#/]"  # compiled on first use (by `re`): only --from needs it
 
 
 def run(path: str | os.PathLike[str], **kwargs: Any) -> RunReport:

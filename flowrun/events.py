@@ -19,6 +19,8 @@ from flowrun.frozen import Frozen, fast_frozen
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Event(Frozen):
+    """The base of every event: `ts`, and `to_json` for the `--events` file."""
+
     event: ClassVar[str] = "event"
     #: fields left out of the `--events` file (large or not JSON-safe)
     private: ClassVar[frozenset[str]] = frozenset()
@@ -42,6 +44,8 @@ _PUBLIC: dict[type[Event], tuple[str, ...]] = {}
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RunStarted(Event):
+    """A run (new or resumed) starts: its id, blueprint and the nodes it counts."""
+
     event: ClassVar[str] = "run_started"
     private: ClassVar[frozenset[str]] = frozenset({"graph"})
     run_id: str = ""
@@ -54,6 +58,8 @@ class RunStarted(Event):
 
 @fast_frozen  # one per task node
 class NodeStarted(Event):
+    """An attempt of a node or batch item starts."""
+
     event: ClassVar[str] = "node_started"
     node: str = ""
     attempt: int = 1
@@ -63,6 +69,8 @@ class NodeStarted(Event):
 
 @fast_frozen  # one per task node
 class NodeSucceeded(Event):
+    """A node or batch item finished with an output (or was reused on resume)."""
+
     event: ClassVar[str] = "node_succeeded"
     private: ClassVar[frozenset[str]] = frozenset(
         {"output", "output_json", "context_updates", "status", "logs"}
@@ -179,12 +187,16 @@ class NodeRecovered(Event):
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class NodeSkipped(Event):
+    """A node is skipped: it does not run in this run."""
+
     event: ClassVar[str] = "node_skipped"
     node: str = ""
 
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class BatchStarted(Event):
+    """A batch fans out: how many items it has, how many an earlier run finished."""
+
     event: ClassVar[str] = "batch_started"
     node: str = ""
     total: int = 0
@@ -193,6 +205,8 @@ class BatchStarted(Event):
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class BatchFinished(Event):
+    """A batch is over: its items' counts and the gathered output."""
+
     event: ClassVar[str] = "batch_finished"
     private: ClassVar[frozenset[str]] = frozenset({"output"})
     node: str = ""
@@ -225,6 +239,8 @@ class PoolWaiting(Event):
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class RunFinished(Event):
+    """The run is over: its status, final context and errors."""
+
     event: ClassVar[str] = "run_finished"
     private: ClassVar[frozenset[str]] = frozenset({"context", "groups"})
     status: str = "completed"  # completed | failed | cancelled

@@ -88,6 +88,8 @@ class SubflowSpec(Frozen):
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class BatchSpec(Frozen):
+    """A node's `batch` stanza: the worker and where its items come from and go."""
+
     uses: str
     input_key: str | None  # None when the items come from a file (`items_from`)
     output_key: str
@@ -170,6 +172,8 @@ class NodeSpec(Frozen):
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class EdgeSpec(Frozen):
+    """An edge as written: `source`, `target` and the route `action` it needs."""
+
     source: str
     target: str
     action: str | None = None
@@ -180,6 +184,8 @@ class EdgeSpec(Frozen):
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class Blueprint(Frozen):
+    """A parsed, checked blueprint before expansion: its nodes, edges and config."""
+
     id: str
     nodes: tuple[NodeSpec, ...]
     edges: tuple[EdgeSpec, ...]
@@ -275,6 +281,8 @@ class GraphNode(Frozen):
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
 class GraphEdge(Frozen):
+    """An edge of the expanded graph."""
+
     source: str
     target: str
     action: str | None = None

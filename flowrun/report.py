@@ -19,6 +19,8 @@ RUN_STATUSES = ("completed", "failed", "cancelled")
 
 @dataclass(slots=True, eq=False, repr=False)
 class NodeReport(Mutable):
+    """One node's line in the run's report."""
+
     status: str = "pending"
     attempts: int = 0
     duration_ms: float = 0.0
@@ -34,6 +36,8 @@ class NodeReport(Mutable):
 
 @dataclass(slots=True, eq=False, repr=False)
 class RunReport(Mutable):
+    """What `flowrun.run` returns: the run's status, context, nodes and errors."""
+
     blueprint: str
     run_id: str
     status: str

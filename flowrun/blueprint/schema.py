@@ -39,9 +39,11 @@ if TYPE_CHECKING:
 
     from flowrun.blueprint.loader import Document
 
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+#: patterns compiled on first use (by `re`): a blueprint without durations or rates never
+#: needs them
+_DURATION = r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)"
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)")
+_RATE = r"([0-9]+(?:\.[0-9]+)?)/(s|m|h)"
 MAX_RATE = 1_000_000_000  # pool starts per second
 SHELL_USES = "flowrun.std.shell"  # what `shell:` on a node or a batch stands for
 
@@ -69,7 +71,7 @@ def parse_duration(value: int | float | str) -> float:
     try:
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds = value / 1000
-        elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        elif isinstance(value, str) and (match := re.fullmatch(_DURATION, value)):
             seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
         else:
             raise ValueError
@@ -84,7 +86,7 @@ def parse_duration(value: int | float | str) -> float:
 
 def parse_rate(text: str) -> float:
     """Starts per second in a pool rate (`10/s`, `600/m`, `1000/h`)."""
-    match = _RATE.fullmatch(text)
+    match = re.fullmatch(_RATE, text)
     rate = float(match[1]) / _UNIT_SECONDS[match[2]] if match else math.nan
     if not math.isfinite(rate) or rate <= 0:
         raise ValueError(f"invalid rate {text!r}: expected N/s, N/m or N/h with N above zero")

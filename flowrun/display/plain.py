@@ -222,6 +222,8 @@ class Reporter:
 
 @dataclass(slots=True, eq=False, repr=False)
 class _Throttle(Mutable):
+    """When a batch's next plain progress line is due."""
+
     step: int  # items per progress line (10%)
     next_mark: int
     last: float  # clock time of the last progress line

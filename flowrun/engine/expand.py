@@ -53,15 +53,16 @@ class _Checker:
         self.problems.append(problem)
 
 
-_LINE_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts as a line break
+#: what YAML counts as a line break (compiled on first use, by `re`, for an error message)
+_LINE_BREAK = r"\r\n|[\r\n\x85\u2028\u2029]"
 
 
 def _column_in_value(source: str, line: int, column: int, text: str, offset: int) -> int | None:
     """The file column of character `offset` (1-based) of the string `text`, whose value starts
     at `line`:`column`; None unless the value is written on one line exactly as `text` (plain
     or quoted, no escapes), the only case where the two kinds of column line up."""
-    lines = _LINE_BREAK.split(source)
-    if _LINE_BREAK.search(text) or not 0 < line <= len(lines):
+    lines = re.split(_LINE_BREAK, source)
+    if re.search(_LINE_BREAK, text) or not 0 < line <= len(lines):
         return None
     raw, start = lines[line - 1], column - 1
     if raw[start : start + 1] in ("'", '"'):

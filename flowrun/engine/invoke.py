@@ -50,6 +50,8 @@ class Call:
 
 @dataclass(slots=True)
 class Outcome:
+    """What one attempt of a node's call ended with (on the worker), for the driver."""
+
     node: str
     ok: bool
     started: float  # epoch seconds

@@ -14,8 +14,6 @@ not an exception: it becomes a `Malformed` value naming `file:line`, and that it
 
 from __future__ import annotations
 
-import csv
-import glob
 import json
 import os
 from collections.abc import Iterator
@@ -272,7 +270,10 @@ class CsvSource:
     """A `.csv` file with a header row: item i is the mapping of data row i + 1."""
 
     def __init__(self, path: Path) -> None:
+        import csv  # only a `.csv` item file needs it
+
         self.name = str(path)
+        self._unreadable = (csv.Error, UnicodeDecodeError)
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             self.total = max(0, sum(1 for row in csv.reader(f) if row) - 1)
         self._file = open(path, newline="", encoding="utf-8")  # noqa: SIM115 (closed by close())
@@ -286,7 +287,7 @@ class CsvSource:
             while row == []:  # a blank line is no row (as csv.DictReader has it)
                 row = next(self._reader, None)
             return row
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except self._unreadable as exc:
             return Malformed(f"{self.name}:{self._reader.line_num}: unreadable row ({exc})")
 
     def read(self, index: int) -> Any:
@@ -322,6 +323,8 @@ class GlobSource:
     """The sorted paths matching a glob (the paths themselves are the items)."""
 
     def __init__(self, pattern: str) -> None:
+        import glob  # only a glob item source needs it
+
         self.name = pattern
         self._paths = sorted(glob.glob(pattern))
         self.total = len(self._paths)
