@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, ClassVar
 
 from flowrun.frozen import Frozen, fast_frozen
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Event(Frozen):
     """The base of every event: `ts`, and `to_json` for the `--events` file."""
 
@@ -42,7 +42,7 @@ class Event(Frozen):
 _PUBLIC: dict[type[Event], tuple[str, ...]] = {}
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class RunStarted(Event):
     """A run (new or resumed) starts: its id, blueprint and the nodes it counts."""
 
@@ -89,7 +89,7 @@ class NodeSucceeded(Event):
     logs: str = ""  # what the attempt printed (captured stdout/stderr, the tail)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class ItemsStarted(Event):
     """Items of batch `batch` handed to a worker together (one chunk): one event for what
     would be a `NodeStarted` per item. A sink that wants those gets them from `expand()`;
@@ -104,7 +104,7 @@ class ItemsStarted(Event):
         return (NodeStarted(ts, f"{b}[{i}]", 1, b, i) for i in self.indices)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class ItemsSucceeded(Event):
     """Items of batch `batch` that succeeded at their first attempt, together (one chunk, in
     item order), with nothing more to say (no action, nothing printed, no `ctx.set`): one
@@ -134,7 +134,7 @@ CHUNKED: Mapping[type[Event], type[Event]] = {
 }
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class NodeRetry(Event):
     """An attempt failed and another will follow after `delay_s` seconds."""
 
@@ -152,7 +152,7 @@ class NodeRetry(Event):
     attempts: int = 0  # attempts allowed in all (1 + maxRetries); 0 when unknown
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class NodeFailed(Event):
     """A node (or batch item) failed: its last attempt failed, or it failed without running.
 
@@ -174,7 +174,7 @@ class NodeFailed(Event):
     logs: str = ""
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class NodeRecovered(Event):
     """A failed node's fallback succeeded; its output stands in for the node's."""
 
@@ -185,7 +185,7 @@ class NodeRecovered(Event):
     output: Any = None
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class NodeSkipped(Event):
     """A node is skipped: it does not run in this run."""
 
@@ -193,7 +193,7 @@ class NodeSkipped(Event):
     node: str = ""
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class BatchStarted(Event):
     """A batch fans out: how many items it has, how many an earlier run finished."""
 
@@ -203,7 +203,7 @@ class BatchStarted(Event):
     done: int = 0  # items already finished before this run (resume)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class BatchFinished(Event):
     """A batch is over: its items' counts and the gathered output."""
 
@@ -218,7 +218,7 @@ class BatchFinished(Event):
     output: Any = None
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class RunCancelling(Event):
     """The run is stopping (Ctrl-C): no new work; running nodes get `grace_s` to finish."""
 
@@ -227,7 +227,7 @@ class RunCancelling(Event):
     running: int = 0  # calls in flight
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class PoolWaiting(Event):
     """Node (a batch, for its items) waits for its pool's rate; said once per node and run."""
 
@@ -237,7 +237,7 @@ class PoolWaiting(Event):
     rate: str = ""  # as written: "10/s"
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class RunFinished(Event):
     """The run is over: its status, final context and errors."""
 

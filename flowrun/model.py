@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,7 +52,7 @@ class Expression(Protocol):
     def evaluate(self, scope: Mapping[str, Any]) -> Any: ...
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Config(Frozen):
     """A node's `config` stanza, durations already in seconds."""
 
@@ -77,7 +77,7 @@ class Config(Frozen):
         return min(delay, MAX_DELAY)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class SubflowSpec(Frozen):
     """A `subflow` stanza: run another blueprint as this node."""
 
@@ -86,7 +86,7 @@ class SubflowSpec(Frozen):
     outputs: Mapping[str, str] | str | None = None
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class BatchSpec(Frozen):
     """A node's `batch` stanza: the worker and where its items come from and go."""
 
@@ -105,7 +105,7 @@ class BatchSpec(Frozen):
     paths: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class LoopSpec(Frozen):
     """A `loop` stanza: call `uses` (or run `subflow`) again while `while_` (an expression's
     text) is true."""
@@ -118,7 +118,7 @@ class LoopSpec(Frozen):
     subflow: SubflowSpec | None = None  # instead of `uses`: one child run per iteration
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class PoolSpec(Frozen):
     """A `pools:` entry: a shared concurrency cap and a token-bucket rate (starts per second)."""
 
@@ -170,7 +170,7 @@ class NodeSpec(Frozen):
         return self.config.pool
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class EdgeSpec(Frozen):
     """An edge as written: `source`, `target` and the route `action` it needs."""
 
@@ -182,7 +182,7 @@ class EdgeSpec(Frozen):
     path: PathT = ()
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Blueprint(Frozen):
     """A parsed, checked blueprint before expansion: its nodes, edges and config."""
 
@@ -279,7 +279,7 @@ class GraphNode(Frozen):
         return self.spec.uses
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class GraphEdge(Frozen):
     """An edge of the expanded graph."""
 
@@ -291,7 +291,7 @@ class GraphEdge(Frozen):
     spec: EdgeSpec | None = None  # None for the scatter->worker->gather edges expansion adds
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Graph(Frozen):
     """The expanded DAG. `order` is a topological order; `preds`/`succs` index `edges`."""
 
