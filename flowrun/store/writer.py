@@ -371,7 +371,7 @@ class RunStore:
             self._items_started(event)
             return
         if type(event) is NodeStarted:
-            self._timeline.started(event.node, event.batch, event.ts)
+            self._started(event)
             return
         encode = ENCODERS.get(type(event))
         record = None if encode is None else encode(event)
