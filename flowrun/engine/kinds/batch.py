@@ -41,7 +41,7 @@ from flowrun.engine.kinds.subflow import (
     retry_child,
     timed_out,
 )
-from flowrun.engine.lanes import Lanes
+from flowrun.engine.lanes import Lanes, indices_of
 from flowrun.engine.outputfile import MAX_AHEAD, OrderedWriter
 from flowrun.engine.routing import InputError
 from flowrun.engine.scheduler import Status
@@ -433,9 +433,7 @@ class Batch(NodeKind):
                     continue
             self.inflight[batch] = self.inflight.get(batch, 0) + len(idx)
             if submit_items is not None:  # one `Items` for the chunk, one event; a slot each
-                seq: list[int] | range = idx
-                if idx[-1] - idx[0] == len(idx) - 1:
-                    seq = range(idx[0], idx[-1] + 1)
+                seq = indices_of(idx)
                 rt.emit(ev.ItemsStarted(time.time(), batch, seq))
                 submit_items(Items(batch, uses, values, seq, params, timeout,
                                    texts=writer is not None), len(idx))  # fmt: skip
@@ -490,10 +488,7 @@ class Batch(NodeKind):
                     kid.limit(timeout)
                 opened.append(i)
             if opened:  # one event for the children opened together, as for a chunk of items
-                seq: list[int] | range = opened
-                if opened[-1] - opened[0] == len(opened) - 1:
-                    seq = range(opened[0], opened[-1] + 1)
-                rt.emit(ev.ItemsStarted(time.time(), batch, seq))
+                rt.emit(ev.ItemsStarted(time.time(), batch, indices_of(opened)))
 
     def _fill_children(self) -> int:
         """Open child runs where there is room, pump every open one; how many ended."""
