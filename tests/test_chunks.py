@@ -228,8 +228,8 @@ def test_the_progress_record_counts_a_chunk_as_its_items() -> None:
 def test_each_success_text_is_what_the_encoder_gives() -> None:
     """The per-item texts of a chunk (an `outputTo` batch's lines) come from a C encoder
     built once; they must be exactly what `json` gives for the same decoded data."""
-    from flowrun.engine.invoke import _ENCODER, _each_json
+    from flowrun.engine.invoke import _ENCODER, each_json
 
     values = [{"i": 1, "a": [1.5, None, True, "x\u00e9\ud800"]}, "s", 3, None, 2.5, [], {},
               {"nested": {"deep": [[-0.0, 1e300]]}}, "\n\t\"quote\""]  # fmt: skip
-    assert _each_json(values) == [_ENCODER.encode(v) for v in values]
+    assert each_json(values) == [_ENCODER.encode(v) for v in values]

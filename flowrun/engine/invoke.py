@@ -709,7 +709,7 @@ def _encoded(
         text = _ENCODER.encode(outputs)
     if not _SCALARS.issuperset(map(type, outputs)):
         outputs = json.loads(text)
-    texts = _each_json(outputs) if chunk.texts or others else None
+    texts = each_json(outputs) if chunk.texts or others else None
     return ItemsOutcome(started, ran, ok, outputs, text, durations, others, texts)
 
 
@@ -726,7 +726,7 @@ _C_ENCODE = (
 )  # fmt: skip
 
 
-def _each_json(values: list[Any]) -> list[str]:
+def each_json(values: list[Any]) -> list[str]:
     """The JSON text of each of `values` (decoded JSON data), as `_ENCODER.encode` gives it."""
     if _C_ENCODE is None:
         return [_ENCODER.encode(v) for v in values]

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Items, ItemsOutcome, crashed_items
+from flowrun.engine.invoke import Items, ItemsOutcome, crashed_items, each_json
 
 #: a chunk run, as the backend runs one (`ThreadBackend.run_items`)
 Run = Callable[[Items], ItemsOutcome]
@@ -288,7 +288,7 @@ def merged(reports: list[tuple[Items, ItemsOutcome]]) -> tuple[Items, ItemsOutco
             durations += res.durations_ms
             parts.append(res.outputs_json[1:-1])
             if texts is not None:
-                texts += res.texts if res.texts is not None else _texts(res)
+                texts += res.texts if res.texts is not None else each_json(res.outputs)
         others += [(at + p, o) for p, o in res.others]
     seq = indices_of(indices) if ascending else indices
     chunk = Items(first.batch, first.uses, values, seq, first.kwargs,
@@ -296,12 +296,6 @@ def merged(reports: list[tuple[Items, ItemsOutcome]]) -> tuple[Items, ItemsOutco
     started = min(r.started for _, r in reports)
     text = "[" + ",".join(parts) + "]"
     return chunk, ItemsOutcome(started, len(indices), ok, outputs, text, durations, others, texts)
-
-
-def _texts(res: ItemsOutcome) -> list[str]:
-    from flowrun.engine.invoke import _each_json
-
-    return _each_json(res.outputs)
 
 
 #: items slower than this (ms, the batch's moving average) go to lanes; faster ones come back
