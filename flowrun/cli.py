@@ -451,7 +451,10 @@ def _run(
         _fail(exc, debug)
     finally:
         if log is not None:
-            log.close()
+            try:
+                log.close()
+            except FlowrunError as exc:  # the run's record is in the store; its lines are not
+                _fail(exc, debug)
 
 
 def _print_plan(plan: dict[str, object], as_json: bool) -> None:

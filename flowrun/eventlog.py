@@ -1,6 +1,8 @@
 """The `--events FILE` sink: one JSON object per line, appended as the run goes. Lines are
 flushed whenever the run waits for work (the driver calls `idle`) and at least every
 `FLUSH_EVERY_S` while it is busy, so `tail -f` follows a run without a write per line.
+A write that fails (a full disk) does not stop the run (its record is in the state store):
+later lines are dropped and `close` raises the first failure.
 Fields are each event's `to_json()` (see README, "Events")."""
 
 from __future__ import annotations
@@ -8,14 +10,19 @@ from __future__ import annotations
 import json
 import os
 import time
-from itertools import chain, repeat
+from itertools import chain
 from typing import IO
 
-from flowrun.errors import UsageError
+from flowrun.errors import FlowrunError, UsageError
 from flowrun.events import Event, ItemsStarted, ItemsSucceeded
 
 FLUSH_EVERY_S = 0.2
 BUFFER_MAX = 1 << 20  # characters of lines held before they are written, at most
+
+
+def _escaped(name: str) -> str:
+    """`name` as a JSON string, safe inside a `%` format."""
+    return json.dumps(name).replace("%", "%%")
 
 
 class EventLog:
@@ -26,12 +33,14 @@ class EventLog:
             self._file: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
             raise UsageError(f"--events {path}: cannot open for writing: {exc.strerror}") from exc
+        self._path = path
         self._flushed = time.monotonic()
         # Lines not yet handed to the file. Every write to the file releases the GIL, and a
         # busy run's worker threads then keep the driver waiting for it: lines are written in
         # one go when the run is about to wait anyway, or every FLUSH_EVERY_S / BUFFER_MAX.
         self._lines: list[str] = []
         self._size = 0
+        self._error: OSError | None = None
         #: a chunk's event is written as the lines of its items' events (`events.Bus`)
         self.chunks = {ItemsStarted: self._items_started, ItemsSucceeded: self._items_succeeded}
 
@@ -42,29 +51,28 @@ class EventLog:
 
     def _items_started(self, e: ItemsStarted) -> None:
         """One `node_started` line per item, as `NodeStarted.to_json()` would give it."""
-        if self._file is None:
+        if self._file is None or not e.indices:
             return
-        batch = json.dumps(e.batch)
-        head = f'{{"event":"node_started","ts":{e.ts!r},"node":{batch[:-1]}['
-        ss = list(map(str, e.indices))
-        # The lines, pieces interleaved in C: a formatted line per item costs several times more.
-        mid, end = f']","attempt":1,"batch":{batch},"index":', "}\n"
-        self._write("".join(chain.from_iterable(zip(repeat(head), ss, repeat(mid), ss,
-                                                    repeat(end)))))  # fmt: skip
+        batch = _escaped(e.batch)
+        line = (f'{{"event":"node_started","ts":{e.ts!r},"node":{batch[:-1]}[%d]",'
+                f'"attempt":1,"batch":{batch},"index":%d}}\n')  # fmt: skip
+        # One format for the chunk's lines, pieces in C: a formatted line per item costs
+        # several times more.
+        idx = e.indices
+        self._write(line * len(idx) % tuple(chain.from_iterable(zip(idx, idx, strict=True))))
 
     def _items_succeeded(self, e: ItemsSucceeded) -> None:
         """One `node_succeeded` line per item, as `NodeSucceeded.to_json()` would give it,
         with `duration_ms` to the microsecond (as the store keeps it)."""
-        if self._file is None:
+        if self._file is None or not e.indices:
             return
-        batch = json.dumps(e.batch)
-        head = f'{{"event":"node_succeeded","ts":{e.ts!r},"node":{batch[:-1]}['
-        ss = list(map(str, e.indices))
-        ms = map("%.3f".__mod__, e.durations_ms)
-        took, at = ']","attempt":1,"duration_ms":', f',"batch":{batch},"index":'
-        end = ',"action":null,"reused":false}\n'
-        self._write("".join(chain.from_iterable(zip(repeat(head), ss, repeat(took), ms,
-                                                    repeat(at), ss, repeat(end)))))  # fmt: skip
+        batch = _escaped(e.batch)
+        line = (f'{{"event":"node_succeeded","ts":{e.ts!r},"node":{batch[:-1]}[%d]",'
+                f'"attempt":1,"duration_ms":%.3f,"batch":{batch},"index":%d,'
+                '"action":null,"reused":false}\n')  # fmt: skip
+        idx = e.indices
+        values = tuple(chain.from_iterable(zip(idx, e.durations_ms, idx, strict=True)))
+        self._write(line * len(idx) % values)
 
     def _write(self, text: str) -> None:
         self._lines.append(text)
@@ -73,17 +81,27 @@ class EventLog:
             self.idle()
 
     def idle(self) -> None:
-        """Write and flush what is buffered (the run is about to wait)."""
+        """Write and flush what is buffered (the run is about to wait). A write that fails is
+        kept for `close` to raise; later lines are dropped."""
         if self._file is not None:
-            if self._lines:
-                self._file.write("".join(self._lines))
-                self._lines.clear()
-                self._size = 0
-            self._file.flush()
+            if self._lines and self._error is None:
+                try:
+                    self._file.write("".join(self._lines))
+                    self._file.flush()
+                except OSError as exc:
+                    self._error = exc
+            self._lines.clear()
+            self._size = 0
             self._flushed = time.monotonic()
 
     def close(self) -> None:
         if self._file is not None:
             self.idle()
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:  # what the failed write left in the file's buffer
+                self._error = self._error or exc
             self._file = None
+            if self._error is not None:
+                msg = f"--events {self._path}: cannot write: {self._error.strerror}"
+                raise FlowrunError(msg) from self._error  # exit 1, as a store that cannot write

@@ -73,3 +73,42 @@ def test_event_file_sequence(tmp_path: Path) -> None:
     assert lines[-1]["status"] == "completed"
     assert all(isinstance(e["ts"], float) for e in lines)
     assert all("output" not in e for e in lines)  # outputs live in the state store
+
+
+def test_a_chunk_event_is_written_as_the_lines_of_its_items(tmp_path: Path) -> None:
+    """The lines of `ItemsStarted` / `ItemsSucceeded` are those of the per-item events they
+    stand for (durations to the microsecond), also for a batch name a `%` format would read."""
+    from flowrun.eventlog import EventLog
+    from flowrun.events import ItemsStarted, ItemsSucceeded
+
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    started = ItemsStarted(12.5, 'b%d"x', range(3, 6))
+    succeeded = ItemsSucceeded(13.25, 'b%d"x', [3, 4, 5], [1.23456, 0.5, 20.0], [1, 2, 3])
+    log.chunks[ItemsStarted](started)
+    log.chunks[ItemsSucceeded](succeeded)
+    log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    expected = [e.to_json() for e in started.expand()]
+    for e in succeeded.expand():
+        one = e.to_json()
+        one["duration_ms"] = round(one["duration_ms"], 3)
+        expected.append(one)
+    assert lines == expected
+    assert [e["node"] for e in lines[:3]] == ['b%d"x[3]', 'b%d"x[4]', 'b%d"x[5]']
+
+
+def test_an_events_file_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    """A full disk under `--events`: the run goes on to its end, then exit 1 naming the file,
+    once, and no traceback."""
+    bp = tmp_path / "demo.yaml"
+    bp.write_text(BLUEPRINT)
+    state = tmp_path / "s"
+    out = CliRunner().invoke(
+        app, ["run", str(bp), "-c", "1", "--events", "/dev/full", "--state-dir", str(state)]
+    )
+    assert out.exit_code == 1, out.output
+    assert out.stderr.count("--events /dev/full: cannot write: No space left on device") == 1
+    assert "Traceback" not in out.output
+    listed = CliRunner().invoke(app, ["runs", "--state-dir", str(state), "--json"])
+    assert json.loads(listed.stdout)[0]["status"] == "completed"
