@@ -103,5 +103,5 @@ class EventLog:
                 self._error = self._error or exc
             self._file = None
             if self._error is not None:
-                msg = f"--events {self._path}: cannot write: {self._error.strerror}"
+                msg = f"--events {self._path}: cannot write: {self._error.strerror or self._error}"
                 raise FlowrunError(msg) from self._error  # exit 1, as a store that cannot write
