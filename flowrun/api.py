@@ -27,7 +27,7 @@ from flowrun.engine import capture
 from flowrun.engine.expand import expand
 from flowrun.errors import BlueprintError, Problem, StateError, UsageError
 from flowrun.errors import did_you_mean as suggest
-from flowrun.frozen import Frozen, Mutable
+from flowrun.frozen import Frozen, Mutable, fast_frozen, fast_mutable
 from flowrun.model import Blueprint, Graph, is_item_id
 from flowrun.node import SharedContext
 from flowrun.report import NodeReport, RunReport
@@ -52,7 +52,7 @@ def validate_file(
     return _check(path, imports=imports, allow=allow).problems
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class FileCheck(Frozen):
     """What `validate` shows of one file: its problems and, when the schema check passed,
     its pools as `pool_lines` describes them; with the document and the expanded graph when
@@ -76,7 +76,7 @@ def check_file(
     return FileCheck(checked.problems, checked.pools, checked.doc, checked.graph)
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class _Checked(Mutable):
     """What checking one file found so far: its problems and what was built."""
 
@@ -210,7 +210,7 @@ def validate(
     return [p for path in paths for p in validate_file(path, imports=imports, allow=allow)]
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Prepared(Frozen):
     """A checked graph with its resolved functions, ready to run."""
 

@@ -15,9 +15,8 @@ Tree (each class carries the process exit code the CLI uses for it)::
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 PathT = tuple[str | int, ...]
 
@@ -53,7 +52,7 @@ def json_path(path: Sequence[str | int]) -> str:
     return out
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Problem(Frozen):
     """One thing wrong with a blueprint, located in its file."""
 

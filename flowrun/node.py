@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import MutableMapping
-from dataclasses import dataclass
 from typing import Any
 
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 
 class FatalError(Exception):
@@ -17,7 +16,7 @@ class FatalError(Exception):
     input): the node fails at once, whatever `maxRetries` says; a fallback still stands in."""
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Result(Frozen):
     """Return `Result(output, action="name")` from a node to take the edges labelled `name`."""
 

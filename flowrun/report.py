@@ -8,16 +8,16 @@ that emitted `BatchStarted`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from flowrun import events as ev
-from flowrun.frozen import Mutable
+from flowrun.frozen import Mutable, fast_mutable
 
 RUN_STATUSES = ("completed", "failed", "cancelled")
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class NodeReport(Mutable):
     """One node's line in the run's report."""
 
@@ -34,7 +34,7 @@ class NodeReport(Mutable):
         return out
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class RunReport(Mutable):
     """What `flowrun.run` returns: the run's status, context, nodes and errors."""
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import inspect
 import math
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,13 +138,20 @@ MODULES = (
 )
 
 
+def _is_frozen(cls: type) -> bool:
+    """Frozen as declared (`@dataclass(frozen=True)`) or as `fast_frozen` makes it."""
+    params: Any = cls.__dataclass_params__  # type: ignore[attr-defined]
+    setter: Any = cls.__setattr__
+    return bool(params.frozen) or setter is not object.__setattr__
+
+
 def _frozen_classes() -> list[type]:
     found = []
     for name in MODULES:
         mod = importlib.import_module(name)
         for _, c in inspect.getmembers(mod, inspect.isclass):
             dc = c.__module__ == name and dataclasses.is_dataclass(c)
-            if dc and c.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            if dc and _is_frozen(c):
                 found.append(c)
     return found
 
@@ -218,7 +227,7 @@ def _mutable_classes() -> list[type]:
         mod = importlib.import_module(name)
         for _, c in inspect.getmembers(mod, inspect.isclass):
             dc = c.__module__ == name and dataclasses.is_dataclass(c)
-            if dc and not c.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            if dc and not _is_frozen(c):
                 found.append(c)
     return found
 
@@ -281,10 +290,38 @@ def test_fast_frozen_init_as_generated() -> None:
     assert FastInit.__init__.__qualname__ == "FastInit.__init__"
 
 
+@dataclass(frozen=True, slots=True)
+class GeneratedKw:
+    a: Any
+    k: Any = field(kw_only=True)
+    b: Any = 2
+    m: list[Any] = field(default_factory=list, kw_only=True)
+
+
+@fast_frozen
+class FastKw(Frozen):
+    a: Any
+    k: Any = field(kw_only=True)
+    b: Any = 2
+    m: list[Any] = field(default_factory=list, kw_only=True)
+
+
+def test_keyword_only_fields_as_generated() -> None:
+    assert inspect.signature(FastKw) == inspect.signature(GeneratedKw)
+    for args, kwargs in [((1,), {"k": 3}), ((1, 5), {"k": 3, "m": [4]}), ((), {"a": 0, "k": 0})]:
+        assert dataclasses.astuple(FastKw(*args, **kwargs)) == dataclasses.astuple(
+            GeneratedKw(*args, **kwargs)
+        )
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'k'"):
+        FastKw(1)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional argument"):
+        FastKw(1, 2, 3)  # type: ignore[misc]
+
+
 def test_slot_init_refuses_what_it_cannot_write() -> None:
     @dataclass(frozen=True, slots=True, init=False)
-    class KwOnly:
-        a: Any = field(kw_only=True)
+    class NotInInit:
+        a: Any = field(init=False, default=1)
 
     @dataclass(frozen=True, slots=True, init=False)
     class Posted:
@@ -297,7 +334,7 @@ def test_slot_init_refuses_what_it_cannot_write() -> None:
     class NoSlots:
         a: Any
 
-    for cls in (KwOnly, Posted, NoSlots, GeneratedInit):
+    for cls in (NotInInit, Posted, NoSlots, GeneratedInit):
         with pytest.raises(TypeError):
             slot_init(cls)
 
@@ -308,3 +345,43 @@ def test_the_hot_classes_take_the_written_init(name: str) -> None:
     init: Any = cls.__dict__["__init__"]
     assert "_set_" in " ".join(init.__code__.co_names)
     assert list(inspect.signature(cls).parameters) == [f.name for f in dataclasses.fields(cls)]
+
+
+class PlainChild(FastInit):
+    """A subclass that is no dataclass, with a `__dict__`: as with a generated frozen class,
+    its own attributes may be set, the fields may not."""
+
+
+def test_fast_frozen_refuses_as_generated() -> None:
+    fast, generated = FastInit(1), GeneratedInit(1)
+    for obj in (fast, generated):
+        with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'a'"):
+            obj.a = 2  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError, match="cannot delete field 'a'"):
+            del obj.a
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'z'"):
+        fast.z = 2  # type: ignore[attr-defined]  # (the generated one fails with a TypeError)
+    assert fast.a == 1
+    child = PlainChild(1)
+    child.note = "x"  # type: ignore[attr-defined]
+    assert child.note == "x"  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        child.a = 2  # type: ignore[misc]
+
+
+def test_fast_frozen_pickles_and_copies() -> None:
+    for obj in (FastInit(1, [2], [3]), FastInitChild(1, 2, [3], {"d": 4})):
+        for twin in (pickle.loads(pickle.dumps(obj)), copy.copy(obj), copy.deepcopy(obj)):
+            assert twin == obj and type(twin) is type(obj) and twin is not obj
+    deep = copy.deepcopy(FastInit(1, 2, [3]))
+    assert deep.c == [3] and deep.c is not FastInit(1, 2, [3]).c
+
+
+def test_a_generated_frozen_class_cannot_extend_a_fast_one() -> None:
+    """The one visible difference: the dataclass flag says not frozen, so mixing the two ways
+    in one hierarchy fails at class creation, never later."""
+    with pytest.raises(TypeError, match="frozen"):
+
+        @dataclass(frozen=True, slots=True)
+        class Mixed(FastInit):
+            e: Any = None

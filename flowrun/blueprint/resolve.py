@@ -15,18 +15,17 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Any
 
 from flowrun.errors import BlueprintError, Problem, closest
 from flowrun.errors import did_you_mean as suggest
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 from flowrun.model import Blueprint
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Target(Frozen):
     """A resolved `uses`: the callable and how to call it."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar, Literal, Protocol, Self
 
@@ -48,7 +47,7 @@ from flowrun.events import (
     RunCancelling,
     RunStarted,
 )
-from flowrun.frozen import Mutable
+from flowrun.frozen import Mutable, fast_mutable
 
 __all__ = [
     "MAX_ITEM_TRACEBACKS",
@@ -220,7 +219,7 @@ class Reporter:
             self.console.out(text, highlight=False)
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class _Throttle(Mutable):
     """When a batch's next plain progress line is due."""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import repeat
 from typing import Any, NamedTuple
 
@@ -40,7 +40,7 @@ from flowrun.events import (
     RunFinished,
     RunStarted,
 )
-from flowrun.frozen import Mutable
+from flowrun.frozen import Mutable, fast_mutable
 
 #: item failures per batch whose traceback is kept for the summary; a batch of a million
 #: failing items must not keep (or print) a million tracebacks
@@ -50,7 +50,7 @@ Handler = Callable[[Any], None]
 Clock = Callable[[], float]
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class NodeRecord(Mutable):
     """What the summary knows about one task node, or one failed batch item."""
 
@@ -65,7 +65,7 @@ class NodeRecord(Mutable):
     logs: str = ""  # what the failed attempt printed
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class BatchRecord(Mutable):
     """Counters of one batch; the driver thread writes them, the render thread reads them."""
 

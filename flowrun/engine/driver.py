@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 from flowrun import events as ev
 from flowrun.engine.backends import Backend
@@ -29,6 +28,7 @@ from flowrun.engine.kinds.batch import CHUNK_TARGET_MS, MAX_CHUNK
 from flowrun.engine.pools import Pools
 from flowrun.engine.routing import Router
 from flowrun.engine.scheduler import Scheduler
+from flowrun.frozen import Frozen, fast_frozen
 from flowrun.model import Graph
 from flowrun.node import SharedContext
 from flowrun.report import ReportBuilder, RunReport
@@ -45,8 +45,8 @@ Done = (
 __all__ = ["CANCEL_GRACE_S", "Driver", "Options", "Stored"]
 
 
-@dataclass(frozen=True, slots=True)
-class Options:
+@fast_frozen
+class Options(Frozen):
     concurrency: int = 8
     fail_fast: bool = False
     cancel_grace: float = CANCEL_GRACE_S

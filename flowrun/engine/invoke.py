@@ -16,19 +16,20 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from typing import TYPE_CHECKING, Any
 
 from flowrun.engine import capture
 from flowrun.expr.template import Params
+from flowrun.frozen import Mutable, fast_mutable
 from flowrun.node import FatalError, NodeContext, Result, SharedContext
 
 if TYPE_CHECKING:  # imported on the first `async def` node: most runs never need asyncio
     import asyncio
 
 
-@dataclass(slots=True)
-class Call:
+@fast_mutable
+class Call(Mutable):
     """One attempt to run: `fn(*args, **kwargs)` (plus `ctx` when the function takes it).
 
     Not frozen on purpose: one is built per batch item and a frozen init costs twice as much;
@@ -48,8 +49,8 @@ class Call:
     context: SharedContext | None = None
 
 
-@dataclass(slots=True)
-class Outcome:
+@fast_mutable
+class Outcome(Mutable):
     """What one attempt of a node's call ended with (on the worker), for the driver."""
 
     node: str
@@ -479,8 +480,8 @@ def run_attempt(
 # -- a chunk of batch items ------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Items:
+@fast_mutable
+class Items(Mutable):
     """A chunk of one batch's items for one worker: `uses(value, **kwargs)` per value, one
     after another. No `Call` per item: one is made only for an item whose outcome needs one
     (a failure, a retry, a function that takes `ctx` or has a timeout)."""
@@ -524,8 +525,8 @@ class Items:
         return replace(self, values=values, lines=None), bad
 
 
-@dataclass(slots=True)
-class ItemsOutcome:
+@fast_mutable
+class ItemsOutcome(Mutable):
     """What a chunk came to. The plain successes (no action, nothing printed, no `ctx.set`)
     are columns: their positions in the chunk, outputs (as the store gives them back), JSON
     array and durations. Every other item, failed or not, has an `Outcome` of its own."""

@@ -17,18 +17,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from json.scanner import make_scanner
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 SUFFIXES = (".jsonl", ".csv", ".txt")
 _COUNT_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Malformed(Frozen):
     """An item whose line could not be read: the item fails with `message`."""
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from flowrun import events as ev
-from flowrun.frozen import Mutable
+from flowrun.frozen import Mutable, fast_mutable
 from flowrun.model import Graph, PoolSpec
 
 UNLIMITED = 1 << 30
@@ -25,7 +25,7 @@ _EPS = 1e-9  # float slack: a token due now is not due "in 1e-16 s"
 LATE_TOKENS = 0.5  # how late (in token intervals) a waiting start may come and keep the schedule
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class Bucket(Mutable):
     """One pool's state: calls running, and (for a rate) when its next start is due.
 

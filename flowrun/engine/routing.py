@@ -7,15 +7,14 @@ taken edges; the driver calls them, and nothing here runs nodes or emits events.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from flowrun.engine.scheduler import Scheduler
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 from flowrun.model import Expression, Graph, GraphEdge, GraphNode
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Source(Frozen):
     """Where a node's `inputs`/`inputKey` reads: a run-context key, then a path inside it."""
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import enum
 from collections import defaultdict, deque
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import islice
 from typing import Any
 
-from flowrun.frozen import Mutable
+from flowrun.frozen import Mutable, fast_mutable
 from flowrun.model import Graph, Kind, gather_id, scatter_id
 
 
@@ -38,7 +38,7 @@ DONE_OK = frozenset({Status.SUCCEEDED, Status.RECOVERED})
 SETTLED = frozenset({*DONE_OK, Status.FAILED, Status.SKIPPED, Status.BLOCKED})
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class BatchState(Mutable):
     """A bound batch: its items, results in item order, and counts."""
 

@@ -20,7 +20,7 @@ import ast
 import re
 import warnings
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar, NoReturn
 
 from flowrun.errors import closest
@@ -38,7 +38,7 @@ from flowrun.expr.limits import (
     index_reader,
     name_reader,
 )
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 MAX_DEPTH = 100  # AST nesting; the closures recurse once per level
 MAX_LENGTH = 10_000  # characters of one expression: parsing and compiling cost grow with it
@@ -63,7 +63,7 @@ class ExprEvalError(Exception):
     """Evaluating an expression failed; the message names the expression."""
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class CompiledExpr(Frozen):
     """A compiled expression; `evaluate` may be called any number of times, from any thread."""
 

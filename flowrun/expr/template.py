@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from flowrun.expr.compiler import (
@@ -30,7 +29,7 @@ from flowrun.expr.compiler import (
     reset_budget,
 )
 from flowrun.expr.limits import Fail, charge
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 TEMPLATE_NAMES = ("input", "context", "env")
 _MARK = re.compile(r"\$\$\{\{|\$\{\{")
@@ -45,7 +44,7 @@ class TemplateError(Exception):
         self.message, self.column, self.path = message, column, path
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class Template(Frozen):
     """A string with `${{ }}`: literal text and compiled expressions, in order."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import repeat
 from operator import mul
 from typing import Any, cast
@@ -29,10 +28,10 @@ from flowrun.events import (
     RunFinished,
     RunStarted,
 )
-from flowrun.frozen import Frozen
+from flowrun.frozen import Frozen, fast_frozen
 
 
-@dataclass(frozen=True, slots=True, eq=False, repr=False)
+@fast_frozen
 class RunMeta(Frozen):
     """What a run was started with; stored once, read back on ``--resume``."""
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -29,7 +28,7 @@ from flowrun.engine.scheduler import Scheduler, Status
 from flowrun.errors import PathT, Problem
 from flowrun.expr.compiler import ExprEvalError
 from flowrun.expr.template import with_kwargs
-from flowrun.frozen import Mutable
+from flowrun.frozen import Mutable, fast_mutable
 from flowrun.model import Blueprint, Graph, GraphEdge, GraphNode, NodeSpec
 from flowrun.node import SharedContext
 
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
     from flowrun.engine.routing import Router
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class Work(Mutable):
     """A call in flight, and whom its outcome is for."""
 
@@ -51,7 +50,7 @@ class Work(Mutable):
     input_kwargs: Mapping[str, Any] | None = None  # from an `inputs` mapping (not params)
 
 
-@dataclass(slots=True, eq=False, repr=False)
+@fast_mutable
 class Stored(Mutable):
     """What an earlier run left (for `--resume`): outputs of settled-ok nodes and items."""
 
