@@ -113,7 +113,7 @@ def fast_frozen(cls: type[_T]) -> type[_T]:
 @dataclass_transform(eq_default=False, field_specifiers=(field,))
 def fast_mutable(cls: type[_T]) -> type[_T]:
     """``@dataclass(slots=True, eq=False, repr=False)`` on top of `Mutable`, with the
-    `__init__` written by `slot_init` instead of the generated one (compiled per class)."""
+    `__init__` written by `slot_init` instead of the generated one."""
     return slot_init(dataclass(slots=True, init=False, eq=False, repr=False)(cls))
 
 
