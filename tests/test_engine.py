@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from flowrun import events as ev
 from flowrun.blueprint.resolve import resolve
 from flowrun.engine.backends.thread import ThreadBackend
 from flowrun.engine.driver import Driver, Options
+from flowrun.engine.invoke import CHUNK_BUDGET_MS, Call, Outcome
 from flowrun.errors import BlueprintError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
@@ -489,6 +491,67 @@ def test_chunked_items_keep_per_item_events_and_order() -> None:
     starts = {e.index: i for i, e in enumerate(seen) if isinstance(e, ev.NodeStarted)}
     ends = {e.index: i for i, e in enumerate(seen) if isinstance(e, ev.NodeSucceeded)}
     assert all(starts[i] < ends[i] for i in range(2000))
+
+
+class _CountingBackend(ThreadBackend):
+    """Records, for every chunk of calls, how many it was given and how many it ran."""
+
+    chunks: list[tuple[int, int]]
+
+    def _run(self, calls: list[Call]) -> list[Outcome]:
+        out = super()._run(calls)
+        self.chunks.append((len(calls), len(out)))
+        return out
+
+
+def test_a_chunk_of_task_calls_starts_none_past_its_budget_and_the_rest_run_once() -> None:
+    """Independent task nodes of one function share chunks; a slow call must not hold the
+    calls queued behind it in its chunk (they would run one after another on one worker):
+    the chunk ends at its budget and the driver queues the rest again, announced once."""
+    slow = {i for i in range(300) if i % 40 == 39}
+    specs = [
+        task(f"t{i}", N + "track", params={"item": i, "delay": 0.08 if i in slow else 0.0})
+        for i in range(300)
+    ]
+    g = graph(specs)
+    nodes.reset()
+    targets = resolve(g.blueprint, ["."])
+    context = SharedContext({})
+    cancelled = threading.Event()
+    backend = _CountingBackend(targets, workers=2, run_id="r", context=context, cancelled=cancelled)
+    backend.chunks = []
+    seen: list[ev.Event] = []
+    driver = Driver(g, backend, run_id="r", context=context, emit=seen.append,
+                    options=Options(2), cancelled=cancelled)  # fmt: skip
+    try:
+        report = driver.run()
+    finally:
+        backend.close()
+    assert report.status == "completed"
+    assert report.context == {f"t{i}": i for i in range(300)}
+    started = Counter(e.node for e in seen if isinstance(e, ev.NodeStarted))
+    succeeded = Counter(e.node for e in seen if isinstance(e, ev.NodeSucceeded))
+    assert started == succeeded == Counter(f"t{i}" for i in range(300))  # once each
+    assert any(n > 1 for n, _ in backend.chunks)  # the calls did share chunks
+    cut = [(n, ran) for n, ran in backend.chunks if ran < n]
+    assert cut  # and a slow call ended its chunk early
+    assert sum(ran for _, ran in backend.chunks) == 300  # no call ran twice
+
+
+def test_a_thread_chunk_stops_starting_calls_past_its_budget() -> None:
+    g = graph([task("t", N + "track")])
+    targets = resolve(g.blueprint, ["."])
+    backend = ThreadBackend(targets, workers=1, run_id="r", context=SharedContext({}),
+                            cancelled=threading.Event())  # fmt: skip
+    try:
+        slow = Call("a", N + "track", (1,), {"delay": 2 * CHUNK_BUDGET_MS / 1000}, 1, None)
+        fast = [Call(f"b{i}", N + "track", (i,), {"delay": 0.0}, 1, None) for i in range(5)]
+        ran = backend.submit([slow, *fast]).result(timeout=30)
+        assert [o.node for o in ran] == ["a"]  # the fast ones go back to the driver
+        ran = backend.submit(fast).result(timeout=30)
+        assert [o.output for o in ran] == [0, 1, 2, 3, 4]  # within budget: all of them
+    finally:
+        backend.close()
 
 
 def test_an_expression_reads_a_batch_by_its_id() -> None:

@@ -26,7 +26,7 @@ from flowrun.engine.backends import Backend, make_backend
 from flowrun.engine.backends import dask as dask_executor
 from flowrun.engine.backends.remote import ContextPacker
 from flowrun.engine.driver import Driver, Options
-from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.invoke import Call, Outcome, chunk_budget_s
 from flowrun.errors import UsageError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
@@ -185,6 +185,21 @@ def test_ctx_set_travels_back_and_later_nodes_see_it(kind: str, address: str) ->
     report = run(g, kind, address)
     assert report.context["note"] == "set by s"
     assert report.context["d"] == "set by sset by s"  # tasks.double read `factor` through ctx
+
+
+@pytest.mark.parametrize("kind", ["process", "dask"])
+def test_a_remote_chunk_stops_starting_calls_past_its_budget(kind: str, address: str) -> None:
+    """As on threads: the calls behind a slow one come back unrun, for the driver to queue."""
+    be = backend(kind, address)
+    slow = Call("a", N + "track", (1,), {"delay": 0.1 + chunk_budget_s(be.dispatch_ms)})
+    fast = [Call(f"b{i}", N + "track", (i,), {"delay": 0.0}) for i in range(3)]
+    try:
+        first = be.submit([slow, *fast]).result(60)
+        second = be.submit(fast).result(60)
+    finally:
+        be.close()
+    assert [o.node for o in first] == ["a"] and first[0].ok
+    assert [o.output for o in second] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("kind", ["process", "dask"])

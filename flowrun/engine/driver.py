@@ -96,6 +96,8 @@ class Driver(Verbs):
         self.prefix = ""  # what a run's ids start with (a subflow's child runs add theirs)
         #: function (`uses`) -> moving average of one call's ms, for chunks of task calls
         self._call_ms: dict[str, float] = {}
+        #: ids of queued works announced as started once (`_complete` queued them again)
+        self._again: set[int] = set()
 
     # -- public ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -211,8 +213,11 @@ class Driver(Verbs):
                     if not shared and nxt.call.context is not own:
                         break
                     works.append(queued.popleft())
-            now = time.time()
+            now, again = time.time(), self._again
             for w in works:
+                if again and id(w) in again:  # the rest of a chunk that ended at its budget
+                    again.discard(id(w))
+                    continue
                 w.owner.queued(w)
                 c = w.call
                 self.emit(ev.NodeStarted(now, c.node, c.attempt, group(w), c.index))
@@ -315,7 +320,13 @@ class Driver(Verbs):
                 ms = sum([o.duration_ms for o in outcomes]) / len(outcomes)
                 old = self._call_ms.get(first.call.uses)
                 self._call_ms[first.call.uses] = ms if old is None else 0.7 * old + 0.3 * ms
-        # A cancelled chunk returns early: the calls it did not run stay pending.
+        if len(outcomes) < len(works) and not self.stopping:
+            # The chunk ran out of its time budget (`invoke.CHUNK_BUDGET_MS`): the calls it
+            # did not start run next, in a chunk of their own. (A cancelled chunk also
+            # returns early: then the calls it did not run stay pending.)
+            rest = works[len(outcomes) :]
+            self._again.update(map(id, rest))  # announced already: not started twice
+            self.queued.extendleft(reversed(rest))
         for work, out in zip(works, outcomes, strict=False):
             if out.updates and not self.backend.shared_context:
                 context = self.context if work.call.context is None else work.call.context

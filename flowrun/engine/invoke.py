@@ -92,9 +92,22 @@ class AttemptTimeout(TimeoutError):
     """The attempt ran past `config.timeout`; it was abandoned (Python cannot kill a thread)."""
 
 
+#: How long a chunk of calls (independent task nodes, chunked by the driver) may keep starting
+#: calls: past it the chunk returns what it has and the driver queues the rest again, so a slow
+#: call reports its finished neighbours at once, and the calls behind it spread over the free
+#: workers instead of waiting on one. A backend with a dearer round trip stretches it
+#: (`chunk_budget_s`).
+CHUNK_BUDGET_MS = 50.0
+
 _local = threading.local()
 # flowrun's own frames (this module, a backend) are cut from a node's traceback.
 _FLOWRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def chunk_budget_s(dispatch_ms: float) -> float:
+    """The time budget, in seconds, of a chunk of calls on a backend whose round trip costs
+    `dispatch_ms`: `CHUNK_BUDGET_MS`, or 20 round trips when they cost more."""
+    return max(CHUNK_BUDGET_MS, 20 * dispatch_ms) / 1000
 
 
 class CancelScope:

@@ -33,7 +33,7 @@ from typing import Any
 
 from flowrun.blueprint.resolve import Target
 from flowrun.engine.backends.remote import ContextPacker, Job, cancel_run, run_job
-from flowrun.engine.invoke import Call, Outcome
+from flowrun.engine.invoke import Call, Outcome, chunk_budget_s
 from flowrun.errors import UsageError
 from flowrun.node import SharedContext
 
@@ -120,6 +120,7 @@ class DaskBackend:
         self._run_id = run_id
         self._dirs = tuple(dirs)
         self._packer = ContextPacker(targets, context)
+        self._budget_s = chunk_budget_s(self.dispatch_ms)
         self._cluster: Any = None
         if address:
             self._client = _connect(distributed, address)
@@ -135,7 +136,8 @@ class DaskBackend:
 
     def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
         try:
-            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together)
+            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together,
+                      None if together else self._budget_s)  # fmt: skip
             fut: Future[list[Outcome]] = self._executor.submit(run_job, job)
         except Exception as exc:  # serialising the job failed: fail these calls, not the run
             fut = Future()

@@ -32,7 +32,7 @@ from typing import Any
 
 from flowrun.blueprint.resolve import Target
 from flowrun.engine.backends.remote import ContextPacker, Job, init_process, run_job
-from flowrun.engine.invoke import Call, Outcome, crashed
+from flowrun.engine.invoke import Call, Outcome, chunk_budget_s, crashed
 from flowrun.node import SharedContext
 
 
@@ -71,6 +71,7 @@ class ProcessBackend:
         self._run_id = run_id
         self._dirs = tuple(dirs)
         self._packer = ContextPacker(targets, context)
+        self._budget_s = chunk_budget_s(self.dispatch_ms)
         self._spawn = _TrackingSpawn()
         self._pool = self._new_pool()
 
@@ -85,7 +86,8 @@ class ProcessBackend:
 
     def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
         try:
-            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together)
+            job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together,
+                      None if together else self._budget_s)  # fmt: skip
         except Exception as exc:  # the context could not be pickled: fail these calls
             return _failed(exc)
         try:

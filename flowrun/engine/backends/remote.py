@@ -45,6 +45,7 @@ class Job:
     dirs: tuple[str, ...]
     context: bytes | None = None  # pickled context snapshot; None when no call takes `ctx`
     together: bool = False  # async calls that run at once (see `Backend.together`)
+    budget_s: float | None = None  # start no call past it (`invoke.CHUNK_BUDGET_MS`)
 
 
 class ContextPacker:
@@ -112,7 +113,15 @@ def run_job(job: Job) -> list[Outcome]:
 
         run = run_together if job.together else run_chunk
         return shared_loop().submit(run, job.calls, targets, job.run_id, context, scope).result()
-    return [_run_call(call, job.run_id, context, scope) for call in job.calls]
+    if job.budget_s is None:
+        return [_run_call(call, job.run_id, context, scope) for call in job.calls]
+    out: list[Outcome] = []
+    until = time.perf_counter() + job.budget_s
+    for call in job.calls:
+        if out and time.perf_counter() > until:
+            break  # the driver queues the calls not run again
+        out.append(_run_call(call, job.run_id, context, scope))
+    return out
 
 
 def _scope_of(run_id: str) -> CancelScope:

@@ -7,6 +7,7 @@ Chunks of `async def` calls do not take a thread: they run on the backend's one 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from flowrun.engine.invoke import (
     Items,
     ItemsOutcome,
     Outcome,
+    chunk_budget_s,
     crashed,
     run_attempt,
     run_items,
@@ -47,6 +49,7 @@ class ThreadBackend:
         self._context = context
         self._cancelled = cancelled
         self._scope = CancelScope(cancelled)
+        self._budget_s = chunk_budget_s(self.dispatch_ms)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowrun")
         self._aio: LoopThread | None = None
         self._aio_lock = threading.Lock()
@@ -80,9 +83,11 @@ class ThreadBackend:
 
     def _run(self, calls: list[Call]) -> list[Outcome]:
         out: list[Outcome] = []
+        clock = time.perf_counter
+        until = clock() + self._budget_s
         for call in calls:
-            if out and self._cancelled.is_set():
-                break  # the driver treats the calls not run as never started
+            if out and (self._cancelled.is_set() or clock() > until):
+                break  # the driver queues the calls not run again, or leaves them pending
             t = self._targets[call.uses]
             try:
                 outcome = run_attempt(
