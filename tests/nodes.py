@@ -16,12 +16,22 @@ _lock = threading.Lock()
 running = 0
 peak = 0
 calls: dict[str, int] = {}
+released = threading.Event()  # what `held` waits for
 
 
 def reset() -> None:
     global running, peak
     running = peak = 0
     calls.clear()
+    released.clear()
+
+
+def held(i: int, *, at: int) -> Any:
+    """Return `i`; call `at` instead waits (20 s at most) for `released`, and returns whether it
+    came."""
+    if i != at:
+        return i
+    return released.wait(20)
 
 
 def _count(key: str) -> None:

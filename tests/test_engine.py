@@ -12,7 +12,7 @@ from flowrun import events as ev
 from flowrun.blueprint.resolve import resolve
 from flowrun.engine.backends.thread import ThreadBackend
 from flowrun.engine.driver import Driver, Options
-from flowrun.engine.invoke import CHUNK_BUDGET_MS, Call, Outcome
+from flowrun.engine.invoke import CHUNK_BUDGET_MS, Call, ChunkFuture
 from flowrun.errors import BlueprintError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
@@ -494,14 +494,29 @@ def test_chunked_items_keep_per_item_events_and_order() -> None:
 
 
 class _CountingBackend(ThreadBackend):
-    """Records, for every chunk of calls, how many it was given and how many it ran."""
+    """Records, for every chunk of several calls, how many it was given and how many it ran."""
 
     chunks: list[tuple[int, int]]
+    ran: list[list[str]]  # the calls each chunk ran, in order
 
-    def _run(self, calls: list[Call]) -> list[Outcome]:
-        out = super()._run(calls)
-        self.chunks.append((len(calls), len(out)))
-        return out
+    def _run(self, fut: ChunkFuture) -> None:
+        given = len(fut.waiting)
+        super()._run(fut)
+        self.chunks.append((given, len(fut.ran)))
+        self.ran.append([o.node for o in fut.ran])
+
+
+def run_on(
+    g: Graph, backend: ThreadBackend, context: SharedContext, **kw: Any
+) -> tuple[RunReport, list[ev.Event]]:
+    seen: list[ev.Event] = []
+    emit = kw.pop("emit", seen.append)
+    driver = Driver(g, backend, run_id="r", context=context, emit=emit,
+                    options=Options(2), cancelled=backend._cancelled)  # fmt: skip
+    try:
+        return driver.run(), seen
+    finally:
+        backend.close()
 
 
 def test_a_chunk_of_task_calls_starts_none_past_its_budget_and_the_rest_run_once() -> None:
@@ -515,18 +530,11 @@ def test_a_chunk_of_task_calls_starts_none_past_its_budget_and_the_rest_run_once
     ]
     g = graph(specs)
     nodes.reset()
-    targets = resolve(g.blueprint, ["."])
     context = SharedContext({})
-    cancelled = threading.Event()
-    backend = _CountingBackend(targets, workers=2, run_id="r", context=context, cancelled=cancelled)
-    backend.chunks = []
-    seen: list[ev.Event] = []
-    driver = Driver(g, backend, run_id="r", context=context, emit=seen.append,
-                    options=Options(2), cancelled=cancelled)  # fmt: skip
-    try:
-        report = driver.run()
-    finally:
-        backend.close()
+    backend = _CountingBackend(resolve(g.blueprint, ["."]), workers=2, run_id="r",
+                               context=context, cancelled=threading.Event())  # fmt: skip
+    backend.chunks, backend.ran = [], []
+    report, seen = run_on(g, backend, context)
     assert report.status == "completed"
     assert report.context == {f"t{i}": i for i in range(300)}
     started = Counter(e.node for e in seen if isinstance(e, ev.NodeStarted))
@@ -535,7 +543,37 @@ def test_a_chunk_of_task_calls_starts_none_past_its_budget_and_the_rest_run_once
     assert any(n > 1 for n, _ in backend.chunks)  # the calls did share chunks
     cut = [(n, ran) for n, ran in backend.chunks if ran < n]
     assert cut  # and a slow call ended its chunk early
-    assert sum(ran for _, ran in backend.chunks) == 300  # no call ran twice
+
+
+def test_a_call_that_does_not_end_holds_back_none_of_its_chunk() -> None:
+    """While one call of a chunk runs on, the driver settles the calls that ended before it
+    and takes back those behind it, which run on the other worker: every other node succeeds
+    while it waits, and only then is it let go."""
+    n, at = 400, 250
+    g = graph([task(f"t{i}", N + "held", params={"i": i, "at": at}) for i in range(n)])
+    nodes.reset()
+    context = SharedContext({})
+    backend = _CountingBackend(resolve(g.blueprint, ["."]), workers=2, run_id="r",
+                               context=context, cancelled=threading.Event())  # fmt: skip
+    backend.chunks, backend.ran = [], []
+    seen: list[ev.Event] = []
+    done: set[str] = set()
+
+    def emit(event: ev.Event) -> None:
+        seen.append(event)
+        if isinstance(event, ev.NodeSucceeded):
+            done.add(event.node)
+            if len(done) == n - 1 and f"t{at}" not in done:
+                nodes.released.set()  # every other node is settled: let it go
+
+    report, _ = run_on(g, backend, context, emit=emit)
+    assert report.status == "completed"
+    assert report.context[f"t{at}"] is True  # released, not tired of waiting
+    assert report.context == {f"t{i}": True if i == at else i for i in range(n)}
+    started = Counter(e.node for e in seen if isinstance(e, ev.NodeStarted))
+    assert started == Counter(f"t{i}" for i in range(n))  # each announced once
+    # It shared a chunk with calls that ran before it (those behind it were taken back).
+    assert any(f"t{at}" in ran[1:] for ran in backend.ran), backend.ran
 
 
 def test_a_thread_chunk_stops_starting_calls_past_its_budget() -> None:

@@ -21,7 +21,15 @@ from concurrent.futures import Future
 
 from flowrun import events as ev
 from flowrun.engine.backends import Backend
-from flowrun.engine.invoke import Call, Items, ItemsOutcome, Outcome, crashed_items
+from flowrun.engine.invoke import (
+    Call,
+    ChunkFuture,
+    Items,
+    ItemsOutcome,
+    Outcome,
+    chunk_budget_s,
+    crashed_items,
+)
 from flowrun.engine.kinds import BY_NAME, NodeKind, Stored, Work, entries_of
 from flowrun.engine.kinds.base import Verbs, group
 from flowrun.engine.kinds.batch import CHUNK_TARGET_MS, MAX_CHUNK
@@ -98,6 +106,10 @@ class Driver(Verbs):
         self._call_ms: dict[str, float] = {}
         #: ids of queued works announced as started once (`_complete` queued them again)
         self._again: set[int] = set()
+        #: chunks of calls running on this process's threads, which `_watch` looks into
+        self._watched: dict[ChunkFuture, _Watched] = {}
+        self._watch_at: float | None = None  # when `_watch` is due
+        self._budget_s = chunk_budget_s(backend.dispatch_ms)
 
     # -- public ----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -152,7 +164,8 @@ class Driver(Verbs):
 
     def _next(self, deadline: float | None) -> Done | None:
         timer = self.timers[0][0] if self.timers else None
-        waits = [t for t in (deadline, timer, self.pools.wake_at()) if t]
+        watch = self._watch_at if self._watched else None
+        waits = [t for t in (deadline, timer, self.pools.wake_at(), watch) if t]
         timeout = max(0.0, min(waits) - self.clock()) if waits else None
         if timeout is None and not self.inflight and not self.stopping:
             raise RuntimeError("flowrun internal error: nothing in flight and nothing ready")
@@ -165,6 +178,8 @@ class Driver(Verbs):
 
     def _fire_timers(self) -> None:
         now = self.clock()
+        if self._watch_at is not None and now >= self._watch_at:
+            self._watch()
         while self.timers and self.timers[0][0] <= now:
             due = heapq.heappop(self.timers)[2]
             if self.stopping:  # a retry due while stopping never starts: it stays pending
@@ -268,7 +283,43 @@ class Driver(Verbs):
         self.pools.started(works[0].node, len(works))
         slots = len(works) if together else 1
         self.inflight += slots
+        if type(fut) is ChunkFuture:
+            self._watched[fut] = _Watched(works, self.clock())
+            if self._watch_at is None:
+                self._watch_at = self.clock() + self._budget_s
         fut.add_done_callback(functools.partial(self._returned, works, slots))
+
+    def _watch(self) -> None:
+        """Look into the chunks that have run past their budget: settle the calls that ended,
+        take back those not started (`ChunkFuture`). Due every budget while one runs (not a
+        timer: it keeps no run alive)."""
+        now = self.clock()
+        old = now - self._budget_s
+        for fut, w in list(self._watched.items()):
+            if w.since > old or fut.done():  # young, or its completion is on its way
+                continue
+            ran = fut.ran[w.settled : len(fut.ran)]
+            if ran:
+                self._settle(w.works[w.settled : w.settled + len(ran)], ran)
+                w.settled += len(ran)
+            if not self.stopping:
+                self._take_back(fut, w)
+        self._watch_at = now + self._budget_s if self._watched else None
+
+    def _take_back(self, fut: ChunkFuture, w: _Watched) -> None:
+        """Queue again, first, the calls of `fut` that its worker has not started."""
+        taken: list[int] = []
+        waiting = fut.waiting
+        while True:
+            try:
+                taken.append(waiting.pop()[0])
+            except IndexError:
+                break
+        if taken:
+            rest = w.works[taken[-1] : w.end]
+            w.end = taken[-1]
+            self._again.update(map(id, rest))  # announced already: not started twice
+            self.queued.extendleft(reversed(rest))
 
     def _returned(self, works: list[Work], slots: int, fut: Future[list[Outcome]]) -> None:
         self.done_q.put((works, fut, slots))  # on the thread that completed the future
@@ -309,10 +360,13 @@ class Driver(Verbs):
     def _complete(self, works: list[Work], fut: Future[list[Outcome]], slots: int) -> None:
         self.inflight -= slots
         self.pools.finished(works[0].node, len(works))
+        chunk = fut if type(fut) is ChunkFuture else None  # a chunk `_watch` looked into
+        watched = self._watched.pop(chunk, None) if chunk is not None else None
+        settled, end = (watched.settled, watched.end) if watched else (0, len(works))
         try:
             outcomes = fut.result()
         except BaseException as exc:  # the backend itself failed (a worker process died...)
-            outcomes = [_crashed(w.call, exc) for w in works]
+            outcomes = [_crashed(w.call, exc) for w in works[:end]]
         first = works[0]
         if first.fallback_for is None:
             first.owner.returned(works, outcomes)
@@ -320,13 +374,22 @@ class Driver(Verbs):
                 ms = sum([o.duration_ms for o in outcomes]) / len(outcomes)
                 old = self._call_ms.get(first.call.uses)
                 self._call_ms[first.call.uses] = ms if old is None else 0.7 * old + 0.3 * ms
-        if len(outcomes) < len(works) and not self.stopping:
+        if chunk is not None and watched is not None and not self.stopping:
+            self._take_back(chunk, watched)  # what it did not start (its budget, a cancel)
+        elif len(outcomes) < end and not self.stopping:
             # The chunk ran out of its time budget (`invoke.CHUNK_BUDGET_MS`): the calls it
             # did not start run next, in a chunk of their own. (A cancelled chunk also
             # returns early: then the calls it did not run stay pending.)
-            rest = works[len(outcomes) :]
+            rest = works[len(outcomes) : end]
             self._again.update(map(id, rest))  # announced already: not started twice
             self.queued.extendleft(reversed(rest))
+        if settled:
+            works, outcomes = works[settled:], outcomes[settled:]
+        self._settle(works, outcomes)
+
+    def _settle(self, works: list[Work], outcomes: list[Outcome]) -> None:
+        """Settle each of `works` by its outcome (in order; fewer outcomes than works: the
+        rest did not run)."""
         for work, out in zip(works, outcomes, strict=False):
             if out.updates and not self.backend.shared_context:
                 context = self.context if work.call.context is None else work.call.context
@@ -349,6 +412,17 @@ class Driver(Verbs):
                 for k, v in out.updates.items():
                     self.context.set(k, v)
         self._kinds["batch"].items_returned(chunk, res)  # type: ignore[attr-defined]
+
+
+class _Watched:
+    """What the driver knows of a running `ChunkFuture`: its works, when it was submitted,
+    how many of its outcomes it settled (the first ones), and where the calls it took back
+    begin (`end`: the works from there on were queued again)."""
+
+    __slots__ = ("end", "settled", "since", "works")
+
+    def __init__(self, works: list[Work], since: float) -> None:
+        self.works, self.since, self.settled, self.end = works, since, 0, len(works)
 
 
 def _crashed(call: Call, exc: BaseException) -> Outcome:

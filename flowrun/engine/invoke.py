@@ -15,7 +15,9 @@ import os
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -93,15 +95,29 @@ class AttemptTimeout(TimeoutError):
 
 
 #: How long a chunk of calls (independent task nodes, chunked by the driver) may keep starting
-#: calls: past it the chunk returns what it has and the driver queues the rest again, so a slow
-#: call reports its finished neighbours at once, and the calls behind it spread over the free
-#: workers instead of waiting on one. A backend with a dearer round trip stretches it
-#: (`chunk_budget_s`).
+#: calls: past it the chunk returns what it has and the driver queues the rest again, so the
+#: calls behind a slow one spread over the free workers instead of waiting on one. A backend
+#: with a dearer round trip stretches it (`chunk_budget_s`). On threads the driver also looks
+#: into a chunk that has run this long (`ChunkFuture`): it settles the calls that ended and
+#: takes back those not started, so no call waits on a slow neighbour to be reported.
 CHUNK_BUDGET_MS = 50.0
 
 _local = threading.local()
 # flowrun's own frames (this module, a backend) are cut from a node's traceback.
 _FLOWRUN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+class ChunkFuture(Future["list[Outcome]"]):
+    """The future of a chunk of calls that run one after another on a thread of this process,
+    which the driver may look into while it runs: `ran` holds the outcomes of the calls run so
+    far, in chunk order, and `waiting` the calls not started yet, as (position, call). The
+    worker takes the next call from the left (`popleft`), the driver may take the rest back
+    from the right (`pop`): each call is taken once, by one of them. Its result is `ran`."""
+
+    def __init__(self, calls: Sequence[Call]) -> None:
+        super().__init__()
+        self.ran: list[Outcome] = []
+        self.waiting: deque[tuple[int, Call]] = deque(enumerate(calls))
 
 
 def chunk_budget_s(dispatch_ms: float) -> float:

@@ -16,6 +16,7 @@ from flowrun.blueprint.resolve import Target
 from flowrun.engine.invoke import (
     Call,
     CancelScope,
+    ChunkFuture,
     Items,
     ItemsOutcome,
     Outcome,
@@ -64,7 +65,11 @@ class ThreadBackend:
         targets = self._targets
         if targets[calls[0].uses].is_async and all(targets[c.uses].is_async for c in calls):
             return self._submit_async(calls, together)
-        return self._pool.submit(self._run, calls)
+        if len(calls) == 1:
+            return self._pool.submit(self._run_one, calls[0])
+        fut = ChunkFuture(calls)
+        self._pool.submit(self._run, fut)
+        return fut
 
     def _submit_async(self, calls: list[Call], together: bool) -> Future[list[Outcome]]:
         from flowrun.engine.aio import run_chunk, run_together
@@ -81,28 +86,35 @@ class ThreadBackend:
                 self._aio = LoopThread()
             return self._aio
 
-    def _run(self, calls: list[Call]) -> list[Outcome]:
-        out: list[Outcome] = []
+    def _run_one(self, call: Call) -> list[Outcome]:
+        t = self._targets[call.uses]
+        try:
+            outcome = run_attempt(call, t.fn, wants_ctx=t.wants_ctx, is_async=t.is_async,
+                                  run_id=self._run_id, context=self._context,
+                                  cancel=self._scope)  # fmt: skip
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node itself
+            outcome = crashed(call, exc)
+        return [outcome]
+
+    def _run(self, fut: ChunkFuture) -> None:
+        """Run the calls of `fut` one after another, until none waits, the run is cancelled,
+        or the chunk has run past its budget (the driver then takes the rest back)."""
+        if not fut.set_running_or_notify_cancel():
+            return
+        out, waiting = fut.ran, fut.waiting
         clock = time.perf_counter
         until = clock() + self._budget_s
-        for call in calls:
-            if out and (self._cancelled.is_set() or clock() > until):
-                break  # the driver queues the calls not run again, or leaves them pending
-            t = self._targets[call.uses]
-            try:
-                outcome = run_attempt(
-                    call,
-                    t.fn,
-                    wants_ctx=t.wants_ctx,
-                    is_async=t.is_async,
-                    run_id=self._run_id,
-                    context=self._context,
-                    cancel=self._scope,
-                )
-            except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node itself
-                outcome = crashed(call, exc)
-            out.append(outcome)
-        return out
+        try:
+            while not out or not (self._cancelled.is_set() or clock() > until):
+                try:
+                    call = waiting.popleft()[1]
+                except IndexError:
+                    break  # all run, or the driver took the rest back
+                out.append(self._run_one(call)[0])
+        except BaseException as exc:  # not a node's: `_run_one` turns those into outcomes
+            fut.set_exception(exc)
+            return
+        fut.set_result(out)
 
     def submit_items(self, chunk: Items) -> Future[ItemsOutcome]:
         if self._targets[chunk.uses].is_async:  # its items gathered on the loop
