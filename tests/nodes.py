@@ -26,6 +26,13 @@ def reset() -> None:
     released.clear()
 
 
+def slow_at(item: int, every: int, delay: float) -> int:
+    """Return `item`, after `delay` seconds for every `every`-th one."""
+    if item % every == every - 1:
+        time.sleep(delay)
+    return item
+
+
 def held(i: int, *, at: int) -> Any:
     """Return `i`; call `at` instead waits (20 s at most) for `released`, and returns whether it
     came."""

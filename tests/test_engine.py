@@ -12,7 +12,7 @@ from flowrun import events as ev
 from flowrun.blueprint.resolve import resolve
 from flowrun.engine.backends.thread import ThreadBackend
 from flowrun.engine.driver import Driver, Options
-from flowrun.engine.invoke import CHUNK_BUDGET_MS, Call, ChunkFuture
+from flowrun.engine.invoke import CHUNK_BUDGET_MS, Call, ChunkFuture, Outcome
 from flowrun.errors import BlueprintError
 from flowrun.model import Graph
 from flowrun.node import SharedContext
@@ -576,6 +576,42 @@ def test_a_call_that_does_not_end_holds_back_none_of_its_chunk() -> None:
     assert any(f"t{at}" in ran[1:] for ran in backend.ran), backend.ran
 
 
+class _CallsOnly(_CountingBackend):
+    """A thread backend without `submit_items`: a batch hands its items out as chunks of
+    calls of its own (as on the process and Dask backends)."""
+
+    runs_items = False
+    whole: list[tuple[int, int]]
+
+    def _run_all(self, calls: list[Call]) -> list[Outcome]:
+        out = super()._run_all(calls)
+        self.whole.append((len(calls), len(out)))
+        return out
+
+
+def test_a_batchs_own_chunk_of_calls_is_never_cut_by_the_budget() -> None:
+    """Only the driver's chunks of independent calls may come back part run: a batch counts
+    its chunks, and one that came back part run would unbalance that count."""
+    xs = list(range(300))
+    g = graph([batch("B", "xs", N + "track", params={"delay": 0.0})], context={"xs": xs})
+    slow = graph([batch("S", "xs", N + "slow_at", params={"every": 40, "delay": 0.08})],
+                 context={"xs": xs})  # fmt: skip
+    for graph_ in (g, slow):
+        nodes.reset()
+        context = SharedContext(dict(graph_.blueprint.context))
+        backend = _CallsOnly(resolve(graph_.blueprint, ["."]), workers=2, run_id="r",
+                             context=context, cancelled=threading.Event())  # fmt: skip
+        backend.chunks, backend.ran, backend.whole = [], [], []
+        report, seen = run_on(graph_, backend, context)
+        assert report.status == "completed"
+        assert report.context[graph_.blueprint.nodes[0].id] == xs
+        started = Counter(e.index for e in seen if isinstance(e, ev.NodeStarted))
+        assert started == Counter(xs)  # every item announced once
+        assert not backend.chunks  # no chunk of them was a budgeted one
+        assert any(n > 1 for n, _ in backend.whole)  # they did share chunks
+        assert all(ran == n for n, ran in backend.whole)  # each ran whole
+
+
 def test_a_thread_chunk_stops_starting_calls_past_its_budget() -> None:
     g = graph([task("t", N + "track")])
     targets = resolve(g.blueprint, ["."])
@@ -584,10 +620,12 @@ def test_a_thread_chunk_stops_starting_calls_past_its_budget() -> None:
     try:
         slow = Call("a", N + "track", (1,), {"delay": 2 * CHUNK_BUDGET_MS / 1000}, 1, None)
         fast = [Call(f"b{i}", N + "track", (i,), {"delay": 0.0}, 1, None) for i in range(5)]
-        ran = backend.submit([slow, *fast]).result(timeout=30)
+        ran = backend.submit([slow, *fast], budget=True).result(timeout=30)
         assert [o.node for o in ran] == ["a"]  # the fast ones go back to the driver
-        ran = backend.submit(fast).result(timeout=30)
+        ran = backend.submit(fast, budget=True).result(timeout=30)
         assert [o.output for o in ran] == [0, 1, 2, 3, 4]  # within budget: all of them
+        ran = backend.submit([slow, *fast]).result(timeout=30)  # a kind's chunk: never cut
+        assert [o.output for o in ran] == [1, 0, 1, 2, 3, 4]
     finally:
         backend.close()
 

@@ -194,12 +194,14 @@ def test_a_remote_chunk_stops_starting_calls_past_its_budget(kind: str, address:
     slow = Call("a", N + "track", (1,), {"delay": 0.1 + chunk_budget_s(be.dispatch_ms)})
     fast = [Call(f"b{i}", N + "track", (i,), {"delay": 0.0}) for i in range(3)]
     try:
-        first = be.submit([slow, *fast]).result(60)
-        second = be.submit(fast).result(60)
+        first = be.submit([slow, *fast], budget=True).result(60)
+        second = be.submit(fast, budget=True).result(60)
+        whole = be.submit([slow, *fast]).result(60)  # a kind's chunk: never cut
     finally:
         be.close()
     assert [o.node for o in first] == ["a"] and first[0].ok
     assert [o.output for o in second] == [0, 1, 2]
+    assert [o.output for o in whole] == [1, 0, 1, 2]
 
 
 @pytest.mark.parametrize("kind", ["process", "dask"])

@@ -106,8 +106,9 @@ class Driver(Verbs):
         self._call_ms: dict[str, float] = {}
         #: ids of queued works announced as started once (`_complete` queued them again)
         self._again: set[int] = set()
-        #: chunks of calls running on this process's threads, which `_watch` looks into
-        self._watched: dict[ChunkFuture, _Watched] = {}
+        #: the chunks of independent calls in flight that may come back part run (`submit`);
+        #: `_watch` looks into those running on this process's threads (`ChunkFuture`)
+        self._watched: dict[Future[list[Outcome]], _Watched] = {}
         self._watch_at: float | None = None  # when `_watch` is due
         self._budget_s = chunk_budget_s(backend.dispatch_ms)
 
@@ -164,7 +165,7 @@ class Driver(Verbs):
 
     def _next(self, deadline: float | None) -> Done | None:
         timer = self.timers[0][0] if self.timers else None
-        watch = self._watch_at if self._watched else None
+        watch = self._watch_at
         waits = [t for t in (deadline, timer, self.pools.wake_at(), watch) if t]
         timeout = max(0.0, min(waits) - self.clock()) if waits else None
         if timeout is None and not self.inflight and not self.stopping:
@@ -236,7 +237,7 @@ class Driver(Verbs):
                 w.owner.queued(w)
                 c = w.call
                 self.emit(ev.NodeStarted(now, c.node, c.attempt, group(w), c.index))
-            self.submit(works)
+            self.submit(works, budget=len(works) > 1)
         queued.extendleft(reversed(held))
 
     def _groupable(self, work: Work) -> bool:
@@ -277,15 +278,18 @@ class Driver(Verbs):
     def queue(self, work: Work) -> None:
         self.queued.append(work)
 
-    def submit(self, works: list[Work]) -> None:
+    def submit(self, works: list[Work], budget: bool = False) -> None:
+        """Hand `works` to the backend (`budget`: a chunk of independent calls the driver made
+        itself, which may come back part run, see `Backend.submit`)."""
         together = len(works) > 1 and self.together(works[0].call.uses)
-        fut = self.backend.submit([w.call for w in works], together)
+        budget = budget and not together
+        fut = self.backend.submit([w.call for w in works], together, budget)
         self.pools.started(works[0].node, len(works))
         slots = len(works) if together else 1
         self.inflight += slots
-        if type(fut) is ChunkFuture:
+        if budget:
             self._watched[fut] = _Watched(works, self.clock())
-            if self._watch_at is None:
+            if self._watch_at is None and type(fut) is ChunkFuture:
                 self._watch_at = self.clock() + self._budget_s
         fut.add_done_callback(functools.partial(self._returned, works, slots))
 
@@ -296,15 +300,16 @@ class Driver(Verbs):
         now = self.clock()
         old = now - self._budget_s
         for fut, w in list(self._watched.items()):
-            if w.since > old or fut.done():  # young, or its completion is on its way
-                continue
+            if type(fut) is not ChunkFuture or w.since > old or fut.done():
+                continue  # not on a thread here, young, or its completion is on its way
             ran = fut.ran[w.settled : len(fut.ran)]
             if ran:
                 self._settle(w.works[w.settled : w.settled + len(ran)], ran)
                 w.settled += len(ran)
             if not self.stopping:
                 self._take_back(fut, w)
-        self._watch_at = now + self._budget_s if self._watched else None
+        looking = any(type(fut) is ChunkFuture for fut in self._watched)
+        self._watch_at = now + self._budget_s if looking else None
 
     def _take_back(self, fut: ChunkFuture, w: _Watched) -> None:
         """Queue again, first, the calls of `fut` that its worker has not started."""
@@ -316,10 +321,12 @@ class Driver(Verbs):
             except IndexError:
                 break
         if taken:
-            rest = w.works[taken[-1] : w.end]
+            self._queue_again(w.works[taken[-1] : w.end])
             w.end = taken[-1]
-            self._again.update(map(id, rest))  # announced already: not started twice
-            self.queued.extendleft(reversed(rest))
+
+    def _queue_again(self, rest: list[Work]) -> None:
+        self._again.update(map(id, rest))  # announced already: not started twice
+        self.queued.extendleft(reversed(rest))
 
     def _returned(self, works: list[Work], slots: int, fut: Future[list[Outcome]]) -> None:
         self.done_q.put((works, fut, slots))  # on the thread that completed the future
@@ -360,8 +367,7 @@ class Driver(Verbs):
     def _complete(self, works: list[Work], fut: Future[list[Outcome]], slots: int) -> None:
         self.inflight -= slots
         self.pools.finished(works[0].node, len(works))
-        chunk = fut if type(fut) is ChunkFuture else None  # a chunk `_watch` looked into
-        watched = self._watched.pop(chunk, None) if chunk is not None else None
+        watched = self._watched.pop(fut, None) if self._watched else None
         settled, end = (watched.settled, watched.end) if watched else (0, len(works))
         try:
             outcomes = fut.result()
@@ -374,15 +380,14 @@ class Driver(Verbs):
                 ms = sum([o.duration_ms for o in outcomes]) / len(outcomes)
                 old = self._call_ms.get(first.call.uses)
                 self._call_ms[first.call.uses] = ms if old is None else 0.7 * old + 0.3 * ms
-        if chunk is not None and watched is not None and not self.stopping:
-            self._take_back(chunk, watched)  # what it did not start (its budget, a cancel)
-        elif len(outcomes) < end and not self.stopping:
-            # The chunk ran out of its time budget (`invoke.CHUNK_BUDGET_MS`): the calls it
-            # did not start run next, in a chunk of their own. (A cancelled chunk also
-            # returns early: then the calls it did not run stay pending.)
-            rest = works[len(outcomes) : end]
-            self._again.update(map(id, rest))  # announced already: not started twice
-            self.queued.extendleft(reversed(rest))
+        # A chunk that ran out of its time budget (`invoke.CHUNK_BUDGET_MS`): the calls it
+        # did not start run next, in chunks of their own. (A cancelled chunk also returns
+        # early: then the calls it did not run stay pending, as any chunk's do.)
+        if watched is not None and not self.stopping:
+            if type(fut) is ChunkFuture:
+                self._take_back(fut, watched)
+            elif len(outcomes) < end:
+                self._queue_again(works[len(outcomes) : end])
         if settled:
             works, outcomes = works[settled:], outcomes[settled:]
         self._settle(works, outcomes)

@@ -33,7 +33,13 @@ class Backend(Protocol):
     #: big enough to pay for it
     dispatch_ms: float
 
-    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]: ...
+    def submit(
+        self, calls: list[Call], together: bool = False, budget: bool = False
+    ) -> Future[list[Outcome]]:
+        """Run `calls`. With `budget` (the driver's own chunks of independent calls, never a
+        kind's), the chunk starts no call past `invoke.chunk_budget_s` of its backend and
+        comes back with the outcomes of the calls it ran: the driver queues the rest again."""
+        ...
 
     def together(self, uses: str) -> bool:
         """May a chunk of calls of `uses` run at once (an `async def`: one event loop awaits
@@ -79,7 +85,9 @@ class RetryOn:
     def together(self, uses: str) -> bool:
         return self._backend.together(uses)
 
-    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
+    def submit(
+        self, calls: list[Call], together: bool = False, budget: bool = False
+    ) -> Future[list[Outcome]]:
         table = self._table
         for call in calls:
             # An item is named `batch[i]`; a fallback standing in for one keeps its own name.
@@ -87,7 +95,7 @@ class RetryOn:
             if key not in table and call.index is not None:
                 key = key.rpartition("[")[0]
             call.retry_on = table.get(key)
-        return self._backend.submit(calls, together)
+        return self._backend.submit(calls, together, budget)
 
     def submit_items(self, chunk: Items) -> Future[ItemsOutcome]:
         chunk.retry_on = self._table.get(chunk.batch)

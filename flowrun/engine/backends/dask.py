@@ -134,10 +134,12 @@ class DaskBackend:
     def together(self, uses: str) -> bool:
         return self._packer.together(uses)
 
-    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
+    def submit(
+        self, calls: list[Call], together: bool = False, budget: bool = False
+    ) -> Future[list[Outcome]]:
         try:
             job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together,
-                      None if together else self._budget_s)  # fmt: skip
+                      self._budget_s if budget and not together else None)  # fmt: skip
             fut: Future[list[Outcome]] = self._executor.submit(run_job, job)
         except Exception as exc:  # serialising the job failed: fail these calls, not the run
             fut = Future()

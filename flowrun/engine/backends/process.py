@@ -84,10 +84,12 @@ class ProcessBackend:
     def together(self, uses: str) -> bool:
         return self._packer.together(uses)
 
-    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
+    def submit(
+        self, calls: list[Call], together: bool = False, budget: bool = False
+    ) -> Future[list[Outcome]]:
         try:
             job = Job(calls, self._run_id, self._dirs, self._packer.pack(calls), together,
-                      None if together else self._budget_s)  # fmt: skip
+                      self._budget_s if budget and not together else None)  # fmt: skip
         except Exception as exc:  # the context could not be pickled: fail these calls
             return _failed(exc)
         try:

@@ -61,12 +61,16 @@ class ThreadBackend:
         target = self._targets.get(uses)
         return target is not None and target.is_async
 
-    def submit(self, calls: list[Call], together: bool = False) -> Future[list[Outcome]]:
+    def submit(
+        self, calls: list[Call], together: bool = False, budget: bool = False
+    ) -> Future[list[Outcome]]:
         targets = self._targets
         if targets[calls[0].uses].is_async and all(targets[c.uses].is_async for c in calls):
             return self._submit_async(calls, together)
         if len(calls) == 1:
             return self._pool.submit(self._run_one, calls[0])
+        if not budget:
+            return self._pool.submit(self._run_all, calls)
         fut = ChunkFuture(calls)
         self._pool.submit(self._run, fut)
         return fut
@@ -95,6 +99,14 @@ class ThreadBackend:
         except BaseException as exc:  # SystemExit, KeyboardInterrupt from the node itself
             outcome = crashed(call, exc)
         return [outcome]
+
+    def _run_all(self, calls: list[Call]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for call in calls:
+            if out and self._cancelled.is_set():
+                break  # the driver treats the calls not run as never started
+            out.append(self._run_one(call)[0])
+        return out
 
     def _run(self, fut: ChunkFuture) -> None:
         """Run the calls of `fut` one after another, until none waits, the run is cancelled,
