@@ -280,6 +280,25 @@ def test_lanes_start_each_other_and_run_what_they_could_not_start() -> None:
     assert list(feed.window) == list(range(3, 10))
 
 
+def test_lanes_that_no_lane_can_start_leave_at_once() -> None:
+    """Two lanes were to start the four still to start, and the window ran empty before they
+    looked: all four leave with them, or their slots would stay taken for ever (a run that
+    had settled every item once waited here with no lane left)."""
+    woken: list[int] = []
+    feed = Feed("B", "tests.lane_nodes.slow", list(range(10)), {}, None,
+                lambda: woken.append(1), lambda: False)  # fmt: skip
+    started: list[Any] = []
+    feed.start = started.append
+    feed.starting = 4
+    assert feed.spread() == [] and not started  # nothing to claim: none started...
+    assert feed.starting == 0 and woken == [1]  # ...and none left to start
+    assert feed.swap()[3] == 4  # the driver counts all four out
+    feed.top_up([0, 1, 2])
+    feed.starting = 3
+    feed.halted = True  # an item failed: none claims more until the driver has seen it
+    assert feed.spread() == [] and feed.starting == 0 and feed.swap()[3] == 3
+
+
 def test_no_lane_claims_after_a_failure_until_the_driver_has_settled_it() -> None:
     """A failure may put the batch past its budget or stop the run: until the driver has seen
     it, the lanes claim nothing more (before lanes, the driver started every item itself)."""

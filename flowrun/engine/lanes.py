@@ -189,7 +189,24 @@ class Feed:
                     self.left += 1  # that lane left before it started
                 if wake:
                     self.wake()
+        if len(mine) == len(chunks):
+            self._none_started()
         return mine
+
+    def _none_started(self) -> None:
+        """This lane started no other (nothing to claim, halted, no thread), so none of the
+        lanes still to start would be started by it: they leave now, as those it could not
+        start did. Otherwise their slots would stay taken when no other lane is left to start
+        them, and a driver waiting for them would wait for ever. (The driver starts lanes again
+        when there is more to claim.)"""
+        with self.lock:
+            if not self.starting:
+                return
+            wake = not self.reports and not self.left
+            self.left += self.starting
+            self.starting = 0
+        if wake:
+            self.wake()
 
     def done(self, chunk: Items, res: ItemsOutcome) -> None:
         """On a lane: `chunk` (one another lane was to run) came to `res`."""
