@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -507,11 +508,15 @@ class _CountingBackend(ThreadBackend):
 
 
 def run_on(
-    g: Graph, backend: ThreadBackend, context: SharedContext, **kw: Any
+    g: Graph,
+    backend: ThreadBackend,
+    context: SharedContext,
+    emit: Callable[[ev.Event], None] | None = None,
 ) -> tuple[RunReport, list[ev.Event]]:
+    """Run `g` at concurrency 2 on `backend`; the report, and the events (unless `emit` takes
+    them)."""
     seen: list[ev.Event] = []
-    emit = kw.pop("emit", seen.append)
-    driver = Driver(g, backend, run_id="r", context=context, emit=emit,
+    driver = Driver(g, backend, run_id="r", context=context, emit=emit or seen.append,
                     options=Options(2), cancelled=backend._cancelled)  # fmt: skip
     try:
         return driver.run(), seen
