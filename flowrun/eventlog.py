@@ -11,18 +11,19 @@ import json
 import os
 import time
 from itertools import chain
-from typing import IO
+from typing import BinaryIO
 
 from flowrun.errors import FlowrunError, UsageError
 from flowrun.events import Event, ItemsStarted, ItemsSucceeded
 
 FLUSH_EVERY_S = 0.2
-BUFFER_MAX = 1 << 20  # characters of lines held before they are written, at most
+BUFFER_MAX = 1 << 20  # bytes of lines held before they are written, at most
 
 
-def _escaped(name: str) -> str:
-    """`name` as a JSON string, safe inside a `%` format."""
-    return json.dumps(name).replace("%", "%%")
+def _escaped(name: str) -> bytes:
+    """`name` as a JSON string (ASCII: `json.dumps` escapes the rest), safe inside a `%`
+    format."""
+    return json.dumps(name).replace("%", "%%").encode()
 
 
 class EventLog:
@@ -30,7 +31,7 @@ class EventLog:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         try:
-            self._file: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file: BinaryIO | None = open(path, "ab")  # noqa: SIM115
         except OSError as exc:
             raise UsageError(f"--events {path}: cannot open for writing: {exc.strerror}") from exc
         self._path = path
@@ -38,7 +39,9 @@ class EventLog:
         # Lines not yet handed to the file. Every write to the file releases the GIL, and a
         # busy run's worker threads then keep the driver waiting for it: lines are written in
         # one go when the run is about to wait anyway, or every FLUSH_EVERY_S / BUFFER_MAX.
-        self._lines: list[str] = []
+        # Bytes, formatted as such: `bytes % values` costs about half what `str % values`
+        # does for these lines, and nothing is left to encode on the way out.
+        self._lines: list[bytes] = []
         self._size = 0
         self._error: OSError | None = None
         #: a chunk's event is written as the lines of its items' events (`events.Bus`)
@@ -47,15 +50,16 @@ class EventLog:
     def __call__(self, event: Event) -> None:
         if self._file is None:
             return
-        self._write(json.dumps(event.to_json(), separators=(",", ":"), default=str) + "\n")
+        line = json.dumps(event.to_json(), separators=(",", ":"), default=str) + "\n"
+        self._write(line.encode())
 
     def _items_started(self, e: ItemsStarted) -> None:
         """One `node_started` line per item, as `NodeStarted.to_json()` would give it."""
         if self._file is None or not e.indices:
             return
         batch = _escaped(e.batch)
-        line = (f'{{"event":"node_started","ts":{e.ts!r},"node":{batch[:-1]}[%d]",'
-                f'"attempt":1,"batch":{batch},"index":%d}}\n')  # fmt: skip
+        line = (b'{"event":"node_started","ts":%b,"node":%b[%%d]","attempt":1,"batch":%b,'
+                b'"index":%%d}\n' % (repr(e.ts).encode(), batch[:-1], batch))  # fmt: skip
         # One format for the chunk's lines, pieces in C: a formatted line per item costs
         # several times more.
         idx = e.indices
@@ -67,14 +71,14 @@ class EventLog:
         if self._file is None or not e.indices:
             return
         batch = _escaped(e.batch)
-        line = (f'{{"event":"node_succeeded","ts":{e.ts!r},"node":{batch[:-1]}[%d]",'
-                f'"attempt":1,"duration_ms":%.3f,"batch":{batch},"index":%d,'
-                '"action":null,"reused":false}\n')  # fmt: skip
+        line = (b'{"event":"node_succeeded","ts":%b,"node":%b[%%d]","attempt":1,'
+                b'"duration_ms":%%.3f,"batch":%b,"index":%%d,"action":null,"reused":false}\n'
+                % (repr(e.ts).encode(), batch[:-1], batch))  # fmt: skip
         idx = e.indices
         values = tuple(chain.from_iterable(zip(idx, e.durations_ms, idx, strict=True)))
         self._write(line * len(idx) % values)
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: bytes) -> None:
         self._lines.append(text)
         self._size += len(text)
         if self._size >= BUFFER_MAX or time.monotonic() - self._flushed >= FLUSH_EVERY_S:
@@ -86,7 +90,7 @@ class EventLog:
         if self._file is not None:
             if self._lines and self._error is None:
                 try:
-                    self._file.write("".join(self._lines))
+                    self._file.write(b"".join(self._lines))
                     self._file.flush()
                 except OSError as exc:
                     self._error = exc

@@ -77,16 +77,19 @@ def test_event_file_sequence(tmp_path: Path) -> None:
 
 def test_a_chunk_event_is_written_as_the_lines_of_its_items(tmp_path: Path) -> None:
     """The lines of `ItemsStarted` / `ItemsSucceeded` are those of the per-item events they
-    stand for (durations to the microsecond), also for a batch name a `%` format would read."""
+    stand for (durations to the microsecond), also for a batch name a `%` format would read
+    and one beyond ASCII."""
     from flowrun.eventlog import EventLog
     from flowrun.events import ItemsStarted, ItemsSucceeded
 
     path = tmp_path / "events.jsonl"
     log = EventLog(path)
-    started = ItemsStarted(12.5, 'b%d"x', range(3, 6))
-    succeeded = ItemsSucceeded(13.25, 'b%d"x', [3, 4, 5], [1.23456, 0.5, 20.0], [1, 2, 3])
+    started = ItemsStarted(12.5, 'b%d"xé', range(3, 6))
+    succeeded = ItemsSucceeded(13.25, 'b%d"xé', [3, 4, 5], [1.23456, 0.5, 20.0], [1, 2, 3])
     log.chunks[ItemsStarted](started)
     log.chunks[ItemsSucceeded](succeeded)
+    one_by_one = next(iter(started.expand()))
+    log(one_by_one)  # an event written on its own
     log.close()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     expected = [e.to_json() for e in started.expand()]
@@ -94,8 +97,9 @@ def test_a_chunk_event_is_written_as_the_lines_of_its_items(tmp_path: Path) -> N
         one = e.to_json()
         one["duration_ms"] = round(one["duration_ms"], 3)
         expected.append(one)
+    expected.append(one_by_one.to_json())
     assert lines == expected
-    assert [e["node"] for e in lines[:3]] == ['b%d"x[3]', 'b%d"x[4]', 'b%d"x[5]']
+    assert [e["node"] for e in lines[:3]] == ['b%d"xé[3]', 'b%d"xé[4]', 'b%d"xé[5]']
 
 
 def test_an_events_file_that_cannot_be_written_is_an_error_not_a_traceback(tmp_path: Path) -> None:
