@@ -54,6 +54,20 @@ def test_a_chunk_keeps_plain_successes_as_columns_and_every_other_item_apart() -
     assert len(res.durations_ms) == 5 and all(ms >= 0 for ms in res.durations_ms)
 
 
+def test_an_output_that_contains_itself_fails_its_item_only() -> None:
+    def fn(x: int) -> Any:
+        out: list[Any] = [x]
+        if x == 1:
+            out.append(out)
+        return out
+
+    res = _run_chunk(fn, [0, 1, 2])
+    assert res.ok == [0, 2] and res.outputs == [[0], [2]]
+    (pos, out), = res.others  # fmt: skip
+    assert pos == 1 and out.error_type == "TypeError"
+    assert "cannot be stored as JSON (Circular reference detected)" in out.message
+
+
 def test_a_chunk_gives_each_item_a_copy_of_its_input() -> None:
     values = [{"n": 1}, {"n": 2}]
     res = _run_chunk(chunk_nodes.mutating, values)

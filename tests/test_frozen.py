@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from flowrun.frozen import Frozen, Mutable, fast_frozen, slot_init
+from flowrun.frozen import Frozen, Mutable, fast_frozen, fast_mutable, slot_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +316,51 @@ def test_keyword_only_fields_as_generated() -> None:
         FastKw(1)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="positional argument"):
         FastKw(1, 2, 3)  # type: ignore[misc]
+
+
+@dataclass(slots=True)
+class GeneratedMutableInit:
+    a: Any
+    b: Any = 1
+    c: list[Any] = field(default_factory=list)
+    k: Any = field(default=None, kw_only=True)
+
+
+@fast_mutable
+class FastMutableInit(Mutable):
+    a: Any
+    b: Any = 1
+    c: list[Any] = field(default_factory=list)
+    k: Any = field(default=None, kw_only=True)
+
+
+@fast_mutable
+class FastMutableChild(FastMutableInit):
+    _FACTORY: Any = 5  # a field named as a global of the written code
+
+
+def test_fast_mutable_init_as_generated() -> None:
+    """A mutable class's `__init__` assigns its fields (renamed per class), as generated."""
+    assert inspect.signature(FastMutableInit) == inspect.signature(GeneratedMutableInit)
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((0,), {}),
+        ((0, 2), {"k": 4}),
+        ((0,), {"c": [3]}),
+        ((), {"a": 1, "b": 2}),
+    ]
+    for args, kwargs in calls:
+        fast, generated = FastMutableInit(*args, **kwargs), GeneratedMutableInit(*args, **kwargs)
+        assert dataclasses.astuple(fast) == dataclasses.astuple(generated)
+    assert FastMutableInit(0).c is not FastMutableInit(0).c
+    child = FastMutableChild(1, 2, [3], 4, k=6)
+    assert dataclasses.astuple(child) == (1, 2, [3], 6, 4)  # fields in declared order
+    assert FastMutableChild(1).c == [] and FastMutableChild(1)._FACTORY == 5
+    m = FastMutableInit(1)
+    m.b = 7
+    assert m.b == 7 and not hasattr(m, "__dict__")
+    code = FastMutableInit.__init__.__code__
+    assert {"a", "b", "c", "k"} <= set(code.co_names)  # stored as attributes, no setters
+    assert not any(n.startswith("_set_") for n in code.co_names)
 
 
 def test_slot_init_refuses_what_it_cannot_write() -> None:

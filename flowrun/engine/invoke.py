@@ -600,7 +600,7 @@ def run_items(
     if not fresh and not _SCALARS.issuperset(map(type, values)):
         values = _fresh_values(values)
     kwargs: Any = chunk.kwargs
-    render = isinstance(kwargs, Params)
+    render = type(kwargs) is Params  # no subclasses: `isinstance` would ask the ABC
     plain = not render and _SCALARS.issuperset(map(type, kwargs.values()))
     data = context.data
     stopped = cancel.run_cancelled.is_set
@@ -721,7 +721,7 @@ def _encoded(
     """Encode the successes' outputs as one JSON array; an output that cannot be stored fails
     its own item, as in `run_attempt`."""
     try:
-        text = _ENCODER.encode(outputs)
+        text = _encode_list(outputs)
     except (TypeError, ValueError):
         text = ""
     if not text:  # find the outputs that are not JSON; the others stay
@@ -754,6 +754,18 @@ _C_ENCODE = (
     if getattr(json.encoder, "c_make_encoder", None) is not None
     else None
 )  # fmt: skip
+
+
+def _encode_list(values: list[Any]) -> str:
+    """`_ENCODER.encode(values)`, a third of its cost: the C encoder built once, without
+    circular-reference markers (a value that contains itself recurses until Python's limit,
+    and then takes the encoder's own way, which says so)."""
+    if _C_ENCODE is None:
+        return _ENCODER.encode(values)
+    try:
+        return "".join(_C_ENCODE(values, 0))
+    except RecursionError:
+        return _ENCODER.encode(values)
 
 
 def each_json(values: list[Any]) -> list[str]:
