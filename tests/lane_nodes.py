@@ -95,3 +95,19 @@ def unlucky(x: int, seconds: float = 0.002) -> int:
     finally:
         _leave()
     return x
+
+
+released = threading.Event()
+
+
+def held_at(x: int, at: int, seconds: float = 0.002) -> Any:
+    """Sleep `seconds` and return `x`; item `at` instead waits (10 s at most) for `released`
+    and returns whether it came."""
+    _enter(x)
+    try:
+        if x == at:
+            return released.wait(10)
+        time.sleep(seconds)
+        return x
+    finally:
+        _leave()

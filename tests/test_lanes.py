@@ -116,6 +116,27 @@ def test_lanes_keep_every_items_events_record_and_place(
         assert attempt == 1 and not more and text == f"item {x} speaks\n"
 
 
+def test_a_lanes_finished_item_settles_while_its_next_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane reports each item as it ends: an item that runs long holds back no success
+    before it (its event, its record, what comes after it), however fast the items before it
+    were."""
+    lanes = Lanes(monkeypatch)
+    lane_nodes.released.clear()
+
+    def sink(e: ev.Event) -> None:
+        if isinstance(e, ev.NodeSucceeded) and e.batch == "B" and e.index == 39:
+            lane_nodes.released.set()  # the item before the held one has settled
+
+    bp = _blueprint(tmp_path, "held_at", n=60, batch=", params: {at: 40}")
+    report = flowrun.run(bp, state_dir=tmp_path / "state", concurrency=1, sinks=[sink])
+    assert report.status == "completed"
+    assert lanes.started > 0
+    assert report.context["out"][40] is True  # released, not tired of waiting
+    assert lane_nodes.calls == {x: 1 for x in range(60)}
+
+
 @pytest.mark.parametrize("cap", [None, 3])
 def test_lanes_hold_the_concurrency_and_the_batch_cap(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int | None
