@@ -182,7 +182,7 @@ def slot_init(cls: type[_T]) -> type[_T]:
             else:
                 defaults.append(default)
     # A mutable class stores each field as `self.<name> = ...` does (the interpreter's own
-    # slot store, half the cost of calling the descriptor); a frozen one, whose `__setattr__`
+    # slot store, a third of the cost of calling the descriptor); a frozen one, whose `__setattr__`
     # refuses, through the descriptor.
     stores = cls.__setattr__ is object.__setattr__
     shape = _shape(
