@@ -111,3 +111,20 @@ def held_at(x: int, at: int, seconds: float = 0.002) -> Any:
         return x
     finally:
         _leave()
+
+
+reached = threading.Event()
+
+
+def hangs_at(x: int, at: int, seconds: float = 0.002) -> Any:
+    """Sleep `seconds` and return `x`; item `at` sets `reached`, then waits (10 s at most) for
+    `released`."""
+    _enter(x)
+    try:
+        if x == at:
+            reached.set()
+            return released.wait(10)
+        time.sleep(seconds)
+        return x
+    finally:
+        _leave()

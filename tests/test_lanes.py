@@ -14,6 +14,7 @@ import pytest
 
 import flowrun
 from flowrun import events as ev
+from flowrun.api import Run, RunOptions
 from flowrun.engine.invoke import CancelScope, Items, run_items
 from flowrun.engine.lanes import Feed, merged
 from flowrun.eventlog import EventLog
@@ -47,12 +48,16 @@ nodes:
 
 
 class Lanes:
-    """Counts the lanes a run started (so a test knows the items did take that path)."""
+    """Counts the lanes a run started (so a test knows the items did take that path); with
+    `claims`, lanes claim several items at any concurrency, and `claims` lists each claim's
+    items."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, claims: bool = False) -> None:
+        from flowrun.engine import lanes
         from flowrun.engine.backends.thread import ThreadBackend
 
         self.started = 0
+        self.claims: list[list[int]] = []
         start = ThreadBackend.start_lane
 
         def counting(backend: ThreadBackend, lane: Any) -> None:
@@ -60,16 +65,27 @@ class Lanes:
             start(backend, lane)
 
         monkeypatch.setattr(ThreadBackend, "start_lane", counting)
+        if claims:
+            monkeypatch.setattr(lanes, "CLAIM_MIN_LANES", 1)
+            claim = Feed._claim
+
+            def recorded(feed: Feed) -> Items:
+                chunk = claim(feed)
+                self.claims.append(list(chunk.indices))
+                return chunk
+
+            monkeypatch.setattr(Feed, "_claim", recorded)
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.parametrize("claims", [False, True])
 def test_lanes_keep_every_items_events_record_and_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: bool
 ) -> None:
-    lanes = Lanes(monkeypatch)
+    lanes = Lanes(monkeypatch, claims=claims)
     events, state = tmp_path / "events.jsonl", tmp_path / "state"
     log = EventLog(events)
     seen: list[ev.Event] = []
@@ -114,15 +130,17 @@ def test_lanes_keep_every_items_events_record_and_place(
     for x in (x for x in range(N) if x % 41 == 7 and x not in failing):
         (attempt, text), *more = read_logs(state, report.run_id, f"B[{x}]")
         assert attempt == 1 and not more and text == f"item {x} speaks\n"
+    assert not claims or max(map(len, lanes.claims)) > 1
 
 
+@pytest.mark.parametrize("claims", [False, True])
 def test_a_lanes_finished_item_settles_while_its_next_one_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: bool
 ) -> None:
-    """A lane reports each item as it ends: an item that runs long holds back no success
-    before it (its event, its record, what comes after it), however fast the items before it
-    were."""
-    lanes = Lanes(monkeypatch)
+    """An item that runs long holds back no success before it (its event, its record, what
+    comes after it), however fast the items before it were: a lane reports each item as it
+    ends, or (claiming several) the driver settles what its claim finished while it runs."""
+    lanes = Lanes(monkeypatch, claims=claims)
     lane_nodes.released.clear()
 
     def sink(e: ev.Event) -> None:
@@ -135,6 +153,44 @@ def test_a_lanes_finished_item_settles_while_its_next_one_runs(
     assert lanes.started > 0
     assert report.context["out"][40] is True  # released, not tired of waiting
     assert lane_nodes.calls == {x: 1 for x in range(60)}
+    if claims:  # the two were claimed together
+        assert any(39 in c and 40 in c for c in lanes.claims), lanes.claims
+
+
+def test_a_run_stopped_while_a_claimed_item_hangs_keeps_what_its_claim_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grace period ends with an item stuck in the middle of a lane's claim: the items of
+    the claim that ended before it still settle (events, records); those after it never
+    start."""
+    from flowrun.engine import lanes as lanes_module
+
+    lanes = Lanes(monkeypatch, claims=True)
+    monkeypatch.setattr(lanes_module, "PEEK_S", 60.0)  # no look into the claim before the end
+    lane_nodes.released.clear()
+    lane_nodes.reached.clear()
+    succeeded: list[int] = []
+
+    def sink(e: ev.Event) -> None:
+        if isinstance(e, ev.NodeSucceeded) and e.batch == "B":
+            succeeded.append(e.index or 0)
+
+    bp = _blueprint(tmp_path, "hangs_at", n=60, batch=", params: {at: 20}")
+    run = Run(bp, RunOptions(state_dir=tmp_path / "state", concurrency=1, sinks=[sink]))
+    threading.Thread(target=lambda: lane_nodes.reached.wait(10) and run.cancel()).start()
+    try:
+        report = run.start()
+    finally:
+        lane_nodes.released.set()
+    held = next(c for c in lanes.claims if 20 in c)
+    assert held[0] < 19 and held[-1] > 20, lanes.claims  # others of its claim before and after
+    assert report.status == "cancelled"
+    assert sorted(succeeded) == list(range(20))
+    assert report.nodes["B"].items == {"total": 60, "succeeded": 20, "failed": 0}
+    assert set(lane_nodes.calls) == set(range(21))  # nothing after the stuck one started
+    with RunStore.open(tmp_path / "state", report.run_id) as store:
+        items = store.load().items["B"]
+    assert {x for x, rec in items.items() if rec.status == "succeeded"} == set(range(20))
 
 
 @pytest.mark.parametrize("cap", [None, 3])
@@ -216,21 +272,26 @@ def test_fail_fast_stops_the_lanes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(lane_nodes.calls) < 200
 
 
+@pytest.mark.parametrize("claims", [False, True])
 def test_items_that_take_ctx_run_on_lanes_and_set_the_context(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: bool
 ) -> None:
-    lanes = Lanes(monkeypatch)
+    lanes = Lanes(monkeypatch, claims=claims)
     report = flowrun.run(_blueprint(tmp_path, "counted", n=100), state_dir=tmp_path / "state",
                          concurrency=4)  # fmt: skip
     assert lanes.started > 0
     assert report.context["out"] == [x * 1000 + x for x in range(100)]
     assert all(report.context[f"seen-{k}"] is True for k in range(3))
+    assert not claims or max(map(len, lanes.claims)) > 1
 
 
+@pytest.mark.parametrize("claims", [False, True])
 def test_a_cancelled_run_leaves_the_unclaimed_items_pending(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: bool
 ) -> None:
-    Lanes(monkeypatch)
+    """Whatever the lanes claimed, only the items that ran are announced, and all of them
+    settle."""
+    lanes = Lanes(monkeypatch, claims=claims)
     cancelled = threading.Event()
     started: list[int] = []
     ended: list[int] = []
@@ -248,6 +309,7 @@ def test_a_cancelled_run_leaves_the_unclaimed_items_pending(
     assert report.status == "cancelled"
     assert sorted(ended) == sorted(started) == sorted(lane_nodes.calls)
     assert len(started) < 3000
+    assert not claims or max(map(len, lanes.claims)) > 1
 
 
 def test_a_feed_hands_out_its_window_once_and_merges_what_came_back() -> None:
@@ -269,13 +331,15 @@ def test_a_feed_hands_out_its_window_once_and_merges_what_came_back() -> None:
     last = feed.report(nxt, run(nxt))  # the driver has not looked: no second wake-up
     assert last is not None and list(last.indices) == [7] and woken == [1]
     assert feed.report(last, run(last)) is None  # nothing waits: the lane leaves
-    reports, claimed, _, left = feed.swap()
-    assert claimed == [2, 3, 7] and left == 1
+    reports, claimed, _, left, fresh = feed.swap()
+    # the first item of each claim since the driver looked; the others of the claims that ran
+    assert claimed == [2, 7] and fresh == [1, 3] and left == 1
+    assert not feed.running  # no claim of several items runs any more
     chunk, res = merged(reports)
     assert list(chunk.indices) == [0, 1, 2, 3, 7]
     assert res.ran == 5 and res.ok == [0, 1, 2, 3, 4]
     assert json.loads(res.outputs_json) == res.outputs == [200, 202, 204, 206, 214]
-    assert feed.swap() == ([], [], feed.claimed_at, 0)
+    assert feed.swap() == ([], [], feed.claimed_at, 0, [])
 
 
 def test_lanes_start_each_other_and_run_what_they_could_not_start() -> None:
@@ -296,7 +360,7 @@ def test_lanes_start_each_other_and_run_what_they_could_not_start() -> None:
     mine = feed.spread()  # the last one could not start: this lane runs its item
     assert [list(c.indices) for c in mine] == [[2]] and feed.starting == 0
     assert woken == [1]  # the driver counts that lane out
-    _, claimed, _, left = feed.swap()
+    _, claimed, _, left, _ = feed.swap()
     assert claimed == [0, 1, 2] and left == 1
     assert list(feed.window) == list(range(3, 10))
 
@@ -351,3 +415,50 @@ def test_no_lane_claims_after_a_failure_until_the_driver_has_settled_it() -> Non
     assert d is not None
     nxt = feed.report(d, run(d, lambda v: v))
     assert nxt is not None and list(nxt.indices) == [4]  # settled: the lanes claim again
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])  # each item a plain call / one with a timeout
+def test_the_driver_settles_what_a_running_claim_finished_and_the_lane_the_rest(
+    timeout: float | None,
+) -> None:
+    feed = Feed("B", "tests.lane_nodes.slow", list(range(100, 110)), {}, timeout, lambda: None,
+                lambda: False)  # fmt: skip
+    feed.take = 3
+    feed.top_up([0, 1, 2, 3])
+    claim = feed.first()
+    assert claim is not None and claim.progress is not None and list(claim.indices) == [0, 1, 2]
+    gate = threading.Event()
+
+    def fn(v: int) -> int:
+        if v == 102:
+            gate.wait(10)
+        return v * 2
+
+    nxt: list[Items | None] = []
+    lane = threading.Thread(target=lambda: nxt.append(feed.report(claim, run_items(
+        claim, fn, wants_ctx=False, is_async=False, run_id="r", context=SharedContext(),
+        cancel=CancelScope()))))  # fmt: skip
+    lane.start()
+    try:
+        for _ in range(1000):
+            if claim.progress.done == 2:
+                break
+            threading.Event().wait(0.01)
+        assert feed.finished(60.0) == ([], [])  # not running long yet
+        parts, fresh = feed.finished(0.0)
+        assert fresh == [1]  # its first item was announced when it was claimed
+        chunk, res = merged(parts)
+        assert list(chunk.indices) == [0, 1] and res.ok == [0, 1]
+        assert json.loads(res.outputs_json) == res.outputs == [200, 202]
+        assert feed.finished(0.0) == ([], [])  # settled once
+    finally:
+        gate.set()
+        lane.join(10)
+    (rest,) = nxt
+    assert rest is not None and list(rest.indices) == [3]  # what the lane claimed next
+    reports, claimed, _, _, fresh = feed.swap()
+    assert claimed == [3] and fresh == [2]
+    chunk, res = merged(reports)  # the lane reported only what the driver had not settled
+    assert list(chunk.indices) == [2] and res.ran == 1
+    assert json.loads(res.outputs_json) == res.outputs == [204]
+    assert not feed.running

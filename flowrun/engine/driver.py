@@ -110,6 +110,7 @@ class Driver(Verbs):
         #: `_watch` looks into those running on this process's threads (`ChunkFuture`)
         self._watched: dict[Future[list[Outcome]], _Watched] = {}
         self._watch_at: float | None = None  # when `_watch` is due
+        self._ticks: dict[object, tuple[float, Callable[[], None]]] = {}  # `tick`
         self._budget_s = chunk_budget_s(backend.dispatch_ms)
 
     # -- public ----------------------------------------------------------------------------
@@ -159,6 +160,10 @@ class Driver(Verbs):
                     item = None
             self._fire_timers()
             self._schedule()
+        ticks, self._ticks = list(self._ticks.values()), {}
+        for _, fn in ticks:  # the loop ended: every tick now, once (those they set are not)
+            fn()
+        self._ticks.clear()
 
     def _past(self, deadline: float | None) -> bool:
         return deadline is not None and self.clock() >= deadline
@@ -166,7 +171,8 @@ class Driver(Verbs):
     def _next(self, deadline: float | None) -> Done | None:
         timer = self.timers[0][0] if self.timers else None
         watch = self._watch_at
-        waits = [t for t in (deadline, timer, self.pools.wake_at(), watch) if t]
+        tick = min([at for at, _ in self._ticks.values()]) if self._ticks else None
+        waits = [t for t in (deadline, timer, self.pools.wake_at(), watch, tick) if t]
         timeout = max(0.0, min(waits) - self.clock()) if waits else None
         if timeout is None and not self.inflight and not self.stopping:
             raise RuntimeError("flowrun internal error: nothing in flight and nothing ready")
@@ -181,6 +187,11 @@ class Driver(Verbs):
         now = self.clock()
         if self._watch_at is not None and now >= self._watch_at:
             self._watch()
+        if self._ticks:
+            for key, (at, fn) in list(self._ticks.items()):
+                if at <= now and self._ticks.get(key) == (at, fn):  # not replaced since
+                    del self._ticks[key]
+                    fn()
         while self.timers and self.timers[0][0] <= now:
             due = heapq.heappop(self.timers)[2]
             if self.stopping:  # a retry due while stopping never starts: it stays pending
@@ -357,6 +368,13 @@ class Driver(Verbs):
 
     def later(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self.timers, (self.clock() + delay, next(self._seq), fn))
+
+    def tick(self, key: object, delay: float, fn: Callable[[], None]) -> None:
+        """Call `fn` on the driver's thread in `delay` seconds, or when the loop ends if that
+        is sooner, once; a later `tick` with the same key replaces it. Unlike `later`, this
+        keeps no loop going, and it is called while the run stops too (a batch's lanes settle
+        what ended in their claims: `engine.lanes`)."""
+        self._ticks[key] = (self.clock() + delay, fn)
 
     def run_failed(self) -> None:
         self.failed = True

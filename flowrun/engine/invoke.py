@@ -9,6 +9,7 @@ that cannot be stored fails its own node with a clear message.
 
 from __future__ import annotations
 
+import bisect
 import inspect
 import json
 import os
@@ -527,6 +528,9 @@ class Items(Mutable):
     #: the `.jsonl` file `values` are raw lines of: the worker parses them (`parsed`), so the
     #: driver does not, and the values it gets are fresh (no round trip to copy them)
     lines: str | None = None
+    #: where the items' results go as each one ends, for the driver to read while the chunk
+    #: still runs (a lane's claim of several slow items, on this process's threads)
+    progress: Progress | None = None
 
     def call(self, pos: int) -> Call:
         """The call of the item at position `pos` of the chunk (its first attempt)."""
@@ -552,6 +556,51 @@ class Items(Mutable):
                 bad[pos], value = value.message, None
             values.append(value)
         return replace(self, values=values, lines=None), bad
+
+
+@fast_mutable
+class Progress(Mutable):
+    """A running chunk's results so far: `run_items` appends each item's as it ends (the
+    columns of `ItemsOutcome`, not yet encoded), then counts it in `done`; the driver reads the
+    first `done` and counts what it settled of them in `settled` (under the lane's lock).
+    Nothing is ever changed in place once appended, so a reader on another thread sees whole
+    items only."""
+
+    ok: list[int] = field(default_factory=list)
+    outputs: list[Any] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    others: list[tuple[int, Outcome]] = field(default_factory=list)
+    done: int = 0
+    settled: int = 0
+    announced: int = 1  # the chunk's first items announced as started (the first at its claim)
+    since: float = 0.0  # `time.time()` when the chunk was claimed
+
+
+def finished_part(chunk: Items, prog: Progress, a: int, b: int) -> tuple[Items, ItemsOutcome]:
+    """Items `a:b` of a running chunk, all ended (`b <= prog.done`), as a chunk and outcome of
+    their own: outputs encoded, an output that is not JSON failing its item, as at the end."""
+    ok = prog.ok
+    j, k = bisect.bisect_left(ok, a), bisect.bisect_left(ok, b)
+    part = replace(chunk, values=chunk.values[a:b], indices=chunk.indices[a:b], progress=None)
+    others = [(p - a, o) for p, o in prog.others if a <= p < b]
+    shifted = [p - a for p in ok[j:k]]
+    res = _encoded(part, prog.since, b - a, shifted, prog.outputs[j:k], prog.durations[j:k], others)
+    return part, res
+
+
+def rest_of(chunk: Items, res: ItemsOutcome, m: int) -> tuple[Items, ItemsOutcome] | None:
+    """What `res` says of the chunk's items from position `m` on (the driver settled those
+    before it while the chunk ran); None if none of them ran."""
+    if res.ran <= m:
+        return None
+    j = bisect.bisect_left(res.ok, m)
+    texts = (res.texts if res.texts is not None else each_json(res.outputs))[j:]
+    part = replace(chunk, values=chunk.values[m:], indices=chunk.indices[m:], progress=None)
+    others = [(p - m, o) for p, o in res.others if p >= m]
+    ok = [p - m for p in res.ok[j:]]
+    text = "[" + ",".join(texts) + "]"
+    return part, ItemsOutcome(res.started, res.ran - m, ok, res.outputs[j:], text,
+                              res.durations_ms[j:], others, texts)  # fmt: skip
 
 
 @fast_mutable
@@ -607,15 +656,22 @@ def run_items(
     perf = time.perf_counter
     # `capture.begin`/`end`, inline: the per-item loop is the hot path
     local, opened = capture._local, capture._OPEN
-    ok: list[int] = []
-    outputs: list[Any] = []
-    durations: list[float] = []
-    others: list[tuple[int, Outcome]] = []
+    prog = chunk.progress
+    if prog is None:
+        ok: list[int] = []
+        outputs: list[Any] = []
+        durations: list[float] = []
+        others: list[tuple[int, Outcome]] = []
+    else:
+        ok, outputs, durations, others = prog.ok, prog.outputs, prog.durations, prog.others
     ran = 0
     t = perf()
     for pos, value in enumerate(values):
-        if pos and stopped():
-            break  # the driver treats the items not run as never started
+        if pos:
+            if prog is not None:
+                prog.done = pos  # its columns have all of the items before
+            if stopped():
+                break  # the driver treats the items not run as never started
         ran += 1
         if bad and pos in bad:
             others.append((pos, _malformed(chunk, pos, bad[pos], started)))
@@ -726,6 +782,7 @@ def _encoded(
         text = ""
     if not text:  # find the outputs that are not JSON; the others stay
         keep: list[int] = []
+        others = list(others)  # a new list: the driver may be reading the chunk's `Progress`
         for n, value in enumerate(outputs):
             try:
                 _encode(value)
@@ -789,9 +846,13 @@ def _each(
 ) -> ItemsOutcome:
     """A chunk whose items need `run_attempt` each (`ctx`, a timeout, an `async def`)."""
     outcomes: list[Outcome] = []
+    prog = chunk.progress
     for pos in range(len(chunk.values)):
-        if pos and cancel.run_cancelled.is_set():
-            break
+        if pos:
+            if prog is not None:
+                _progressed(prog, outcomes[-1], pos)
+            if cancel.run_cancelled.is_set():
+                break
         if pos in bad:
             outcomes.append(_malformed(chunk, pos, bad[pos], started))
             continue
@@ -803,6 +864,17 @@ def _each(
             out = crashed(call, exc)
         outcomes.append(out)
     return items_outcome(outcomes, started)
+
+
+def _progressed(prog: Progress, out: Outcome, pos: int) -> None:
+    """Item `pos - 1`, run as a call of its own, ended with `out` (`items_outcome`'s split)."""
+    if out.ok and out.action is None and not out.logs and not out.updates:
+        prog.ok.append(pos - 1)
+        prog.outputs.append(out.output)
+        prog.durations.append(out.duration_ms)
+    else:
+        prog.others.append((pos - 1, out))
+    prog.done = pos
 
 
 def _malformed(chunk: Items, pos: int, message: str, started: float) -> Outcome:

@@ -34,7 +34,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowrun import events as ev
-from flowrun.engine.invoke import Items, ItemsOutcome, crashed_items, each_json
+from flowrun.engine.invoke import (
+    Items,
+    ItemsOutcome,
+    Progress,
+    crashed_items,
+    each_json,
+    finished_part,
+    rest_of,
+)
 
 #: a chunk run, as the backend runs one (`ThreadBackend.run_items`)
 Run = Callable[[Items], ItemsOutcome]
@@ -59,13 +67,16 @@ class Feed:
         "claimed",
         "claimed_at",
         "fails",
+        "fresh",
         "halted",
         "kwargs",
         "lanes",
         "leaving",
         "left",
         "lock",
+        "peek_at",
         "reports",
+        "running",
         "seen",
         "start",
         "starting",
@@ -94,10 +105,17 @@ class Feed:
         self.stopped = stopped  # the run was cancelled: claim nothing more
         self.lock = threading.Lock()
         self.window: deque[int] = deque()  # taken from the scheduler, claimed by no lane yet
-        self.take = 1  # items a lane claims at a time (the batch's chunk size)
+        self.take = 1  # items a lane claims at a time
         self.reports: list[tuple[Items, ItemsOutcome]] = []
-        self.claimed: list[int] = []  # claimed since the driver looked
+        #: claimed since the driver looked: the first item of each claim (it starts at once;
+        #: a claim's later items are announced when the driver sees them end, in `fresh`)
+        self.claimed: list[int] = []
         self.claimed_at = 0.0  # when the first of them was
+        self.fresh: list[int] = []  # items that ran since the driver looked, not announced
+        #: the claims of several items running, by id: the driver settles the items each has
+        #: finished when it runs long (`Lanes.peek`), from its `Progress`
+        self.running: dict[int, Items] = {}
+        self.peek_at = 0.0  # the driver's: when it next looks into `running`
         self.left = 0  # lanes that left since the driver looked
         #: an item failed since the driver looked: no lane claims more until it has settled
         #: the failure (the batch may be past its failure budget, the run may stop), as no
@@ -118,40 +136,67 @@ class Feed:
         vals = values[seq.start : seq.stop] if type(seq) is range else [values[i] for i in idx]
         return Items(self.batch, self.uses, vals, seq, self.kwargs, self.timeout)
 
-    def first(self) -> Items | None:
-        """The chunk a new lane starts with (the driver announces it), from the window."""
+    def _claim(self) -> Items:
+        """Under the lock, with items waiting: the next claim (several items get a `Progress`
+        the driver can read while they run)."""
         window = self.window
+        idx = [window.popleft() for _ in range(min(self.take, len(window)))]
+        chunk = self.chunk(idx)
+        if len(idx) > 1:
+            chunk.progress = Progress(since=time.time())
+            self.running[id(chunk)] = chunk
+        return chunk
+
+    def first(self) -> Items | None:
+        """The chunk a new lane starts with (the driver announces its first item), from the
+        window."""
         with self.lock:
-            n = min(self.take, len(window))
-            idx = [window.popleft() for _ in range(n)]
-        return self.chunk(idx) if idx else None
+            return self._claim() if self.window else None
+
+    def _ended(self, chunk: Items, res: ItemsOutcome) -> None:
+        """Under the lock: leave what a lane's chunk came to for the driver, less what the
+        driver settled of it while it ran; the items it ran that were not announced go to
+        `fresh`."""
+        prog = chunk.progress
+        if prog is not None:
+            del self.running[id(chunk)]
+            m = prog.settled
+            self.fresh += chunk.indices[max(prog.announced, m) : res.ran]
+            if m:
+                rest = rest_of(chunk, res, m)
+                if rest is None:
+                    return
+                chunk, res = rest
+        self.reports.append((chunk, res))
 
     def report(self, chunk: Items, res: ItemsOutcome) -> Items | None:
         """On the lane: `chunk` came to `res`; the next chunk to run, or None (the lane
         leaves: nothing waits, or the run was cancelled)."""
-        idx: list[int] = []
-        window = self.window
+        nxt = None
         failed = bool(res.others) and any(not o.ok for _, o in res.others)
+        full = res.ran == len(chunk.values)
         with self.lock:
             wake = not self.reports and not self.left
-            self.reports.append((chunk, res))
+            if chunk.progress is None:
+                self.reports.append((chunk, res))
+            else:
+                self._ended(chunk, res)
             if failed:
                 self.halted = True
                 self.fails += 1
             if self.leaving:
                 self.leaving -= 1
                 self.left += 1
-            elif window and res.ran == len(chunk.values) and not self.halted and not self.stopped():
-                n = min(self.take, len(window))
-                idx = [window.popleft() for _ in range(n)]
+            elif self.window and full and not self.halted and not self.stopped():
+                nxt = self._claim()
                 if not self.claimed:
                     self.claimed_at = time.time()
-                self.claimed += idx
+                self.claimed.append(nxt.indices[0])
             else:
                 self.left += 1
         if wake:
             self.wake()
-        return self.chunk(idx) if idx else None
+        return nxt
 
     def spread(self) -> list[Items]:
         """On a lane that just started: start two of the lanes still to start (each of them
@@ -169,11 +214,11 @@ class Feed:
                 if not window or self.halted or self.stopped() or self.start is None:
                     self.left += 1
                     continue
-                idx = [window.popleft() for _ in range(min(self.take, len(window)))]
+                chunk = self._claim()
                 if not self.claimed:
                     self.claimed_at = time.time()
-                self.claimed += idx
-                chunks.append(self.chunk(idx))
+                self.claimed.append(chunk.indices[0])
+                chunks.append(chunk)
             wake = wake and len(chunks) < k
         if wake:
             self.wake()
@@ -212,7 +257,7 @@ class Feed:
         """On a lane: `chunk` (one another lane was to run) came to `res`."""
         with self.lock:
             wake = not self.reports and not self.left
-            self.reports.append((chunk, res))
+            self._ended(chunk, res)
         if wake:
             self.wake()
 
@@ -231,13 +276,36 @@ class Feed:
             if self.fails == self.seen:
                 self.halted = False
 
-    def swap(self) -> tuple[list[tuple[Items, ItemsOutcome]], list[int], float, int]:
+    def swap(self) -> tuple[list[tuple[Items, ItemsOutcome]], list[int], float, int, list[int]]:
         """On the driver: what the lanes left since it last looked (and forget it)."""
         with self.lock:
-            out = (self.reports, self.claimed, self.claimed_at, self.left)
+            out = (self.reports, self.claimed, self.claimed_at, self.left, self.fresh)
             self.seen = self.fails
             self.reports, self.claimed, self.left = [], [], 0
+            if self.fresh:
+                self.fresh = []
         return out
+
+    def finished(self, age: float) -> tuple[list[tuple[Items, ItemsOutcome]], list[int]]:
+        """On the driver: the items that ended in the claims running for `age` seconds or
+        more, less those it settled before (it settles them now), and those of them never
+        announced."""
+        now = time.time()
+        parts: list[tuple[Items, int, int]] = []
+        fresh: list[int] = []
+        with self.lock:
+            for chunk in self.running.values():
+                prog = chunk.progress
+                assert prog is not None
+                done, settled = prog.done, prog.settled
+                if done > settled and now - prog.since >= age:
+                    parts.append((chunk, settled, done))
+                    if done > prog.announced:
+                        fresh += chunk.indices[max(prog.announced, settled) : done]
+                        prog.announced = done
+                    prog.settled = done
+        # Outside the lock: the items of a `Progress` up to its `done` never change.
+        return [finished_part(c, c.progress, a, b) for c, a, b in parts], fresh  # type: ignore[arg-type]
 
     def top_up(self, idx: list[int]) -> None:
         with self.lock:
@@ -282,6 +350,8 @@ def merged(reports: list[tuple[Items, ItemsOutcome]]) -> tuple[Items, ItemsOutco
         if res.ran == len(chunk.values):
             return chunk, res
     first = reports[0][0]
+    if not any([r.others or r.ran != len(c.values) for c, r in reports]):
+        return _all_ran_ok(reports)
     values: list[Any] = []
     indices: list[int] = []
     ok: list[int] = []
@@ -315,9 +385,41 @@ def merged(reports: list[tuple[Items, ItemsOutcome]]) -> tuple[Items, ItemsOutco
     return chunk, ItemsOutcome(started, len(indices), ok, outputs, text, durations, others, texts)
 
 
+def _all_ran_ok(reports: list[tuple[Items, ItemsOutcome]]) -> tuple[Items, ItemsOutcome]:
+    """`merged` of chunks whose items all ran and succeeded plainly (the common case: one
+    column each, joined at C speed)."""
+    chunks = [c for c, _ in reports]
+    outs = [r for _, r in reports]
+    flat = itertools.chain.from_iterable
+    indices = list(flat([c.indices for c in chunks]))
+    n = len(indices)
+    lo = indices[0]
+    seq: Sequence[int] = indices
+    if indices[-1] - lo == n - 1 and indices == list(range(lo, lo + n)):
+        seq = range(lo, lo + n)
+    first = chunks[0]
+    chunk = Items(first.batch, first.uses, list(flat([c.values for c in chunks])), seq,
+                  first.kwargs, first.timeout)  # fmt: skip
+    text = "[" + ",".join([r.outputs_json[1:-1] for r in outs]) + "]"
+    return chunk, ItemsOutcome(min([r.started for r in outs]), n, list(range(n)),
+                               list(flat([r.outputs for r in outs])), text,
+                               list(flat([r.durations_ms for r in outs])))  # fmt: skip
+
+
 #: items slower than this (ms, the batch's moving average) go to lanes; faster ones come back
 #: in chunks of many items, a trip each being cheap next to the items it carries
 LANE_MIN_MS = 0.5
+#: a lane claims this much expected work at a time (ms; at most `MAX_CLAIM` items): each claim
+#: costs the lane and the driver a trip through the feed, which under a thousand threads
+#: contending for the GIL costs more than the item's own bookkeeping...
+LANE_CLAIM_MS = 100.0
+MAX_CLAIM = 8
+#: ...when the batch may run this many at once; with fewer, the driver keeps up, and one item
+#: at a time keeps each item's events in the order they happened (a claim's come together)
+CLAIM_MIN_LANES = 100
+#: ...and an item that runs long holds back no item of its claim that ended before it: the
+#: driver settles those once the claim has run this long (s), looking again as often
+PEEK_S = 0.1
 #: the work the window holds per lane (ms): under a thousand threads contending for the GIL,
 #: the driver thread may take a good part of a second to look again (starting the lanes alone
 #: can take that long), and no lane should run out of items meanwhile...
@@ -337,7 +439,7 @@ class Lanes:
         self.start: Callable[[Callable[[Run], None]], None] | None = getattr(
             getattr(rt, "backend", None), "start_lane", None
         )
-        if getattr(rt, "post", None) is None or getattr(rt, "hold", None) is None:
+        if any(getattr(rt, name, None) is None for name in ("post", "hold", "tick")):
             self.start = None
 
     def fits(self, batch: str) -> bool:
@@ -368,15 +470,21 @@ class Lanes:
             feed.wake = lambda: post(lambda: collect(feed))
             feed.start = self.start
             self.feeds[batch] = feed
-        feed.take = take = kind._chunk_size(batch)
         inflight = kind.inflight
         new = max(0, min(rt.free(), cap - inflight.get(batch, 0)))
+        item_ms = max(kind.item_ms.get(batch, 1.0), 1e-3)
+        claim = 1
+        if cap >= CLAIM_MIN_LANES:  # claims of several slow items, as long as every lane gets one
+            state = rt.sched.batches[batch]
+            rest = state.remaining - state.handed + feed.waiting()
+            claim = min(MAX_CLAIM, int(LANE_CLAIM_MS / item_ms), rest // max(1, feed.lanes + new))
+        feed.take = take = max(kind._chunk_size(batch), claim)
         # Others waiting for a slot come first: as many lanes leave at their next claim.
         waiting = 0 if new or not rt.queued else self._waiting()
         if feed.leaving != min(waiting, feed.lanes):
             with feed.lock:
                 feed.leaving = min(waiting, feed.lanes)
-        chunk_ms = max(kind.item_ms.get(batch, 1.0), 1e-3) * take
+        chunk_ms = item_ms * take
         per_lane = min(MAX_PER_LANE, max(WINDOW_PER_LANE, math.ceil(WINDOW_MS / chunk_ms)))
         want = (feed.lanes + new) * per_lane * take - feed.waiting()
         if want > 0:
@@ -386,7 +494,7 @@ class Lanes:
         new = min(new, -(-feed.waiting() // take))
         chunk = feed.first() if new else None
         if chunk is not None:
-            rt.emit(ev.ItemsStarted(time.time(), batch, chunk.indices))
+            rt.emit(ev.ItemsStarted(time.time(), batch, chunk.indices[:1]))
             inflight[batch] = inflight.get(batch, 0) + new
             feed.lanes += new
             rt.hold(new)
@@ -394,28 +502,28 @@ class Lanes:
                 with feed.lock:
                     feed.starting += new - 1
             self.start(functools.partial(lane, feed, chunk=chunk))  # type: ignore[misc]
+            if take > 1:
+                rt.tick(feed, PEEK_S, functools.partial(self.collect, feed))
         if not feed.lanes and not feed.waiting():
             del self.feeds[batch]
 
     def collect(self, feed: Feed) -> None:
         """On the driver's thread: settle what the lanes left (one event for the items they
-        claimed, one chunk for those they ran), count out the lanes that left."""
+        started, one chunk for those they ran), count out the lanes that left; and, every
+        `PEEK_S`, the items that ended in claims running long."""
         rt, kind, batch = self.rt, self.kind, feed.batch
-        reports, claimed, at, left = feed.swap()
-        if claimed and reports:
-            # In the order it happened, four events at most: the chunks claimed before the
-            # driver last looked ended; some claimed since started, and ended; others started.
-            since = set(claimed)
-            before = [r for r in reports if r[0].indices[0] not in since]
-            after = [r for r in reports if r[0].indices[0] in since]
-            if before:
-                self._settle(before)
-            if after:
-                ended = {i for c, _ in after for i in c.indices}
-                rt.emit(ev.ItemsStarted(at, batch, indices_of([i for i in claimed if i in ended])))
-                self._settle(after)
-                claimed = [i for i in claimed if i not in ended]
-        elif reports:
+        reports, claimed, at, left, fresh = feed.swap()
+        if reports:
+            if claimed:
+                # Claims made since the driver last looked that already ended: their first
+                # items are announced with the others never announced, before they settle.
+                since = set(claimed)
+                ended = {c.indices[0] for c, _ in reports if c.indices[0] in since}
+                if ended:
+                    fresh = [i for i in claimed if i in ended] + fresh
+                    claimed = [i for i in claimed if i not in ended]
+            if fresh:  # (when each started is not known: they are announced as they settle)
+                rt.emit(ev.ItemsStarted(time.time(), batch, fresh))
             self._settle(reports)
         if claimed:
             rt.emit(ev.ItemsStarted(at, batch, indices_of(claimed)))
@@ -423,11 +531,29 @@ class Lanes:
             feed.lanes -= left
             kind.inflight[batch] -= left
             rt.hold(-left)
+        if feed.running:
+            self.peek(feed)
         self.stop_if_over(feed)
         if feed.halted:
             feed.resume()
         if not feed.lanes and not feed.waiting() and self.feeds.get(batch) is feed:
             del self.feeds[batch]
+
+    def peek(self, feed: Feed) -> None:
+        """Settle the items that ended in claims running for `PEEK_S` or more (all that
+        ended, once the run is stopping: the grace period may end before their claims do)."""
+        stopping = self.rt.stopping
+        now = time.time()
+        if now < feed.peek_at and not stopping:
+            return
+        feed.peek_at = now + PEEK_S
+        parts, fresh = feed.finished(0.0 if stopping else PEEK_S)
+        if fresh:
+            self.rt.emit(ev.ItemsStarted(now, feed.batch, fresh))
+        if parts:
+            self._settle(parts)
+        if feed.running:
+            self.rt.tick(feed, PEEK_S, functools.partial(self.collect, feed))
 
     def _waiting(self) -> int:
         """Calls queued for a slot (not for their pool's room), up to a hundred."""
