@@ -444,13 +444,13 @@ def test_the_driver_settles_what_a_running_claim_finished_and_the_lane_the_rest(
             if claim.progress.done == 2:
                 break
             threading.Event().wait(0.01)
-        assert feed.finished(60.0) == ([], [])  # not running long yet
-        parts, fresh = feed.finished(0.0)
+        assert feed.finished(False) == ([], [])  # not running long yet
+        parts, fresh = feed.finished(True)
         assert fresh == [1]  # its first item was announced when it was claimed
         chunk, res = merged(parts)
         assert list(chunk.indices) == [0, 1] and res.ok == [0, 1]
         assert json.loads(res.outputs_json) == res.outputs == [200, 202]
-        assert feed.finished(0.0) == ([], [])  # settled once
+        assert feed.finished(True) == ([], [])  # settled once
     finally:
         gate.set()
         lane.join(10)
@@ -462,3 +462,42 @@ def test_the_driver_settles_what_a_running_claim_finished_and_the_lane_the_rest(
     assert list(chunk.indices) == [2] and res.ran == 1
     assert json.loads(res.outputs_json) == res.outputs == [204]
     assert not feed.running
+
+
+def test_the_driver_takes_back_what_a_claim_stuck_on_an_item_has_not_started() -> None:
+    feed = Feed("B", "tests.lane_nodes.slow", list(range(100, 110)), {}, None, lambda: None,
+                lambda: False)  # fmt: skip
+    feed.take = 3
+    feed.top_up([0, 1, 2, 3])
+    claim = feed.first()
+    assert claim is not None and claim.progress is not None
+    gate, calls = threading.Event(), []
+
+    def fn(v: int) -> int:
+        calls.append(v)
+        if v == 100:
+            gate.wait(10)
+        return v * 2
+
+    nxt: list[Items | None] = []
+    lane = threading.Thread(target=lambda: nxt.append(feed.report(claim, run_items(
+        claim, fn, wants_ctx=False, is_async=False, run_id="r", context=SharedContext(),
+        cancel=CancelScope()))))  # fmt: skip
+    lane.start()
+    try:
+        for _ in range(1000):
+            if calls:
+                break
+            threading.Event().wait(0.01)
+        assert feed.finished(True) == ([], [])  # nothing ended yet...
+        assert list(feed.window) == [1, 2, 3]  # ...and what its lane has not started went back
+    finally:
+        gate.set()
+        lane.join(10)
+    assert calls == [100]  # the lane did not start them
+    (again,) = nxt
+    assert again is not None and list(again.indices) == [1, 2, 3]  # it goes on, with them
+    reports, claimed, _, left, fresh = feed.swap()
+    assert claimed == [1] and fresh == [] and left == 0
+    chunk, res = merged(reports)
+    assert list(chunk.indices) == [0] and res.outputs == [200]

@@ -564,16 +564,20 @@ class Progress(Mutable):
     columns of `ItemsOutcome`, not yet encoded), then counts it in `done`; the driver reads the
     first `done` and counts what it settled of them in `settled` (under the lane's lock).
     Nothing is ever changed in place once appended, so a reader on another thread sees whole
-    items only."""
+    items only. The driver may also take back the items not started yet: `run_items` starts
+    none from `until` on (it counts an item done and checks `until` under `lock`)."""
 
     ok: list[int] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
     others: list[tuple[int, Outcome]] = field(default_factory=list)
     done: int = 0
+    until: int = 1 << 62
+    lock: threading.Lock = field(default_factory=threading.Lock)
     settled: int = 0
     announced: int = 1  # the chunk's first items announced as started (the first at its claim)
     since: float = 0.0  # `time.time()` when the chunk was claimed
+    due: float = 0.0  # when it runs long: the driver then settles and takes back (`lanes`)
 
 
 def finished_part(chunk: Items, prog: Progress, a: int, b: int) -> tuple[Items, ItemsOutcome]:
@@ -669,7 +673,10 @@ def run_items(
     for pos, value in enumerate(values):
         if pos:
             if prog is not None:
-                prog.done = pos  # its columns have all of the items before
+                with prog.lock:
+                    prog.done = pos  # its columns have all of the items before
+                    if pos >= prog.until:
+                        break  # the driver took the rest back
             if stopped():
                 break  # the driver treats the items not run as never started
         ran += 1
@@ -849,8 +856,8 @@ def _each(
     prog = chunk.progress
     for pos in range(len(chunk.values)):
         if pos:
-            if prog is not None:
-                _progressed(prog, outcomes[-1], pos)
+            if prog is not None and not _progressed(prog, outcomes[-1], pos):
+                break  # the driver took the rest back
             if cancel.run_cancelled.is_set():
                 break
         if pos in bad:
@@ -866,15 +873,18 @@ def _each(
     return items_outcome(outcomes, started)
 
 
-def _progressed(prog: Progress, out: Outcome, pos: int) -> None:
-    """Item `pos - 1`, run as a call of its own, ended with `out` (`items_outcome`'s split)."""
+def _progressed(prog: Progress, out: Outcome, pos: int) -> bool:
+    """Item `pos - 1`, run as a call of its own, ended with `out` (`items_outcome`'s split);
+    may item `pos` start?"""
     if out.ok and out.action is None and not out.logs and not out.updates:
         prog.ok.append(pos - 1)
         prog.outputs.append(out.output)
         prog.durations.append(out.duration_ms)
     else:
         prog.others.append((pos - 1, out))
-    prog.done = pos
+    with prog.lock:
+        prog.done = pos
+        return pos < prog.until
 
 
 def _malformed(chunk: Items, pos: int, message: str, started: float) -> Outcome:

@@ -15,6 +15,14 @@ thread, and under that contention the driver thread would wait its turn after ea
 window holds about a second of work per lane, so a driver starved of the GIL leaves no lane
 idle; when other calls wait for a slot, that many lanes leave at their next claim.
 
+When a batch runs a hundred or more at once, a lane claims several slow items at a time (about
+`LANE_CLAIM_MS` of work): one trip through the feed for them all. Its chunk then carries a
+`Progress` that `run_items` fills as each item ends, and the driver, looking every `PEEK_S`,
+settles what ended in a claim running long and takes back what it has not started (another
+lane runs those), so an item that runs long holds back nothing of its claim; when the run
+stops it settles everything that ended. A claim's first item is announced when it is claimed,
+the others when they settle: no item is announced that never ran.
+
 What stays the driver's: the window (it tops it up from the scheduler, and takes back what no
 lane claimed once the batch goes over its failure budget or the run stops), the slots (one
 per lane), the events, the store's records, retries and failures (every outcome settles as a
@@ -74,6 +82,7 @@ class Feed:
         "leaving",
         "left",
         "lock",
+        "long_s",
         "peek_at",
         "reports",
         "running",
@@ -116,6 +125,7 @@ class Feed:
         #: finished when it runs long (`Lanes.peek`), from its `Progress`
         self.running: dict[int, Items] = {}
         self.peek_at = 0.0  # the driver's: when it next looks into `running`
+        self.long_s = PEEK_S  # a claim running this long (s) runs long: twice its expected time
         self.left = 0  # lanes that left since the driver looked
         #: an item failed since the driver looked: no lane claims more until it has settled
         #: the failure (the batch may be past its failure budget, the run may stop), as no
@@ -143,7 +153,8 @@ class Feed:
         idx = [window.popleft() for _ in range(min(self.take, len(window)))]
         chunk = self.chunk(idx)
         if len(idx) > 1:
-            chunk.progress = Progress(since=time.time())
+            now = time.time()
+            chunk.progress = Progress(since=now, due=now + self.long_s)  # (`_run` sets it again)
             self.running[id(chunk)] = chunk
         return chunk
 
@@ -174,7 +185,8 @@ class Feed:
         leaves: nothing waits, or the run was cancelled)."""
         nxt = None
         failed = bool(res.others) and any(not o.ok for _, o in res.others)
-        full = res.ran == len(chunk.values)
+        prog, n = chunk.progress, len(chunk.values)
+        full = res.ran == (n if prog is None else min(n, prog.until))  # (the rest taken back)
         with self.lock:
             wake = not self.reports and not self.left
             if chunk.progress is None:
@@ -286,10 +298,11 @@ class Feed:
                 self.fresh = []
         return out
 
-    def finished(self, age: float) -> tuple[list[tuple[Items, ItemsOutcome]], list[int]]:
-        """On the driver: the items that ended in the claims running for `age` seconds or
-        more, less those it settled before (it settles them now), and those of them never
-        announced."""
+    def finished(self, every: bool) -> tuple[list[tuple[Items, ItemsOutcome]], list[int]]:
+        """On the driver: the items that ended in the claims running long (`every` claim,
+        when the run stops), less those it settled before (it settles them now), and those of
+        them never announced. The items of those claims not started yet go back to the
+        window's front: a lane free now runs them, not the one busy with a long item."""
         now = time.time()
         parts: list[tuple[Items, int, int]] = []
         fresh: list[int] = []
@@ -297,8 +310,16 @@ class Feed:
             for chunk in self.running.values():
                 prog = chunk.progress
                 assert prog is not None
-                done, settled = prog.done, prog.settled
-                if done > settled and now - prog.since >= age:
+                if now < prog.due and not every:
+                    continue
+                with prog.lock:
+                    done = prog.done
+                    if done + 1 < min(prog.until, len(chunk.values)):
+                        back = chunk.indices[done + 1 : prog.until]
+                        self.window.extendleft(reversed(back))
+                        prog.until = done + 1
+                settled = prog.settled
+                if done > settled:
                     parts.append((chunk, settled, done))
                     if done > prog.announced:
                         fresh += chunk.indices[max(prog.announced, settled) : done]
@@ -327,15 +348,18 @@ def lane(feed: Feed, run: Run, chunk: Items | None) -> None:
     one it claimed."""
     try:
         for other in feed.spread():
-            feed.done(other, _run(run, other))
+            feed.done(other, _run(run, other, feed.long_s))
         while chunk is not None:
-            chunk = feed.report(chunk, _run(run, chunk))
+            chunk = feed.report(chunk, _run(run, chunk, feed.long_s))
     except BaseException:
         feed.leave()  # never strand the driver waiting for this lane
         raise
 
 
-def _run(run: Run, chunk: Items) -> ItemsOutcome:
+def _run(run: Run, chunk: Items, long_s: float) -> ItemsOutcome:
+    prog = chunk.progress
+    if prog is not None:  # it runs long counting from now, not from its claim (a lane that
+        prog.due = time.time() + long_s  # claimed it for another may not have started yet)
     try:
         return run(chunk)
     except BaseException as exc:  # the backend itself failed: the chunk's items fail
@@ -479,6 +503,7 @@ class Lanes:
             rest = state.remaining - state.handed + feed.waiting()
             claim = min(MAX_CLAIM, int(LANE_CLAIM_MS / item_ms), rest // max(1, feed.lanes + new))
         feed.take = take = max(kind._chunk_size(batch), claim)
+        feed.long_s = max(PEEK_S, 2 * take * item_ms / 1000)
         # Others waiting for a slot come first: as many lanes leave at their next claim.
         waiting = 0 if new or not rt.queued else self._waiting()
         if feed.leaving != min(waiting, feed.lanes):
@@ -547,7 +572,7 @@ class Lanes:
         if now < feed.peek_at and not stopping:
             return
         feed.peek_at = now + PEEK_S
-        parts, fresh = feed.finished(0.0 if stopping else PEEK_S)
+        parts, fresh = feed.finished(stopping)
         if fresh:
             self.rt.emit(ev.ItemsStarted(now, feed.batch, fresh))
         if parts:
