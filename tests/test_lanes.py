@@ -417,33 +417,56 @@ def test_no_lane_claims_after_a_failure_until_the_driver_has_settled_it() -> Non
     assert nxt is not None and list(nxt.indices) == [4]  # settled: the lanes claim again
 
 
+class _Lane:
+    """A lane on a thread of its own, running the first claim (items 0-2 of 100...109) of a
+    feed that takes three at a time; the item of value `gated` waits for `gate`."""
+
+    def __init__(self, gated: int, timeout: float | None = None) -> None:
+        self.feed = feed = Feed("B", "tests.lane_nodes.slow", list(range(100, 110)), {},
+                                timeout, lambda: None, lambda: False)  # fmt: skip
+        feed.take = 3
+        feed.top_up([0, 1, 2, 3])
+        claim = feed.first()
+        assert claim is not None and claim.progress is not None
+        assert list(claim.indices) == [0, 1, 2]
+        self.claim, self.progress = claim, claim.progress
+        self.gate, self.calls, self.next = threading.Event(), list[int](), list[Items | None]()
+
+        def fn(v: int) -> int:
+            self.calls.append(v)
+            if v == gated:
+                self.gate.wait(10)
+            return v * 2
+
+        def run() -> None:
+            res = run_items(claim, fn, wants_ctx=False, is_async=False, run_id="r",
+                            context=SharedContext(), cancel=CancelScope())  # fmt: skip
+            self.next.append(feed.report(claim, res))
+
+        self.thread = threading.Thread(target=run)
+        self.thread.start()
+
+    def until(self, cond: Callable[[], bool]) -> None:
+        for _ in range(1000):
+            if cond():
+                return
+            threading.Event().wait(0.01)
+
+    def release(self) -> Items | None:
+        self.gate.set()
+        self.thread.join(10)
+        (nxt,) = self.next
+        return nxt
+
+
 @pytest.mark.parametrize("timeout", [None, 5.0])  # each item a plain call / one with a timeout
 def test_the_driver_settles_what_a_running_claim_finished_and_the_lane_the_rest(
     timeout: float | None,
 ) -> None:
-    feed = Feed("B", "tests.lane_nodes.slow", list(range(100, 110)), {}, timeout, lambda: None,
-                lambda: False)  # fmt: skip
-    feed.take = 3
-    feed.top_up([0, 1, 2, 3])
-    claim = feed.first()
-    assert claim is not None and claim.progress is not None and list(claim.indices) == [0, 1, 2]
-    gate = threading.Event()
-
-    def fn(v: int) -> int:
-        if v == 102:
-            gate.wait(10)
-        return v * 2
-
-    nxt: list[Items | None] = []
-    lane = threading.Thread(target=lambda: nxt.append(feed.report(claim, run_items(
-        claim, fn, wants_ctx=False, is_async=False, run_id="r", context=SharedContext(),
-        cancel=CancelScope()))))  # fmt: skip
-    lane.start()
+    lane = _Lane(102, timeout)
+    feed = lane.feed
     try:
-        for _ in range(1000):
-            if claim.progress.done == 2:
-                break
-            threading.Event().wait(0.01)
+        lane.until(lambda: lane.progress.done == 2)
         assert feed.finished(False) == ([], [])  # not running long yet
         parts, fresh = feed.finished(True)
         assert fresh == [1]  # its first item was announced when it was claimed
@@ -452,9 +475,7 @@ def test_the_driver_settles_what_a_running_claim_finished_and_the_lane_the_rest(
         assert json.loads(res.outputs_json) == res.outputs == [200, 202]
         assert feed.finished(True) == ([], [])  # settled once
     finally:
-        gate.set()
-        lane.join(10)
-    (rest,) = nxt
+        rest = lane.release()
     assert rest is not None and list(rest.indices) == [3]  # what the lane claimed next
     reports, claimed, _, _, fresh = feed.swap()
     assert claimed == [3] and fresh == [2]
@@ -465,37 +486,15 @@ def test_the_driver_settles_what_a_running_claim_finished_and_the_lane_the_rest(
 
 
 def test_the_driver_takes_back_what_a_claim_stuck_on_an_item_has_not_started() -> None:
-    feed = Feed("B", "tests.lane_nodes.slow", list(range(100, 110)), {}, None, lambda: None,
-                lambda: False)  # fmt: skip
-    feed.take = 3
-    feed.top_up([0, 1, 2, 3])
-    claim = feed.first()
-    assert claim is not None and claim.progress is not None
-    gate, calls = threading.Event(), []
-
-    def fn(v: int) -> int:
-        calls.append(v)
-        if v == 100:
-            gate.wait(10)
-        return v * 2
-
-    nxt: list[Items | None] = []
-    lane = threading.Thread(target=lambda: nxt.append(feed.report(claim, run_items(
-        claim, fn, wants_ctx=False, is_async=False, run_id="r", context=SharedContext(),
-        cancel=CancelScope()))))  # fmt: skip
-    lane.start()
+    lane = _Lane(100)
+    feed = lane.feed
     try:
-        for _ in range(1000):
-            if calls:
-                break
-            threading.Event().wait(0.01)
+        lane.until(lambda: bool(lane.calls))
         assert feed.finished(True) == ([], [])  # nothing ended yet...
         assert list(feed.window) == [1, 2, 3]  # ...and what its lane has not started went back
     finally:
-        gate.set()
-        lane.join(10)
-    assert calls == [100]  # the lane did not start them
-    (again,) = nxt
+        again = lane.release()
+    assert lane.calls == [100]  # the lane did not start them
     assert again is not None and list(again.indices) == [1, 2, 3]  # it goes on, with them
     reports, claimed, _, left, fresh = feed.swap()
     assert claimed == [1] and fresh == [] and left == 0
