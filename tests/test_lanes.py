@@ -167,6 +167,7 @@ def test_a_run_stopped_while_a_claimed_item_hangs_keeps_what_its_claim_finished(
 
     lanes = Lanes(monkeypatch, claims=True)
     monkeypatch.setattr(lanes_module, "PEEK_S", 60.0)  # no look into the claim before the end
+    monkeypatch.setattr(lanes_module, "LONG_S", 60.0)
     lane_nodes.released.clear()
     lane_nodes.reached.clear()
     succeeded: list[int] = []

@@ -125,7 +125,7 @@ class Feed:
         #: finished when it runs long (`Lanes.peek`), from its `Progress`
         self.running: dict[int, Items] = {}
         self.peek_at = 0.0  # the driver's: when it next looks into `running`
-        self.long_s = PEEK_S  # a claim running this long (s) runs long: twice its expected time
+        self.long_s = LONG_S  # a claim running this long (s) runs long (`LONG_S`)
         self.left = 0  # lanes that left since the driver looked
         #: an item failed since the driver looked: no lane claims more until it has settled
         #: the failure (the batch may be past its failure budget, the run may stop), as no
@@ -441,8 +441,12 @@ MAX_CLAIM = 8
 #: ...when the batch may run this many at once; with fewer, the driver keeps up, and one item
 #: at a time keeps each item's events in the order they happened (a claim's come together)
 CLAIM_MIN_LANES = 100
-#: ...and an item that runs long holds back no item of its claim that ended before it: the
-#: driver settles those once the claim has run this long (s), looking again as often
+#: ...and an item that runs long holds back no item of its claim: once the claim has run four
+#: times its expected time, and this long (s) at least, the driver settles what of it ended and
+#: takes back what it has not started (not sooner: on a busy host every claim runs slow, and
+#: taking them apart would only add trips)...
+LONG_S = 0.5
+#: ...looking for such claims this often (s)
 PEEK_S = 0.1
 #: the work the window holds per lane (ms): under a thousand threads contending for the GIL,
 #: the driver thread may take a good part of a second to look again (starting the lanes alone
@@ -503,7 +507,7 @@ class Lanes:
             rest = state.remaining - state.handed + feed.waiting()
             claim = min(MAX_CLAIM, int(LANE_CLAIM_MS / item_ms), rest // max(1, feed.lanes + new))
         feed.take = take = max(kind._chunk_size(batch), claim)
-        feed.long_s = max(PEEK_S, 2 * take * item_ms / 1000)
+        feed.long_s = max(LONG_S, 4 * take * item_ms / 1000)
         # Others waiting for a slot come first: as many lanes leave at their next claim.
         waiting = 0 if new or not rt.queued else self._waiting()
         if feed.leaving != min(waiting, feed.lanes):
@@ -565,8 +569,9 @@ class Lanes:
             del self.feeds[batch]
 
     def peek(self, feed: Feed) -> None:
-        """Settle the items that ended in claims running for `PEEK_S` or more (all that
-        ended, once the run is stopping: the grace period may end before their claims do)."""
+        """Settle the items that ended in claims running long, and take back what those have
+        not started (in every claim, once the run is stopping: the grace period may end before
+        the claims do)."""
         stopping = self.rt.stopping
         now = time.time()
         if now < feed.peek_at and not stopping:
