@@ -222,10 +222,11 @@ def test_a_retry_waiting_for_a_slot_gets_one_before_the_batch_ends(tmp_path: Pat
     assert starts.index((3, 2)) < starts.index((300, 1))
 
 
+@pytest.mark.parametrize("claims", [False, True])
 def test_lanes_retry_an_item_as_its_own_call(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: bool
 ) -> None:
-    lanes = Lanes(monkeypatch)
+    lanes = Lanes(monkeypatch, claims=claims)
     events = tmp_path / "events.jsonl"
     log = EventLog(events)
     try:
@@ -240,12 +241,14 @@ def test_lanes_retry_an_item_as_its_own_call(
     lines = _lines(events)
     retried = [e for e in lines if e["event"] == "node_started" and e.get("attempt") == 2]
     assert sorted(e["index"] for e in retried) == [x for x in range(N) if x % 10 == 3]
+    assert not claims or max(map(len, lanes.claims)) > 1
 
 
+@pytest.mark.parametrize("claims", [False, True])
 def test_a_batch_over_its_failure_budget_starts_no_more_items(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: bool
 ) -> None:
-    lanes = Lanes(monkeypatch)
+    lanes = Lanes(monkeypatch, claims=claims)
     events = tmp_path / "events.jsonl"
     log = EventLog(events)
     try:
@@ -262,15 +265,20 @@ def test_a_batch_over_its_failure_budget_starts_no_more_items(
              and e.get("batch") == "B"}  # fmt: skip
     assert started == ended == set(lane_nodes.calls)  # what started ran and settled
     assert len(started) < 200  # and the batch stopped handing out items soon after
+    assert not claims or max(map(len, lanes.claims)) > 1
     assert any(e["event"] == "batch_finished" and e["status"] == "failed" for e in lines)
 
 
-def test_fail_fast_stops_the_lanes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    Lanes(monkeypatch)
+@pytest.mark.parametrize("claims", [False, True])
+def test_fail_fast_stops_the_lanes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, claims: bool
+) -> None:
+    lanes = Lanes(monkeypatch, claims=claims)
     report = flowrun.run(_blueprint(tmp_path, "failing", n=2000), state_dir=tmp_path / "state",
                          concurrency=4, fail_fast=True)  # fmt: skip
     assert report.status == "failed"
     assert len(lane_nodes.calls) < 200
+    assert not claims or max(map(len, lanes.claims)) > 1
 
 
 @pytest.mark.parametrize("claims", [False, True])
