@@ -172,7 +172,7 @@ class Feed:
         if prog is not None:
             del self.running[id(chunk)]
             m = prog.settled
-            self.fresh += chunk.indices[max(prog.announced, m) : res.ran]
+            self.fresh += chunk.indices[prog.announced : res.ran]  # (`announced` >= `settled`)
             if m:
                 rest = rest_of(chunk, res, m)
                 if rest is None:
@@ -321,8 +321,8 @@ class Feed:
                 settled = prog.settled
                 if done > settled:
                     parts.append((chunk, settled, done))
-                    if done > prog.announced:
-                        fresh += chunk.indices[max(prog.announced, settled) : done]
+                    if done > prog.announced:  # (never below `settled`)
+                        fresh += chunk.indices[prog.announced : done]
                         prog.announced = done
                     prog.settled = done
         # Outside the lock: the items of a `Progress` up to its `done` never change.
@@ -532,7 +532,7 @@ class Lanes:
                     feed.starting += new - 1
             self.start(functools.partial(lane, feed, chunk=chunk))  # type: ignore[misc]
             if take > 1:
-                rt.tick(feed, PEEK_S, functools.partial(self.collect, feed))
+                self._look_again(feed)
         if not feed.lanes and not feed.waiting():
             del self.feeds[batch]
 
@@ -583,7 +583,11 @@ class Lanes:
         if parts:
             self._settle(parts)
         if feed.running:
-            self.rt.tick(feed, PEEK_S, functools.partial(self.collect, feed))
+            self._look_again(feed)
+
+    def _look_again(self, feed: Feed) -> None:
+        """Collect `feed` in `PEEK_S` even if no lane reports meanwhile (all may be stuck)."""
+        self.rt.tick(feed, PEEK_S, functools.partial(self.collect, feed))
 
     def _waiting(self) -> int:
         """Calls queued for a slot (not for their pool's room), up to a hundred."""
